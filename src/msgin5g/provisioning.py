@@ -1,0 +1,126 @@
+"""Provisioning files → validated UeConfigDocs (``msgin5g config import``).
+
+Formats, chosen by file extension:
+
+- ``.json`` / ``.yaml`` / ``.yml``: a list of UeConfigDoc; a ``configData`` may be given as an
+  object (serialised to the JSON string the data model wants) or as a string;
+- ``.csv``: one UE per row with the header ``ue-uri,ueServiceId,msgin5gServerAddress,segmentSize``
+  (segmentSize may be empty) → one per-UE document each.
+
+Everything is validated before anything is written (SPEC D2): the first error is reported with
+the file, the entry (or CSV line) and the field, and nothing is imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .configdata import validate_doc_config_data
+from .model import CONFIG_TYPE_ON_NETWORK, ModelError, validate_doc
+
+CSV_COLUMNS = ("ue-uri", "ueServiceId", "msgin5gServerAddress", "segmentSize")
+
+
+class ProvisioningError(ValueError):
+    def __init__(self, file: str, where: str, field: str, detail: str):
+        self.file, self.where, self.field, self.detail = file, where, field, detail
+        loc = f"{file}, {where}" + (f", field {field}" if field else "")
+        super().__init__(f"{loc}: {detail}")
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    docs: list[dict]
+    source: str
+
+
+def _normalise(doc: object) -> object:
+    """configData given as an object becomes the JSON string the data model carries."""
+    if isinstance(doc, dict):
+        for cfg in doc.get("ueConfigs", ()) or ():
+            if isinstance(cfg, dict) and isinstance(cfg.get("configData"), dict | list):
+                cfg["configData"] = json.dumps(cfg["configData"], separators=(",", ":"))
+    return doc
+
+
+def _check(doc: object, file: str, where: str) -> dict:
+    try:
+        validate_doc(doc)
+        validate_doc_config_data(doc)  # type: ignore[arg-type]
+    except ModelError as e:
+        raise ProvisioningError(file, where, e.field, e.detail) from None
+    return doc  # type: ignore[return-value]
+
+
+def csv_doc(
+    ue_uri: str, ue_service_id: str, server_address: str, segment_size: str | None, domain: str
+) -> dict:
+    data = {"msgin5gServerAddress": server_address, "ueServiceId": ue_service_id}
+    if segment_size:
+        data["segmentSize"] = int(segment_size) if segment_size.isdigit() else segment_size
+    return {
+        "valServiceDomain": domain,
+        "valUeIds": {"uris": [ue_uri]},
+        "ueConfigs": [
+            {"configType": CONFIG_TYPE_ON_NETWORK, "configData": json.dumps(data, separators=(",", ":"))}
+        ],
+    }
+
+
+def _iter_csv(path: Path, domain: str) -> Iterator[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header[: len(CSV_COLUMNS)]) != CSV_COLUMNS:
+            raise ProvisioningError(str(path), "line 1", "", f"header must be {','.join(CSV_COLUMNS)}")
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < 3 or len(row) > len(CSV_COLUMNS):
+                raise ProvisioningError(
+                    str(path), f"line {line}", "", f"expected 3 or 4 columns, got {len(row)}"
+                )
+            ue_uri, sid, addr = (c.strip() for c in row[:3])
+            seg = row[3].strip() if len(row) > 3 else ""
+            doc = csv_doc(ue_uri, sid, addr, seg, domain)
+            yield _check(doc, str(path), f"line {line}")
+
+
+def load(path: str | Path, domain: str = "msgin5g.example") -> Provisioned:
+    """Read and validate a whole provisioning file (all or nothing)."""
+    path = Path(path)
+    name = str(path)
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return Provisioned(list(_iter_csv(path, domain)), name)
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except ValueError as e:
+                raise ProvisioningError(name, "parse", "", f"not JSON: {e}") from None
+        elif suffix in (".yaml", ".yml"):
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise ProvisioningError(name, "parse", "", f"not YAML: {e}") from None
+        else:
+            raise ProvisioningError(name, "name", "", "unknown format; use .json, .yaml, .yml or .csv")
+    except OSError as e:
+        raise ProvisioningError(name, "open", "", e.strerror or str(e)) from None
+    except UnicodeDecodeError as e:
+        raise ProvisioningError(name, "read", "", f"not UTF-8 text: {e}") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise ProvisioningError(name, "top level", "", "expected a list of UeConfigDoc")
+    docs = [_check(_normalise(doc), name, f"entry {i}") for i, doc in enumerate(data)]
+    return Provisioned(docs, name)

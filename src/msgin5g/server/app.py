@@ -1,0 +1,181 @@
+"""Start and stop the SCM-S: one resource tree over UDP, TCP (RFC 8323) and WebSockets (TS 24.546 clause 5).
+
+aiocoap binds its UDP and TCP server sockets with SO_REUSEPORT, so a second server on a taken port
+would silently share it. :func:`start_server` therefore first checks, with plain sockets, that the
+port is free on both transports and fails with a clear message otherwise; port 0 picks a port that
+is free for both.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+import aiocoap
+
+from ..store import Store, default_db_url, open_store
+from .resources import ScmSite
+from .service import ScmService, ServiceConfig
+
+log = logging.getLogger("msgin5g.server")
+
+#: aiocoap's WebSocket server listens on the bind port + 3000 (see aiocoap.transports.ws).
+AIOCOAP_WS_PORT_OFFSET = 3000
+
+
+class ServerStartError(RuntimeError):
+    """The server cannot start (port taken, insecure mode refused, bad configuration)."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5683  # 0 → pick a free port (UDP and TCP)
+    db_url: str | None = None  # None → sqlite file under the user's data dir
+    service_ids: tuple[str, ...] = ("msgin5g",)
+    api_prefix: tuple[str, ...] = ()
+    ws_port: int | None = None
+    tcp: bool = True
+    insecure: bool = False
+    insecure_anywhere: bool = False
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _port_free(host: str, port: int, kind: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(host: str, tcp: bool = True) -> int:
+    """A port free on UDP (and TCP) of ``host``."""
+    for _ in range(50):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if not tcp or _port_free(host, port, socket.SOCK_STREAM):
+            return port
+    raise ServerStartError(f"no free port found on {host}")
+
+
+def check_port(host: str, port: int, tcp: bool) -> None:
+    taken = []
+    if not _port_free(host, port, socket.SOCK_DGRAM):
+        taken.append("UDP")
+    if tcp and not _port_free(host, port, socket.SOCK_STREAM):
+        taken.append("TCP")
+    if taken:
+        raise ServerStartError(
+            f"port {port} on {host} is already in use ({' and '.join(taken)}); "
+            "stop the other server or pass --port 0 to pick a free port"
+        )
+
+
+def uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass
+class RunningServer:
+    config: ServerConfig
+    host: str
+    port: int
+    ws_port: int | None
+    service: ScmService
+    site: ScmSite
+    store: Store
+    contexts: list = field(default_factory=list)
+    _own_store: bool = True
+
+    def base_uri(self, scheme: str = "coap") -> str:
+        """``{apiRoot}/su-uc/v1`` for one transport scheme (coap, coap+tcp, coap+ws)."""
+        port = self.ws_port if scheme == "coap+ws" else self.port
+        prefix = "".join(f"/{p}" for p in self.config.api_prefix)
+        return f"{scheme}://{uri_host(self.host)}:{port}{prefix}/su-uc/v1"
+
+    @property
+    def listeners(self) -> list[str]:
+        out = [self.base_uri("coap")]
+        if self.config.tcp:
+            out.append(self.base_uri("coap+tcp"))
+        if self.ws_port is not None:
+            out.append(self.base_uri("coap+ws"))
+        return out
+
+    def collection_uri(self, service_id: str = "msgin5g", scheme: str = "coap") -> str:
+        return f"{self.base_uri(scheme)}/val-services/{service_id}/ue-configurations"
+
+    async def close(self) -> None:
+        for ctx in self.contexts:
+            try:
+                await ctx.shutdown()
+            except Exception:  # shutting down regardless
+                log.exception("error while shutting down a CoAP context")
+        self.contexts.clear()
+        if self._own_store:
+            self.store.close()
+
+
+async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
+    """Bind every listener and return once the server is ready."""
+    if not config.insecure:
+        raise ServerStartError(
+            "authenticated identities (OSCORE) are not configured on this server; "
+            "refusing to start without --insecure (every requester would be trusted)"
+        )
+    if not _is_loopback(config.host) and not config.insecure_anywhere:
+        raise ServerStartError(
+            f"refusing to serve insecurely on non-loopback address {config.host}; "
+            "pass --insecure-anywhere if you really mean it"
+        )
+    log.warning(
+        "INSECURE MODE: requests are not authenticated; every requester is an administrator "
+        "unless it claims a lab identity (option %d)",
+        65000,
+    )
+    host = config.host
+    port = config.port or pick_port(host, config.tcp)
+    if config.port:
+        check_port(host, port, config.tcp)
+    if config.ws_port is not None and config.ws_port <= AIOCOAP_WS_PORT_OFFSET:
+        raise ServerStartError(f"--ws-port must be above {AIOCOAP_WS_PORT_OFFSET}")
+    own = store is None
+    store = store or open_store(config.db_url or default_db_url())
+    svc_cfg = config.service
+    svc_cfg.service_ids = tuple(config.service_ids)
+    svc_cfg.api_prefix = tuple(config.api_prefix)
+    service = ScmService(store, svc_cfg)
+    site = ScmSite(service, insecure=config.insecure)
+    running = RunningServer(config, host, port, config.ws_port, service, site, store, _own_store=own)
+    try:
+        running.contexts.append(
+            await aiocoap.Context.create_server_context(site, bind=(host, port), transports=["udp6"])
+        )
+        if config.tcp:
+            running.contexts.append(
+                await aiocoap.Context.create_server_context(site, bind=(host, port), transports=["tcpserver"])
+            )
+        if config.ws_port is not None:
+            running.contexts.append(
+                await aiocoap.Context.create_server_context(
+                    site, bind=(host, config.ws_port - AIOCOAP_WS_PORT_OFFSET), transports=["ws"]
+                )
+            )
+    except OSError as e:
+        await running.close()
+        raise ServerStartError(f"cannot listen on {host}:{port}: {e}") from e
+    return running

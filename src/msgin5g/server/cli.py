@@ -1,0 +1,111 @@
+"""``msgin5g server``: run the SCM-S (TS 24.546 Annex C.3; SPEC §2, D11)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..clicommon import run_until_signal, setup_logging
+from .app import RunningServer, ServerConfig, ServerStartError, start_server
+from .service import ServiceConfig
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port", default=5683, show_default=True, type=int, help="UDP and TCP port; 0 picks a free one."
+)
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="sqlite:///path.db (default: a file under the user's data dir) or postgresql://...",
+)
+@click.option(
+    "--service-id",
+    "service_ids",
+    multiple=True,
+    default=("msgin5g",),
+    show_default=True,
+    help="valServiceId served (repeatable).",
+)
+@click.option(
+    "--service-domain",
+    default="msgin5g.example",
+    show_default=True,
+    help="valServiceDomain of bulk stub entries.",
+)
+@click.option("--api-prefix", default="", help="Optional path prefix of apiRoot, e.g. 'seal/cm'.")
+@click.option("--ws-port", type=int, default=None, help="Also serve coap+ws on this port (> 3000).")
+@click.option("--no-tcp", is_flag=True, help="Do not serve CoAP over TCP.")
+@click.option("--max-age", default=300, show_default=True, help="Max-Age (s) of configuration answers.")
+@click.option(
+    "--max-body", default=64 * 1024, show_default=True, help="Largest POST/PUT body in bytes (4.13 above)."
+)
+@click.option(
+    "--bulk-max-ues", default=10_000, show_default=True, help="Most UEs in one bulk GET (policy maximum)."
+)
+@click.option(
+    "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
+)
+@click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
+@click.option("-v", "--verbose", count=True)
+def server(
+    host,
+    port,
+    db_url,
+    service_ids,
+    service_domain,
+    api_prefix,
+    ws_port,
+    no_tcp,
+    max_age,
+    max_body,
+    bulk_max_ues,
+    insecure,
+    insecure_anywhere,
+    verbose,
+) -> None:
+    """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets."""
+    setup_logging(verbose)
+    if insecure:
+        click.secho(
+            "WARNING: insecure mode — requests are not authenticated and every requester is trusted. "
+            "For labs only.",
+            fg="red",
+            err=True,
+        )
+    cfg = ServerConfig(
+        host=host,
+        port=port,
+        db_url=db_url,
+        service_ids=tuple(service_ids),
+        api_prefix=tuple(p for p in api_prefix.split("/") if p),
+        ws_port=ws_port,
+        tcp=not no_tcp,
+        insecure=insecure,
+        insecure_anywhere=insecure_anywhere,
+        service=ServiceConfig(
+            max_age=max_age,
+            max_body=max_body,
+            bulk_max_ues=bulk_max_ues,
+            service_domains={sid: service_domain for sid in service_ids},
+        ),
+    )
+
+    async def start() -> RunningServer:
+        running = await start_server(cfg)
+        for uri in running.listeners:
+            click.echo(f"listening {uri}", err=False)
+        sys.stdout.flush()
+        return running
+
+    async def stop(running: RunningServer) -> None:
+        click.echo(f"stopping; counters: {running.service.counters}", err=True)
+        await running.close()
+
+    try:
+        run_until_signal(start, stop)
+    except ServerStartError as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,259 @@
+"""``msgin5g config``: provisioning of UE configuration documents and of the gateway registry.
+
+Documents go over CoAP to a running SCM-S (administrator role), or, with ``import --direct``,
+straight into a store in one transaction for offline bulk provisioning. The gateway registry
+(which Gateway UE may bulk-configure which UEs; SPEC D6, D12) is kept in the store and edited
+directly (``--db``); the SCM-S reads it on every bulk GET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from ..provisioning import ProvisioningError, load
+from ..store import default_db_url, open_store
+from ..ue.client import ScmClient, ScmClientError
+
+console = Console(stderr=True)
+
+
+@click.group()
+def config() -> None:
+    """Provision UE configuration documents and the gateway registry."""
+
+
+server_opt = click.option(
+    "--server", default="coap://127.0.0.1:5683", show_default=True, help="apiRoot of the SCM-S."
+)
+service_opt = click.option("--service-id", default="msgin5g", show_default=True)
+identity_opt = click.option(
+    "--identity", default=None, help="Lab identity claimed in insecure mode (default: none = admin)."
+)
+
+
+@config.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@server_opt
+@service_opt
+@identity_opt
+@click.option("--domain", default="msgin5g.example", show_default=True, help="valServiceDomain of CSV rows.")
+@click.option("--direct", is_flag=True, help="Write straight into the store (--db) in one transaction.")
+@click.option(
+    "--db", "db_url", default=None, help="Store URL for --direct (sqlite:///... or postgresql://...)."
+)
+def import_(file, server, service_id, identity, domain, direct, db_url) -> None:
+    """Import FILE (.json/.yaml list of UeConfigDoc, or .csv one UE per row). All or nothing."""
+    t0 = time.perf_counter()
+    try:
+        prov = load(file, domain)
+    except ProvisioningError as e:
+        raise click.ClickException(str(e)) from None
+    t_parse = time.perf_counter() - t0
+    if direct:
+        store = open_store(db_url or default_db_url())
+        try:
+            t1 = time.perf_counter()
+            ids = store.import_docs(service_id, prov.docs)
+            dt = time.perf_counter() - t1
+        finally:
+            store.close()
+        rate = len(ids) / dt if dt > 0 else float("inf")
+        click.echo(
+            f"imported {len(ids)} documents into {service_id} in {dt:.2f} s ({rate:,.0f} docs/s; "
+            f"parsing and validation {t_parse:.2f} s)"
+        )
+        return
+    created = asyncio.run(_import_coap(server, service_id, identity, prov.docs))
+    click.echo(f"imported {len(created)} documents into {service_id} via {server}")
+
+
+async def _import_coap(server: str, service_id: str, identity: str | None, docs: list[dict]) -> list[str]:
+    """POST each document; on the first failure delete what was created, so nothing is half-imported."""
+    created: list[str] = []
+    async with ScmClient(server, service_id, identity=identity) as client:
+        try:
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("importing", total=len(docs))
+                for i, doc in enumerate(docs):
+                    try:
+                        created.append((await client.create(doc))["ueConfigDocId"])
+                    except ScmClientError as e:
+                        raise click.ClickException(f"entry {i}: the server refused it: {e}") from None
+                    progress.advance(task)
+        except BaseException:
+            for doc_id in created:
+                try:
+                    await client.delete(doc_id)
+                except Exception:
+                    console.print(f"[red]could not roll back {doc_id}[/red]")
+            raise
+    return created
+
+
+@config.command("list")
+@server_opt
+@service_opt
+@identity_opt
+@click.option("--ue-uri", default=None)
+@click.option("--ue-type", default=None)
+@click.option("--ue-snr", default=None)
+@click.option("--ue-vendor", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def list_(server, service_id, identity, ue_uri, ue_type, ue_snr, ue_vendor, as_json) -> None:
+    """List documents (admin query; with --ue-uri: what that UE would get, most specific first)."""
+    from ..ue.client import query_options
+
+    async def run():
+        async with ScmClient(server, service_id, identity=identity) as client:
+            return await client.list_docs(query_options(ue_uri, ue_type, ue_snr, ue_vendor))
+
+    try:
+        docs = asyncio.run(run())
+    except ScmClientError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(docs, indent=1))
+        return
+    table = Table(title=f"{len(docs)} UE configuration documents ({service_id})")
+    for col in ("ueConfigDocId", "configName", "applies to", "ueServiceId"):
+        table.add_column(col)
+    for d in docs:
+        ids = d.get("valUeIds")
+        if ids is None:
+            scope = "whole domain"
+        else:
+            parts = list(ids.get("uris", ()))[:2]
+            for r in ids.get("imeiRanges", ()):
+                sr = r.get("snrRange")
+                parts.append(f"TAC {r['tac']}" + (f" SNR {sr['low']}-{sr['high']}" if sr else ""))
+            scope = ", ".join(parts)
+        sid = ""
+        for cfg in d.get("ueConfigs", ()):
+            if cfg.get("configType") == "ON_NETWORK":
+                try:
+                    sid = json.loads(cfg["configData"]).get("ueServiceId", "")
+                except ValueError:
+                    sid = "?"
+        table.add_row(d.get("ueConfigDocId", ""), d.get("configName", ""), scope, sid)
+    Console().print(table)
+
+
+@config.command("get")
+@click.argument("doc_id")
+@server_opt
+@service_opt
+@identity_opt
+def get(doc_id, server, service_id, identity) -> None:
+    """Print one document as JSON."""
+
+    async def run():
+        async with ScmClient(server, service_id, identity=identity) as client:
+            return await client.get_doc(doc_id)
+
+    try:
+        click.echo(json.dumps(asyncio.run(run()), indent=1))
+    except ScmClientError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@config.command("delete")
+@click.argument("doc_id")
+@server_opt
+@service_opt
+@identity_opt
+def delete(doc_id, server, service_id, identity) -> None:
+    """Delete one document."""
+
+    async def run():
+        async with ScmClient(server, service_id, identity=identity) as client:
+            await client.delete(doc_id)
+
+    try:
+        asyncio.run(run())
+    except ScmClientError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"deleted {doc_id}")
+
+
+@config.group("gateway")
+def gateway_registry() -> None:
+    """The gateway registry: which Gateway UE may bulk-configure which UEs."""
+
+
+db_opt = click.option(
+    "--db", "db_url", default=None, help="Store URL (default: the server's default SQLite file)."
+)
+
+
+@gateway_registry.command("set")
+@click.argument("gateway_id")
+@click.option("--all", "all_", is_flag=True, help="May configure every UE.")
+@click.option("--uri", "uris", multiple=True, help="A UE it may configure (repeatable).")
+@click.option("--tac", "tacs", multiple=True, help="TAC[:LOW-HIGH] it may configure (repeatable).")
+@db_opt
+def gw_set(gateway_id, all_, uris, tacs, db_url) -> None:
+    """Register or replace GATEWAY_ID's coverage."""
+    from ..model import ModelError, validate_imei_range
+
+    if all_:
+        coverage: dict = {"all": True}
+    else:
+        coverage = {}
+        if uris:
+            coverage["uris"] = list(uris)
+        ranges = []
+        for t in tacs:
+            tac, _, span = t.partition(":")
+            rng: dict = {"tac": tac}
+            if span:
+                low, _, high = span.partition("-")
+                rng["snrRange"] = {"low": low, "high": high or low}
+            ranges.append(rng)
+        if ranges:
+            coverage["imeiRanges"] = ranges
+        if not coverage:
+            raise click.UsageError("give --all, --uri or --tac")
+        try:
+            for i, rng in enumerate(ranges):
+                validate_imei_range(rng, f"--tac #{i}")
+        except ModelError as e:
+            raise click.BadParameter(str(e)) from None
+    store = open_store(db_url or default_db_url())
+    try:
+        store.set_gateway(gateway_id, coverage)
+    finally:
+        store.close()
+    click.echo(f"gateway {gateway_id}: {json.dumps(coverage)}")
+
+
+@gateway_registry.command("list")
+@db_opt
+def gw_list(db_url) -> None:
+    store = open_store(db_url or default_db_url())
+    try:
+        for gid, cov in store.list_gateways().items():
+            click.echo(f"{gid}: {json.dumps(cov)}")
+    finally:
+        store.close()
+
+
+@gateway_registry.command("delete")
+@click.argument("gateway_id")
+@db_opt
+def gw_delete(gateway_id, db_url) -> None:
+    store = open_store(db_url or default_db_url())
+    try:
+        if not store.delete_gateway(gateway_id):
+            click.echo(f"no gateway {gateway_id}", err=True)
+            sys.exit(1)
+    finally:
+        store.close()
+    click.echo(f"deleted gateway {gateway_id}")

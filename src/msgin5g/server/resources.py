@@ -1,0 +1,287 @@
+"""aiocoap shell of the SCM-S: converts CoAP messages to plain values and back (TS 24.546 C.3).
+
+One root resource serves the whole tree so that *every* error — unknown path, unsupported method,
+bad option, an exception — is answered with concise problem details (C.1.3; SPEC §2), which
+aiocoap's stock ``Site`` would answer with plain text. Decisions live in
+:class:`~msgin5g.server.service.ScmService`; this module only parses, dispatches and encodes.
+
+Block-wise: ordinary requests use aiocoap's Block1/Block2 machinery; a bulk GET does its own
+Block2 slicing because its follow-ups name only ``bulk-conf-flag`` (SPEC D7 b) and aiocoap's
+cache would answer those with 4.08 (their options differ from the first request's).
+Observe: individual documents are observable (C.3.1.2.3.3.1); PUT notifies every observer,
+DELETE ends observations with a 4.04 notification (RFC 7641 §3.2).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiocoap import Message
+from aiocoap import error as coap_error
+from aiocoap.blockwise import Block1Spool, Block2Cache
+from aiocoap.interfaces import ObservableResource
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.optionnumbers import OptionNumber
+from aiocoap.resource import PathCapable
+
+from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
+from ..model import ModelError
+from ..problem import Problem, ProblemError
+from .requests import parse_collection_query, parse_path
+from .service import Reply, ScmService
+
+log = logging.getLogger("msgin5g.server")
+
+#: Options the SCM-S understands; any other *critical* option gets 4.02 (RFC 7252 §5.4.1).
+#: Q-Block1/Q-Block2 (RFC 9177) are not among them: aiocoap does not implement them, so a
+#: request using them is told so with 4.02, as RFC 9177 §4 prescribes for servers without support.
+KNOWN_OPTIONS = {
+    OptionNumber.IF_MATCH,
+    OptionNumber.URI_HOST,
+    OptionNumber.ETAG,
+    OptionNumber.IF_NONE_MATCH,
+    OptionNumber.OBSERVE,
+    OptionNumber.URI_PORT,
+    OptionNumber.OSCORE,
+    OptionNumber.URI_PATH,
+    OptionNumber.CONTENT_FORMAT,
+    OptionNumber.MAX_AGE,
+    OptionNumber.URI_QUERY,
+    OptionNumber.ACCEPT,
+    OptionNumber.BLOCK2,
+    OptionNumber.BLOCK1,
+    OptionNumber.SIZE2,
+    OptionNumber.SIZE1,
+    OptionNumber.NO_RESPONSE,
+    OptionNumber.ECHO,
+    OptionNumber.REQUEST_TAG,
+    LAB_IDENTITY_OPTION,
+}
+PROXY_OPTIONS = {OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME}
+
+
+def to_message(reply: Reply) -> Message:
+    m = Message(code=Code(reply.code), payload=reply.payload)
+    if reply.content_format is not None:
+        m.opt.content_format = reply.content_format
+    if reply.etag is not None:
+        m.opt.etag = reply.etag
+    if reply.max_age is not None:
+        m.opt.max_age = reply.max_age
+    if reply.location_path:
+        m.opt.location_path = reply.location_path
+    if reply.size1 is not None:
+        m.opt.size1 = reply.size1
+    return m
+
+
+def problem_message(problem: Problem) -> Message:
+    return to_message(Reply.from_problem(problem))
+
+
+def slice_block2(full: Message, request: Message) -> Message:
+    """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
+    b2 = request.opt.block2
+    max_payload = request.remote.maximum_payload_size
+    if b2 is None and len(full.payload) <= max_payload:
+        return full
+    if b2 is not None and b2.block_number == 0 and len(full.payload) <= min(max_payload, b2.size):
+        return full
+    num = b2.block_number if b2 else 0
+    szx = (
+        min(b2.size_exponent, request.remote.maximum_block_size_exp)
+        if b2
+        else request.remote.maximum_block_size_exp
+    )
+    block = full._extract_block(num, szx, max_payload)
+    if num == 0:
+        block.opt.size2 = len(full.payload)
+    return block
+
+
+class ScmSite(ObservableResource, PathCapable):
+    """The SCM-S resource tree under ``{apiRoot}/su-uc/v1``:
+    ``/val-services/{valServiceId}/ue-configurations[/{ueConfigDocId}]``."""
+
+    def __init__(self, service: ScmService, *, insecure: bool = True):
+        super().__init__()
+        self.service = service
+        self.insecure = insecure
+        self.prefix = tuple(service.config.api_prefix)
+        self._block1 = Block1Spool()
+        self._block2 = Block2Cache()
+        self._observers: dict[tuple[str, str], set] = {}
+
+    # -- identity (TS 24.546 6.2.1.2; SPEC D12) -----------------------------------------------------
+    def identity_of(self, request: Message) -> Identity:
+        """Insecure lab mode: the claimed identity of the lab option, administrator without one."""
+        claimed = request.opt.get_option(LAB_IDENTITY_OPTION)
+        if not claimed:
+            return ADMIN
+        try:
+            return parse_identity(claimed[0].value.decode("utf-8"))
+        except (UnicodeDecodeError, ModelError) as e:
+            raise ProblemError(Problem(0x80, f"bad lab identity option: {e}", "BAD_IDENTITY")) from None
+
+    # -- aiocoap resource interface -----------------------------------------------------------------
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return not self._is_bulk(request)
+
+    def _is_bulk(self, request: Message) -> bool:
+        return request.code == Code.GET and any(
+            q.startswith("bulk-conf-flag=") for q in request.opt.uri_query
+        )
+
+    async def render_to_pipe(self, pipe) -> None:
+        """Like aiocoap's, but every failure — also in its block-wise layers — becomes problem details."""
+        too_large = self._too_large(pipe.request)
+        if too_large is not None:
+            pipe.add_response(too_large, is_last=True)
+            return
+        try:
+            await ObservableResource._render_to_pipe(self, pipe)
+        except coap_error.RenderableError as e:
+            pipe.add_response(self._problem_from_aiocoap(e), is_last=True)
+        except Exception:  # never let a request crash the server; report it
+            log.exception("unexpected failure rendering %r", pipe.request)
+            pipe.add_response(
+                problem_message(Problem(0xA0, "internal server error", "INTERNAL")), is_last=True
+            )
+
+    def _too_large(self, request: Message) -> Message | None:
+        """Refuse an oversize body as soon as Size1 or a Block1 offset shows it (4.13 + Size1),
+        before aiocoap spools it in memory."""
+        limit = self.service.config.max_body
+        b1 = request.opt.block1
+        size = max(request.opt.size1 or 0, (b1.start if b1 else 0) + len(request.payload))
+        if size <= limit:
+            return None
+        return problem_message(
+            Problem(
+                0x8D, f"body exceeds the limit of {limit} bytes", "BODY_TOO_LARGE", extra={"size1": limit}
+            )
+        )
+
+    @staticmethod
+    def _problem_from_aiocoap(e: coap_error.RenderableError) -> Message:
+        m = e.to_message()
+        if m.code.is_successful():  # e.g. 2.31 Continue of a Block1 transfer: not an error
+            return m
+        detail = m.payload.decode("utf-8", "replace") or type(e).__name__
+        return problem_message(Problem(int(m.code), detail, type(e).__name__.upper()))
+
+    async def add_observation(self, request: Message, serverobservation) -> None:
+        """Accept Observe on an individual document the requester may read (RFC 7641)."""
+        target = parse_path(request.opt.uri_path, self.prefix)
+        if request.code != Code.GET or target is None or target.doc_id is None:
+            return
+        try:
+            identity = self.identity_of(request)
+        except ProblemError:
+            return
+        if not self.service.may_observe(identity, target.service_id, target.doc_id):
+            return
+        key = (target.service_id, target.doc_id)
+        self._observers.setdefault(key, set()).add(serverobservation)
+
+        def cancel(key=key, obs=serverobservation):
+            obs_set = self._observers.get(key)
+            if obs_set is not None:
+                obs_set.discard(obs)
+                if not obs_set:
+                    del self._observers[key]
+
+        serverobservation.accept(cancel)
+
+    def observer_count(self, service_id: str, doc_id: str) -> int:
+        return len(self._observers.get((service_id, doc_id), ()))
+
+    def notify(self, service_id: str, doc_id: str, final: Message | None = None) -> None:
+        for obs in list(self._observers.get((service_id, doc_id), ())):
+            obs.trigger(final)
+
+    async def render(self, request: Message) -> Message:
+        try:
+            return self._dispatch(request)
+        except ProblemError as e:
+            return problem_message(e.problem)
+
+    # -- dispatch ------------------------------------------------------------------------------------
+    def _check_options(self, request: Message) -> None:
+        for opt in request.opt.option_list():
+            if opt.number in PROXY_OPTIONS:
+                raise ProblemError(
+                    Problem(0xA5, "this server is not a forward proxy", "PROXYING_NOT_SUPPORTED")
+                )
+            if opt.number.is_critical() and opt.number not in KNOWN_OPTIONS:
+                raise ProblemError(
+                    Problem(0x82, f"unsupported critical option {int(opt.number)}", "BAD_OPTION")
+                )
+
+    def _dispatch(self, request: Message) -> Message:
+        self._check_options(request)
+        path = request.opt.uri_path
+        if path == (".well-known", "core"):
+            return self._well_known_core(request)
+        target = parse_path(path, self.prefix)
+        if target is None:
+            raise ProblemError(Problem(0x84, f"no resource at /{'/'.join(path)}", "NO_SUCH_RESOURCE"))
+        identity = self.identity_of(request)
+        svc = self.service
+        accept = request.opt.accept
+        accept = int(accept) if accept is not None else None
+        cf = request.opt.content_format
+        cf = int(cf) if cf is not None else None
+        etags = tuple(request.opt.etags)
+        code = request.code
+        if target.doc_id is None:
+            if code == Code.GET:
+                query = parse_collection_query(request.opt.uri_query)
+                if query.is_bulk:
+                    requester = (str(identity), request.remote.hostinfo.rsplit(":", 1)[0])
+                    reply = svc.bulk_get(identity, requester, target.service_id, query, accept)
+                    return slice_block2(to_message(reply), request)
+                return to_message(svc.collection_get(identity, target.service_id, query, accept, etags))
+            if code == Code.POST:
+                reply, _ = svc.collection_post(identity, target.service_id, request.payload, cf, accept)
+                return to_message(reply)
+            raise self._not_allowed(code, "GET, POST")
+        if code == Code.GET:
+            return to_message(svc.doc_get(identity, target.service_id, target.doc_id, accept, etags))
+        if_match = tuple(request.opt.if_match)
+        if code == Code.PUT:
+            reply, new = svc.doc_put(
+                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match
+            )
+            if new is not None:
+                self.notify(target.service_id, target.doc_id)
+            return to_message(reply)
+        if code == Code.DELETE:
+            reply, gone = svc.doc_delete(identity, target.service_id, target.doc_id, if_match)
+            if gone is not None:
+                self.notify(
+                    target.service_id,
+                    target.doc_id,
+                    problem_message(Problem(0x84, "the document was deleted", "DOCUMENT_DELETED")),
+                )
+            return to_message(reply)
+        raise self._not_allowed(code, "GET, PUT, DELETE")
+
+    @staticmethod
+    def _not_allowed(code, allowed: str) -> ProblemError:
+        return ProblemError(
+            Problem(0x85, f"{code} is not allowed here; allowed: {allowed}", "METHOD_NOT_ALLOWED")
+        )
+
+    def _well_known_core(self, request: Message) -> Message:
+        """RFC 6690 discovery of the collections this server serves."""
+        if request.code != Code.GET:
+            raise self._not_allowed(request.code, "GET")
+        base = "/".join((*self.prefix, "su-uc", "v1", "val-services"))
+        links = ",".join(
+            f'</{base}/{sid}/ue-configurations>;rt="3gpp.seal.su-uc.ue-configurations";ct="60 50"'
+            for sid in self.service.config.service_ids
+        )
+        m = Message(code=Code.CONTENT, payload=links.encode())
+        m.opt.content_format = 40
+        return m

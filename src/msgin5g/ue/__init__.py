@@ -1,0 +1,1 @@
+"""MSGin5G UE side: the SCM-C of an unconstrained UE and the constrained UE's client."""

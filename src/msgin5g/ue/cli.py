@@ -1,0 +1,231 @@
+"""``msgin5g ue``: an MSGin5G UE asking for its configuration (SPEC §3.1, §3.3).
+
+Directly (``--server``), through a Relay UE (``--via-relay``) or through a Gateway UE
+(``--via-gateway``). Exit status: 0 configured, 3 forbidden (4.03), 4 not found (4.04), 1 error
+— also when a pre-configuration was applied, so scripts can tell that apart from a real answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from ..clicommon import parse_hostport, setup_logging
+from .outcome import ConfigResult, Msgin5gConfig, Outcome
+
+
+@click.group()
+def ue() -> None:
+    """MSGin5G UE client (SCM-C): get and observe the UE's configuration."""
+
+
+def _load_preconfigured(path: str | None) -> Msgin5gConfig | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Msgin5gConfig.from_config_data(json.load(f))
+    except (OSError, ValueError, KeyError) as e:
+        raise click.BadParameter(f"{path}: {e}", param_hint="--preconfigured") from None
+
+
+def result_json(result: ConfigResult) -> dict:
+    out = {
+        "outcome": result.outcome.value,
+        "code": None if result.code is None else f"{result.code >> 5}.{result.code & 31:02d}",
+        "preconfigured": result.preconfigured,
+    }
+    if result.config is not None:
+        out["config"] = result.config.to_json()
+    if result.doc is not None:
+        out["ueConfigDocId"] = result.doc.get("ueConfigDocId")
+    if result.problem is not None:
+        out["problem"] = {"detail": result.problem.detail, "cause": result.problem.cause}
+    if result.detail and result.problem is None:
+        out["detail"] = result.detail
+    return out
+
+
+def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"ueUri": ue_uri, **result_json(result)}))
+        return
+    code = "-" if result.code is None else f"{result.code >> 5}.{result.code & 31:02d}"
+    if result.outcome is Outcome.CONFIGURED and result.config is not None:
+        c = result.config
+        click.echo(
+            f"{ue_uri}: configured ({code}) server={c.msgin5g_server_address} "
+            f"ueServiceId={c.ue_service_id} segmentSize={c.segment_size} "
+            f"doc={result.doc.get('ueConfigDocId') if result.doc else None}"
+        )
+        return
+    click.echo(f"{ue_uri}: {result.outcome.value} ({code}) {result.detail}")
+    if result.preconfigured and result.config is not None:
+        click.echo(f"{ue_uri}: using pre-configured values: {json.dumps(result.config.to_json())}")
+
+
+@ue.command("get-config")
+@click.option(
+    "--server",
+    default="coap://127.0.0.1:5683",
+    show_default=True,
+    help="apiRoot of the SCM-S (coap://, coap+tcp://).",
+)
+@click.option(
+    "--via-relay", default=None, metavar="HOST:PORT", help="Ask through a Relay UE (PC5, SPEC §3.2)."
+)
+@click.option(
+    "--via-gateway", default=None, metavar="HOST:PORT", help="Ask through a Gateway UE (SPEC §3.4)."
+)
+@click.option(
+    "--ue-uri", required=True, help="MSGin5G UE ID (= VAL UE ID), e.g. urn:gsma:imei:35209900-176148-1."
+)
+@click.option(
+    "--service-id", default="msgin5g", show_default=True, help="valServiceId of the MSGin5G service."
+)
+@click.option("--ue-type", default=None, help="TAC (8 digits).")
+@click.option("--ue-snr", default=None, help="Serial number (1-6 digits).")
+@click.option("--ue-vendor", default=None)
+@click.option("--l2-id", default=None, help="PC5 Layer-2 ID (relay only; default derived from the UE ID).")
+@click.option("--urgent", is_flag=True, help="Ask the gateway to flush at once (gateway only).")
+@click.option("--identity", default=None, help="Lab identity claimed in insecure mode, e.g. ue:<uri>.")
+@click.option("--observe", is_flag=True, help="Keep observing the applied document and print each update.")
+@click.option(
+    "--preconfigured", default=None, type=click.Path(dir_okay=False), help="JSON file used on 4.03/4.04."
+)
+@click.option("--timeout", default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("-v", "--verbose", count=True)
+def get_config(
+    server,
+    via_relay,
+    via_gateway,
+    ue_uri,
+    service_id,
+    ue_type,
+    ue_snr,
+    ue_vendor,
+    l2_id,
+    urgent,
+    identity,
+    observe,
+    preconfigured,
+    timeout,
+    as_json,
+    verbose,
+) -> None:
+    """Get this UE's configuration (TS 24.538 6.2.1.2) and print what it applied."""
+    setup_logging(verbose)
+    if via_relay and via_gateway:
+        raise click.UsageError("--via-relay and --via-gateway exclude each other")
+    pre = _load_preconfigured(preconfigured)
+    result = asyncio.run(
+        _get(
+            server,
+            via_relay,
+            via_gateway,
+            ue_uri,
+            service_id,
+            ue_type,
+            ue_snr,
+            ue_vendor,
+            l2_id,
+            urgent,
+            identity,
+            observe,
+            pre,
+            timeout,
+            as_json,
+        )
+    )
+    sys.exit(1 if result.preconfigured else result.exit_code)
+
+
+async def _get(
+    server,
+    via_relay,
+    via_gateway,
+    ue_uri,
+    service_id,
+    ue_type,
+    ue_snr,
+    ue_vendor,
+    l2_id,
+    urgent,
+    identity,
+    observe,
+    pre,
+    timeout,
+    as_json,
+) -> ConfigResult:
+    from .client import ScmClient, apply_fallback
+
+    if via_relay:
+        from .via_relay import get_config_via_relay
+
+        host, port = parse_hostport(via_relay, 65401)
+        result = await get_config_via_relay(
+            host,
+            port,
+            server,
+            service_id=service_id,
+            ue_uri=ue_uri,
+            ue_type=ue_type,
+            ue_snr=ue_snr,
+            ue_vendor=ue_vendor,
+            l2_id=l2_id,
+            timeout=timeout,
+        )
+        result = apply_fallback(result, pre)
+    elif via_gateway:
+        from .via_gateway import get_config_via_gateway
+
+        host, port = parse_hostport(via_gateway, 65402)
+        result = await get_config_via_gateway(
+            host,
+            port,
+            service_id=service_id,
+            ue_uri=ue_uri,
+            ue_type=ue_type,
+            ue_snr=ue_snr,
+            ue_vendor=ue_vendor,
+            urgent=urgent,
+            timeout=timeout,
+        )
+        result = apply_fallback(result, pre)
+    else:
+        async with ScmClient(server, service_id, identity=identity, timeout=timeout) as client:
+            result = await client.get_config(ue_uri, ue_type, ue_snr, ue_vendor, preconfigured=pre)
+            print_result(ue_uri, result, as_json)
+            if (
+                observe
+                and result.outcome is Outcome.CONFIGURED
+                and result.doc
+                and result.doc.get("ueConfigDocId")
+            ):
+                await _observe(client, ue_uri, result.doc["ueConfigDocId"], as_json)
+            return result
+    print_result(ue_uri, result, as_json)
+    return result
+
+
+async def _observe(client, ue_uri: str, doc_id: str, as_json: bool) -> None:
+    """Re-apply the document on every notification (RFC 7641) until the server ends it or Ctrl-C."""
+    from .outcome import result_from_docs, result_from_problem
+
+    first = True
+    try:
+        async for code, body in client.observe_doc(doc_id):
+            if first:
+                first = False
+                continue  # the registration answer repeats what was just applied
+            result = (
+                result_from_docs(code, [body]) if isinstance(body, dict) else result_from_problem(code, body)
+            )
+            print_result(ue_uri, result, as_json)
+            sys.stdout.flush()
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass

@@ -1,0 +1,212 @@
+"""SCM-C: the configuration management client of an MSGin5G UE and of administrators.
+
+TS 24.538 6.2.1.2 / TS 24.546 6.2.3.3 (SPEC §3.1): GET the UE Configurations collection with
+``ue-uri`` = the MSGin5G UE ID and, when known, ``ue-vendor`` / ``ue-type`` / ``ue-snr``; apply the
+first (most specific, SPEC D4) document on 2.05; on 4.03 / 4.04 fall back to pre-configured values
+(TS 23.554 8.1.1 NOTE 2); anything else is an error for the caller. A UE may then observe its
+document (RFC 7641) and re-apply on every notification.
+
+The same client carries the administrator operations (POST/PUT/DELETE, listing) used by
+``msgin5g config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import aiocoap
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+
+from ..authz import LAB_IDENTITY_OPTION
+from ..codec import CF_CBOR, decode, encode
+from ..problem import CF_PROBLEM, Problem, decode_problem
+from .outcome import ConfigResult, Msgin5gConfig, Outcome, result_from_docs, result_from_problem
+
+
+class ScmClientError(Exception):
+    """A request that did not succeed; carries the code and the server's problem details."""
+
+    def __init__(self, code: int, problem: Problem | None, detail: str = ""):
+        self.code = code
+        self.problem = problem
+        super().__init__(str(problem) if problem else detail or f"CoAP {code >> 5}.{code & 31:02d}")
+
+
+def problem_of(response: Message) -> Problem | None:
+    """Problem details of an error response, when it carries any (Content-Format 257)."""
+    if response.opt.content_format is not None and int(response.opt.content_format) == CF_PROBLEM:
+        try:
+            return decode_problem(response.payload, int(response.code))
+        except Exception:
+            return Problem(int(response.code), "unparseable problem details", "BAD_PROBLEM_DETAILS")
+    return None
+
+
+def query_options(ue_uri=None, ue_type=None, ue_snr=None, ue_vendor=None) -> list[str]:
+    """Uri-Query values of a UE configuration request (Table C.3.1.2.2.3.1-1)."""
+    q = []
+    for name, value in (
+        ("ue-uri", ue_uri),
+        ("ue-vendor", ue_vendor),
+        ("ue-type", ue_type),
+        ("ue-snr", ue_snr),
+    ):
+        if value is not None:
+            q.append(f"{name}={value}")
+    return q
+
+
+def interpret(response: Message) -> ConfigResult:
+    """Turn a response to the UE configuration request into an outcome (SPEC §3.1)."""
+    code = int(response.code)
+    if response.code == Code.CONTENT:
+        try:
+            docs = decode(response.payload, int(response.opt.content_format or CF_CBOR))
+        except ValueError as e:
+            return ConfigResult(Outcome.ERROR, code, detail=f"undecodable 2.05 body: {e}")
+        if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+            return ConfigResult(Outcome.ERROR, code, detail="2.05 body is not an array of UeConfigDoc")
+        return result_from_docs(code, docs)
+    return result_from_problem(code, problem_of(response))
+
+
+def apply_fallback(result: ConfigResult, preconfigured: Msgin5gConfig | None) -> ConfigResult:
+    """On 4.03/4.04 use the pre-configuration, reported as such (TS 23.554 8.1.1 NOTE 2)."""
+    if preconfigured is not None and result.outcome in (Outcome.FORBIDDEN, Outcome.NOT_FOUND):
+        result.config = preconfigured
+        result.preconfigured = True
+    return result
+
+
+class ScmClient:
+    """CoAP client of one SCM-S. ``api_root`` is ``coap://HOST:PORT[/prefix]`` (or coap+tcp/coap+ws)."""
+
+    def __init__(
+        self,
+        api_root: str,
+        service_id: str = "msgin5g",
+        *,
+        identity: str | None = None,
+        context: aiocoap.Context | None = None,
+        timeout: float = 30.0,
+    ):
+        self.api_root = api_root.rstrip("/")
+        self.service_id = service_id
+        self.identity = identity
+        self.timeout = timeout
+        self._ctx = context
+        self._own_ctx = context is None
+
+    async def __aenter__(self) -> ScmClient:
+        if self._ctx is None:
+            self._ctx = await aiocoap.Context.create_client_context()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_ctx and self._ctx is not None:
+            await self._ctx.shutdown()
+            self._ctx = None
+
+    @property
+    def collection_uri(self) -> str:
+        return f"{self.api_root}/su-uc/v1/val-services/{quote(self.service_id, safe='')}/ue-configurations"
+
+    def doc_uri(self, doc_id: str) -> str:
+        return f"{self.collection_uri}/{quote(doc_id, safe='')}"
+
+    def _message(self, code: Code, uri: str, query: list[str] | None = None, **kw) -> Message:
+        m = Message(code=code, uri=uri, **kw)
+        if query:
+            m.opt.uri_query = tuple(query)
+        if self.identity is not None:
+            from aiocoap.optiontypes import OpaqueOption
+
+            m.opt.add_option(OpaqueOption(LAB_IDENTITY_OPTION, self.identity.encode()))
+        return m
+
+    async def request(self, message: Message) -> Message:
+        assert self._ctx is not None, "use 'async with ScmClient(...)'"
+        return await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
+
+    # -- UE procedure (SPEC §3.1) --------------------------------------------------------------------
+    async def get_config(
+        self,
+        ue_uri: str,
+        ue_type: str | None = None,
+        ue_snr: str | None = None,
+        ue_vendor: str | None = None,
+        preconfigured: Msgin5gConfig | None = None,
+    ) -> ConfigResult:
+        q = query_options(ue_uri, ue_type, ue_snr, ue_vendor)
+        try:
+            response = await self.request(self._message(Code.GET, self.collection_uri, q))
+        except (TimeoutError, aiocoap.error.Error, OSError) as e:
+            return apply_fallback(ConfigResult(Outcome.ERROR, detail=f"no response: {e}"), None)
+        return apply_fallback(interpret(response), preconfigured)
+
+    async def observe_doc(self, doc_id: str) -> AsyncIterator[tuple[int, dict | Problem]]:
+        """Observe an individual document: yields (code, document) per notification, and a final
+        (code, Problem) when the server ends the observation (e.g. 4.04 after DELETE)."""
+        assert self._ctx is not None
+        m = self._message(Code.GET, self.doc_uri(doc_id), observe=0)
+        req = self._ctx.request(m)
+        try:
+            first = await asyncio.wait_for(req.response, self.timeout)
+            yield self._doc_or_problem(first)
+            if not first.code.is_successful() or first.opt.observe is None:
+                return
+            async for note in req.observation:
+                yield self._doc_or_problem(note)
+        except aiocoap.error.ResponseWrappingError as e:
+            yield self._doc_or_problem(e.coapmessage)
+        finally:
+            if not req.observation.cancelled:
+                req.observation.cancel()
+
+    @staticmethod
+    def _doc_or_problem(m: Message) -> tuple[int, dict | Problem]:
+        if m.code.is_successful():
+            return int(m.code), decode(m.payload, int(m.opt.content_format or CF_CBOR))
+        return int(m.code), problem_of(m) or Problem(int(m.code), m.payload.decode("utf-8", "replace"))
+
+    # -- administrator operations --------------------------------------------------------------------
+    def _ok(self, response: Message, *codes: Code) -> Message:
+        if response.code not in codes:
+            raise ScmClientError(int(response.code), problem_of(response))
+        return response
+
+    async def create(self, doc: dict) -> dict:
+        r = await self.request(
+            self._message(Code.POST, self.collection_uri, payload=encode(doc), content_format=CF_CBOR)
+        )
+        self._ok(r, Code.CREATED)
+        created = decode(r.payload) if r.payload else {}
+        if "ueConfigDocId" not in created and r.opt.location_path:
+            created["ueConfigDocId"] = r.opt.location_path[-1]
+        return created
+
+    async def get_doc(self, doc_id: str) -> dict:
+        r = self._ok(await self.request(self._message(Code.GET, self.doc_uri(doc_id))), Code.CONTENT)
+        return decode(r.payload, int(r.opt.content_format or CF_CBOR))
+
+    async def replace(self, doc_id: str, doc: dict, if_match: bytes | None = None) -> dict:
+        m = self._message(Code.PUT, self.doc_uri(doc_id), payload=encode(doc), content_format=CF_CBOR)
+        if if_match is not None:
+            m.opt.if_match = [if_match]
+        r = self._ok(await self.request(m), Code.CHANGED)
+        return decode(r.payload) if r.payload else doc
+
+    async def delete(self, doc_id: str) -> None:
+        self._ok(await self.request(self._message(Code.DELETE, self.doc_uri(doc_id))), Code.DELETED)
+
+    async def list_docs(self, query: list[str] | None = None) -> list[dict]:
+        """Admin query (no ue-uri: literal any-match; no parameter: every document). Large answers
+        arrive block-wise (RFC 7959); aiocoap reassembles them."""
+        r = self._ok(await self.request(self._message(Code.GET, self.collection_uri, query)), Code.CONTENT)
+        return decode(r.payload, int(r.opt.content_format or CF_CBOR))
