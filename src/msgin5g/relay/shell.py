@@ -1,0 +1,358 @@
+"""The Relay UE's I/O shell: UDP sockets and a clock around :class:`.core.RelayCore` (SPEC D8, D11).
+
+It parses datagrams, hands them to the core with the loop's clock, and performs the actions the
+core returns; it decides nothing itself.
+
+Why raw UDP sockets and not aiocoap client contexts for the uplink. The relay must keep CoAP
+semantics end to end — block-wise transfers and Observe pass through message by message, options
+and payload (including OSCORE-protected ones) untouched — while aiocoap's client would reassemble
+blocks and terminate observations itself. aiocoap's limits are instead designed around in the
+core, which applies them per uplink endpoint exactly as aiocoap would per peer:
+
+* NSTART = 1 per peer per client context (RFC 7252 §4.7): the core keeps at most one outstanding
+  interaction per uplink endpoint and queues the rest.
+* Message IDs: aiocoap's server remembers (remote, MID) for EXCHANGE_LIFETIME (247 s) and answers
+  a reused MID from its cache as a duplicate. The core never reuses an uplink MID within 247 s —
+  65,536 IDs per 247 s, ≈ 265 CON/s per endpoint pair — and lets requests wait when the budget is
+  spent.
+* Both limits are per endpoint pair. Layer-3 mode shares one uplink socket among every remote UE
+  (NAT-like); layer-2 mode opens one connected socket per PC5 link, so each remote UE gets its own
+  NSTART slot and MID space, and the SCM-S sees it as a separate client (SPEC D8).
+
+Uplink sockets are plain non-blocking sockets watched with ``loop.add_reader``: creating one is
+synchronous, which keeps performing an action a plain function call. The admin side — counters and
+links for operators — is an ordinary aiocoap resource tree on a loopback address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+import urllib.parse
+from dataclasses import dataclass
+
+import aiocoap
+import aiocoap.resource as resource
+
+from .. import codec
+from . import pc5
+from .core import (
+    MODE_L3,
+    Answer,
+    CloseUplink,
+    Discard,
+    MalformedDatagram,
+    OpenUplink,
+    RelayConfig,
+    RelayCore,
+    SendDownlink,
+    SendPc5,
+    SendUplink,
+    parse_datagram,
+)
+
+log = logging.getLogger("msgin5g.relay")
+
+DEFAULT_PC5_PORT = 65401  # seed 6.2.2.1; SPEC D11
+DEFAULT_ADMIN_PORT = 65411
+RECV_BATCH = 256  # datagrams handled per readiness callback before yielding to the loop
+SOCKET_BUFFER = 1 << 20
+
+
+@dataclass
+class RelaySettings:
+    """Everything ``msgin5g relay`` is told (SPEC D8, D11)."""
+
+    server_uri: str  # coap://HOST:PORT[/path]: the configuration management server functionality
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PC5_PORT  # 0 → any free port
+    mode: str = MODE_L3
+    max_links: int = 8
+    auto_link: bool = False
+    admin_host: str | None = "127.0.0.1"  # None → no admin side
+    admin_port: int = DEFAULT_ADMIN_PORT  # 0 → any free port
+    tick: float = 0.5
+    keepalive: int = 20
+    link_timeout: float = 60.0
+
+
+def parse_server_uri(uri: str) -> tuple[str, str, int]:
+    """``coap://HOST:PORT[/apiRoot path]`` → (scheme, host, port). Routing uses the origin only."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "coap" or not parts.hostname:
+        raise ValueError(
+            f"--server must be a coap://HOST[:PORT] URI (the relay's Uu side is UDP), got {uri!r}"
+        )
+    return parts.scheme, parts.hostname.lower(), parts.port or 5683
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``HOST``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    return host, int(port) if port else default_port
+
+
+def _family(host: str) -> int:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def _udp_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+    return sock
+
+
+class CountersResource(resource.Resource):
+    """``/relay/counters`` and ``/relay/links`` on the admin side: CBOR, or JSON with Accept 50."""
+
+    def __init__(self, relay: RunningRelay, part: str):
+        super().__init__()
+        self.relay = relay
+        self.part = part
+
+    async def render_get(self, request):
+        snap = self.relay.core.snapshot()
+        value = snap["counters"] if self.part == "counters" else snap
+        if request.opt.accept == codec.CF_JSON:
+            return aiocoap.Message(payload=json.dumps(value).encode(), content_format=codec.CF_JSON)
+        return aiocoap.Message(payload=codec.encode(value), content_format=codec.CF_CBOR)
+
+
+class RunningRelay:
+    """A started relay: PC5 socket, uplink sockets, tick task and admin context."""
+
+    def __init__(self, core: RelayCore, server_addr: tuple, settings: RelaySettings):
+        self.core = core
+        self.settings = settings
+        self._server_addr = server_addr
+        self._family = _family(server_addr[0])
+        self._loop = asyncio.get_running_loop()
+        self._pc5: socket.socket | None = None
+        self._uplinks: dict[int, socket.socket] = {}
+        self._tick_task: asyncio.Task | None = None
+        self._admin: aiocoap.Context | None = None
+        self.pc5_address: tuple[str, int] = ("", 0)
+        self.admin_address: tuple[str, int] | None = None
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        s = self.settings
+        sock = _udp_socket(_family(s.listen_host))
+        try:
+            sock.bind((s.listen_host, s.listen_port))
+        except OSError:
+            sock.close()
+            raise
+        self._pc5 = sock
+        self.pc5_address = sock.getsockname()[:2]
+        self._loop.add_reader(sock.fileno(), self._on_pc5_readable)
+        self._tick_task = asyncio.create_task(self._ticker())
+        if s.admin_host is not None:
+            await self._start_admin(s.admin_host, s.admin_port)
+
+    async def _start_admin(self, host: str, port: int) -> None:
+        if port == 0:
+            with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        site = resource.Site()
+        site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader))
+        site.add_resource(["relay", "counters"], CountersResource(self, "counters"))
+        site.add_resource(["relay", "links"], CountersResource(self, "links"))
+        self._admin = await aiocoap.Context.create_server_context(
+            site, bind=(host, port), transports=["udp6"]
+        )
+        self.admin_address = (host, port)
+
+    async def close(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        if self._pc5 is not None:
+            self._loop.remove_reader(self._pc5.fileno())
+            self._pc5.close()
+            self._pc5 = None
+        for key in list(self._uplinks):
+            self._close_uplink(key)
+        if self._admin is not None:
+            await self._admin.shutdown()
+            self._admin = None
+
+    async def __aenter__(self) -> RunningRelay:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def admin_uri(self) -> str | None:
+        if self.admin_address is None:
+            return None
+        host, port = self.admin_address
+        host = f"[{host}]" if ":" in host else host
+        return f"coap://{host}:{port}/relay/counters"
+
+    # ---- input --------------------------------------------------------------------------------
+
+    def _on_pc5_readable(self) -> None:
+        sock = self._pc5
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. an ICMP error reported on the socket
+                self.core.counters.errors[type(e).__name__] += 1
+                continue
+            endpoint = addr[:2]
+            now = self._loop.time()
+            try:
+                msg = parse_datagram(data)
+            except MalformedDatagram as e:
+                self._perform(self.core.on_pc5_malformed(endpoint, str(e), now))
+                continue
+            try:
+                actions = self.core.on_pc5(endpoint, msg, now)
+            except Exception:  # a bug must not stop the relay: log, count, go on
+                log.exception("relay core failed on a PC5 datagram from %s", endpoint)
+                self.core.counters.errors["core"] += 1
+                continue
+            self._perform(actions)
+
+    def _on_uplink_readable(self, key: int) -> None:
+        sock = self._uplinks.get(key)
+        if sock is None:
+            return
+        for _ in range(RECV_BATCH):
+            try:
+                data = sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # ICMP port unreachable from the server, reported on a connected socket
+                self.core.counters.errors[f"uplink-{type(e).__name__}"] += 1
+                return
+            now = self._loop.time()
+            try:
+                msg = parse_datagram(data)
+                if isinstance(msg, pc5.Pc5Message):
+                    raise MalformedDatagram("PC5 signalling on the Uu side")
+            except MalformedDatagram:
+                self.core.counters.dropped_malformed += 1
+                continue
+            try:
+                actions = self.core.on_uu(key, msg, now)
+            except Exception:
+                log.exception("relay core failed on a Uu datagram")
+                self.core.counters.errors["core"] += 1
+                continue
+            self._perform(actions)
+            if key not in self._uplinks:
+                return
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick)
+            try:
+                self._perform(self.core.on_tick(self._loop.time()))
+            except Exception:
+                log.exception("relay core failed on a tick")
+                self.core.counters.errors["core"] += 1
+
+    # ---- output -------------------------------------------------------------------------------
+
+    def _perform(self, actions) -> None:
+        for action in actions:
+            try:
+                if isinstance(action, SendUplink):
+                    sock = self._uplinks.get(action.uplink)
+                    if sock is not None:
+                        sock.send(action.message.encode())
+                elif isinstance(action, SendDownlink | Answer):
+                    self._send_pc5(action.endpoint, action.message.encode())
+                elif isinstance(action, SendPc5):
+                    self._send_pc5(action.endpoint, pc5.encode(action.message))
+                elif isinstance(action, OpenUplink):
+                    self._open_uplink(action.uplink)
+                elif isinstance(action, CloseUplink):
+                    self._close_uplink(action.uplink)
+                elif isinstance(action, Discard):
+                    log.debug("discarded: %s %s", action.reason, action.detail)
+            except BlockingIOError:
+                self.core.counters.errors["send-buffer-full"] += 1
+            except OSError as e:
+                self.core.counters.errors[f"send-{type(e).__name__}"] += 1
+
+    def _send_pc5(self, endpoint, data: bytes) -> None:
+        if self._pc5 is not None:
+            self._pc5.sendto(data, endpoint)
+
+    def _open_uplink(self, key: int) -> None:
+        if key in self._uplinks:
+            return
+        sock = _udp_socket(self._family)
+        try:
+            sock.connect(self._server_addr)  # connected: only the server's datagrams are received
+        except OSError:
+            sock.close()
+            raise
+        self._uplinks[key] = sock
+        self._loop.add_reader(sock.fileno(), self._on_uplink_readable, key)
+
+    def _close_uplink(self, key: int) -> None:
+        sock = self._uplinks.pop(key, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    @property
+    def uplink_count(self) -> int:
+        return len(self._uplinks)
+
+
+async def start_relay(settings: RelaySettings) -> RunningRelay:
+    """Resolve the CM server, bind the PC5 port and the admin side, and return the running relay."""
+    scheme, host, port = parse_server_uri(settings.server_uri)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    server_addr = infos[0][4][:2]
+    config = RelayConfig(
+        server_host=host,
+        server_port=port,
+        server_scheme=scheme,
+        server_aliases=frozenset({server_addr[0]}),
+        mode=settings.mode,
+        max_links=settings.max_links,
+        auto_link=settings.auto_link,
+        keepalive=settings.keepalive,
+        link_timeout=settings.link_timeout,
+    )
+    relay = RunningRelay(RelayCore(config), server_addr, settings)
+    try:
+        await relay._start()
+    except BaseException:
+        await relay.close()
+        raise
+    return relay
