@@ -81,6 +81,8 @@ def problem_message(problem: Problem) -> Message:
 
 def slice_block2(full: Message, request: Message) -> Message:
     """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
+    if not full.code.is_successful():
+        return full  # errors are small and never block-wise
     b2 = request.opt.block2
     max_payload = request.remote.maximum_payload_size
     if b2 is None and len(full.payload) <= max_payload:
