@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..model import DOC_ID_KEY, VENDOR_KEY, UeIdentity
+from ..model import DOC_ID_KEY, UeIdentity
 
 SNR_MAX = 999_999
 
@@ -62,38 +62,6 @@ def index_rows(doc: dict) -> list[tuple[str, str, int, int]]:
         if "snrRange" in rng:
             rows.append(("tac", tac, int(rng["snrRange"]["low"]), int(rng["snrRange"]["high"])))
     return rows
-
-
-def matches_any(
-    doc: dict,
-    *,
-    uri: str | None = None,
-    tac: str | None = None,
-    snr: int | None = None,
-    vendor: str | None = None,
-) -> bool:
-    """The exact admin any-match of :meth:`Store.query_any` (Table C.3.1.2.2.3.1-2; SPEC D4).
-
-    Back ends find a superset through their indexes and keep the documents this accepts: an
-    imeiRange without ``snrs``/``snrRange`` matches ``tac`` but not ``snr``.
-    """
-    if uri is None and tac is None and snr is None and vendor is None:
-        return True
-    if vendor is not None and doc.get(VENDOR_KEY) == vendor:
-        return True
-    ids = doc.get("valUeIds") or {}
-    if uri is not None and uri in ids.get("uris", ()):
-        return True
-    for rng in ids.get("imeiRanges", ()):
-        if tac is not None and rng.get("tac") == tac:
-            return True
-        if snr is not None:
-            if any(int(s) == snr for s in rng.get("snrs", ())):
-                return True
-            sr = rng.get("snrRange")
-            if sr is not None and int(sr["low"]) <= snr <= int(sr["high"]):
-                return True
-    return False
 
 
 def with_id(doc: dict, doc_id: str) -> dict:

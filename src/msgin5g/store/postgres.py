@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import cbor2
 import psycopg
 
+from ..applicability import matches_any
 from ..model import UeIdentity
 from .base import (
     DocNotFound,
@@ -26,7 +27,6 @@ from .base import (
     StoredDoc,
     StoreError,
     VersionMismatch,
-    matches_any,
     new_doc_id,
     with_id,
 )

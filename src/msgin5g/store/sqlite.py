@@ -28,6 +28,7 @@ from contextlib import contextmanager
 
 import cbor2
 
+from ..applicability import matches_any
 from ..model import VENDOR_KEY, UeIdentity
 from .base import (
     DocNotFound,
@@ -36,7 +37,6 @@ from .base import (
     StoreError,
     VersionMismatch,
     index_rows,
-    matches_any,
     new_doc_id,
     with_id,
 )
