@@ -421,10 +421,11 @@ class ConstrainedUe(asyncio.DatagramProtocol):
                 self._send(ack)
             return True
         ack = None
-        if msg.mtype == Type.CON:
+        if msg.mtype == Type.CON:  # a separate response or notification: acknowledge it (RFC 7252 §5.2.2)
             a = Message(code=Code.EMPTY)
             a.mtype, a.mid = Type.ACK, msg.mid
             ack = a.encode()
+            self._send(ack)
         self._seen[msg.mid] = ack
         self._seen_order.append(msg.mid)
         if len(self._seen_order) > 256:

@@ -1,0 +1,118 @@
+"""``msgin5g relay``: run a Relay UE (TS 24.538 6.2.2.1; SPEC §3.2, D8, D11)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+
+import click
+
+from .shell import DEFAULT_ADMIN_PORT, DEFAULT_PC5_PORT, RelaySettings, parse_hostport, start_relay
+
+
+def _hostport(default_port: int):
+    def convert(ctx, param, value):
+        if value is None or value.lower() == "none":
+            return None
+        try:
+            return parse_hostport(value, default_port)
+        except ValueError:
+            raise click.BadParameter(f"expected HOST:PORT, got {value!r}") from None
+
+    return convert
+
+
+async def _run(settings: RelaySettings) -> dict:
+    try:
+        relay = await start_relay(settings)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot start the relay: {e}") from e
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    host, port = relay.pc5_address
+    click.echo(
+        f"relay ({settings.mode}) listening on {host}:{port} (PC5), relaying to {settings.server_uri}; "
+        f"max {settings.max_links} links{', auto-link' if settings.auto_link else ''}"
+    )
+    if relay.admin_uri:
+        click.echo(f"counters: {relay.admin_uri}")
+    try:
+        await stop.wait()
+    finally:
+        snapshot = relay.core.snapshot()
+        await relay.close()
+    return snapshot
+
+
+@click.command("relay")
+@click.option(
+    "--listen",
+    default=f"127.0.0.1:{DEFAULT_PC5_PORT}",
+    show_default=True,
+    callback=_hostport(DEFAULT_PC5_PORT),
+    help="PC5 side: where constrained UEs reach the relay (UDP).",
+)
+@click.option(
+    "--server",
+    "server_uri",
+    default="coap://127.0.0.1:5683",
+    show_default=True,
+    help="The configuration management server functionality (SCM-S) the relay forwards to.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["l3", "l2"]),
+    default="l3",
+    show_default=True,
+    help="l3: one shared uplink endpoint (NAT-like); l2: one uplink endpoint per remote UE.",
+)
+@click.option(
+    "--max-links",
+    type=click.IntRange(1, 65535),
+    default=8,
+    show_default=True,
+    help="Size of the PC5 link table (TS 23.304 recommends 8).",
+)
+@click.option(
+    "--auto-link",
+    is_flag=True,
+    help="Lab aid: the first datagram from a new endpoint establishes its PC5 link.",
+)
+@click.option(
+    "--admin",
+    default=f"127.0.0.1:{DEFAULT_ADMIN_PORT}",
+    show_default=True,
+    callback=_hostport(DEFAULT_ADMIN_PORT),
+    help="Loopback admin side serving /relay/counters and /relay/links; 'none' disables it.",
+)
+@click.option(
+    "--link-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds without a datagram after which a PC5 link is released.",
+)
+@click.option("-v", "--verbose", count=True)
+def relay(listen, server_uri, mode, max_links, auto_link, admin, link_timeout, verbose) -> None:
+    """MSGin5G Relay UE: relay constrained UEs' configuration GETs to the SCM-S (TS 24.538 6.2.2.1)."""
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2))
+    settings = RelaySettings(
+        server_uri=server_uri,
+        listen_host=listen[0],
+        listen_port=listen[1],
+        mode=mode,
+        max_links=max_links,
+        auto_link=auto_link,
+        admin_host=admin[0] if admin else None,
+        admin_port=admin[1] if admin else 0,
+        link_timeout=link_timeout,
+    )
+    snapshot = asyncio.run(_run(settings))
+    click.echo("relay counters at shutdown:")
+    click.echo(json.dumps(snapshot["counters"], indent=2, sort_keys=True))
