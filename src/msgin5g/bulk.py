@@ -19,6 +19,7 @@ Pure functions only: no sockets, no clocks.
 from __future__ import annotations
 
 import copy
+import io
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -316,6 +317,20 @@ def _individual(entry: dict, max_age: int | None) -> IndividualResponse:
     except ModelError as e:
         return IndividualResponse.from_problem(bad_gateway(f"bulk answer entry is not a UeConfigDoc: {e}"))
     return IndividualResponse.content([entry], max_age)
+
+
+def decode_answer(payload: bytes) -> Any:
+    """The CBOR data item of a bulk answer. Unlike :func:`msgin5g.codec.decode` this accepts the
+    integer keys of the concise problem details inside stub entries; :func:`split` checks the
+    rest. Raises ValueError when the payload is not exactly one well-formed data item."""
+    fp = io.BytesIO(payload)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except Exception as e:  # cbor2 raises several types; all mean "malformed"
+        raise ValueError(f"malformed CBOR: {e}") from None
+    if fp.tell() != len(payload):
+        raise ValueError(f"{len(payload) - fp.tell()} bytes after the CBOR data item")
+    return value
 
 
 def split(requested: Sequence[str], answer: Any, max_age: int | None = None) -> list[IndividualResponse]:
