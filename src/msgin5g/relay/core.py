@@ -41,7 +41,9 @@ performs the :class:`Action` values it gets back. Every rule lives here:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 import urllib.parse
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -336,6 +338,10 @@ class Recipient:
     port: int
 
 
+_NOT_URI_CHAR = re.compile(r"[^\x21-\x7e]")  # RFC 3986: anything else must be percent-encoded
+
+
+@functools.lru_cache(maxsize=1024)
 def _norm_host(host: str) -> str:
     host = host.strip("[]").lower()
     try:
@@ -344,6 +350,7 @@ def _norm_host(host: str) -> str:
         return host
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -409,7 +416,7 @@ def _parse_proxy_uri(uri: str) -> tuple[Recipient, list] | Problem:
         return _bad(0x80, "Proxy-Uri must not carry a fragment", "INVALID_PROXY_URI")
     if parts.username is not None or parts.password is not None:
         return _bad(0x80, "Proxy-Uri must not carry user information", "INVALID_PROXY_URI")
-    if any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in uri):
+    if _NOT_URI_CHAR.search(uri):
         return _bad(0x80, "Proxy-Uri contains characters that must be percent-encoded", "INVALID_PROXY_URI")
     try:
         path = (
