@@ -1,0 +1,241 @@
+"""``msgin5g gateway`` and ``msgin5g cm-client`` (TS 24.538 6.2.2.x; SPEC D9, D10, D11)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from ..clicommon import parse_hostport, setup_logging
+from .cmclient import CmClient, ScmClient, SealCClient, SealCServer, parse_server_uri
+from .policy import ServicePolicy
+from .shell import GatewayConfig, GatewayUe
+
+DEFAULT_GATEWAY_PORT = 65402  # SPEC D11
+DEFAULT_SEAL_C_PORT = 65403
+
+
+def default_state_path() -> str:
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "msgin5g"
+    return str(base / "gateway-state.db")
+
+
+def _server_option(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_server_uri(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def build_cm_client(
+    cm_client: str, server: str | None, gateway_id: str | None, uu_endpoints: int, max_ues: int | None
+) -> CmClient:
+    """``collocated`` → the SCM-C in-process; ``coap[+tcp]://HOST:PORT`` → SEAL-C (SPEC D10)."""
+    if cm_client == "collocated":
+        if not server:
+            raise click.UsageError("--server is needed with a collocated CM client")
+        return ScmClient(server, gateway_id=gateway_id, udp_endpoints=uu_endpoints, max_ues=max_ues)
+    try:
+        parse_server_uri(cm_client)
+    except ValueError as e:
+        raise click.BadParameter(f"--cm-client: {e}") from None
+    return SealCClient(cm_client)
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> dict:
+    gw = GatewayUe(config, cm)
+    try:
+        await gw.start()
+    except OSError as e:
+        await cm.close()
+        raise click.ClickException(f"cannot start the gateway: {e}") from e
+    click.echo(
+        f"gateway listening on {config.host}:{gw.port} (MSGin5G-6); {describe}; "
+        f"{gw.stats['restored']} stored requests restored",
+        nl=True,
+    )
+    try:
+        await _wait_for_signal()
+    finally:
+        stats = dict(gw.stats)
+        stats.update({f"cm-{k}": v for k, v in getattr(cm, "stats", {}).items()})
+        stats["unanswered"] = gw.unanswered
+        await gw.close()
+    return stats
+
+
+@click.command("gateway")
+@click.option(
+    "--listen",
+    default=f"127.0.0.1:{DEFAULT_GATEWAY_PORT}",
+    show_default=True,
+    help="MSGin5G-6 side: where constrained UEs reach the gateway (UDP).",
+)
+@click.option(
+    "--server",
+    "server",
+    default=None,
+    callback=lambda c, p, v: _server_option(v),
+    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT (collocated CM client).",
+)
+@click.option(
+    "--service-id", default="msgin5g", show_default=True, help="valServiceId of the MSGin5G service."
+)
+@click.option(
+    "--bulk/--no-bulk",
+    default=True,
+    show_default=True,
+    help="Service policy: bulk configuration, or forward each request on its own.",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="UEs per bulk operation; a full batch is flushed at once.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.IntRange(0, 3_600_000),
+    default=500,
+    show_default=True,
+    help="Longest wait of the oldest request before a flush.",
+)
+@click.option(
+    "--give-up-s",
+    type=click.FloatRange(0.1, None),
+    default=300.0,
+    show_default=True,
+    help="A request unanswered this long gets 5.04 Gateway Timeout.",
+)
+@click.option(
+    "--state", "state", default=None, help="SQLite file of stored requests. [default: under XDG_DATA_HOME]"
+)
+@click.option(
+    "--cm-client",
+    "cm_client",
+    default="collocated",
+    show_default=True,
+    help="'collocated', or coap[+tcp]://HOST:PORT of a separate 'msgin5g cm-client' (SEAL-C).",
+)
+@click.option(
+    "--gateway-id",
+    default="gw1",
+    show_default=True,
+    help="Identity claimed towards the SCM-S in lab mode (option 65000, 'gateway:<id>').",
+)
+@click.option(
+    "--uu-endpoints",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="UDP endpoints towards the SCM-S (each has its own NSTART and message-ID space).",
+)
+@click.option(
+    "--max-ues-per-get",
+    type=click.IntRange(1, None),
+    default=None,
+    help="UEs per bulk GET. [default: 2000 over TCP, as many as fit over UDP]",
+)
+@click.option("--no-cache", is_flag=True, help="Do not answer repeat requests from the cache.")
+@click.option("-v", "--verbose", count=True)
+def gateway(
+    listen,
+    server,
+    service_id,
+    bulk,
+    max_batch,
+    max_wait_ms,
+    give_up_s,
+    state,
+    cm_client,
+    gateway_id,
+    uu_endpoints,
+    max_ues_per_get,
+    no_cache,
+    verbose,
+) -> None:
+    """MSGin5G Gateway UE: bulk configuration of constrained UEs (TS 24.538 6.2.2.x)."""
+    setup_logging(verbose)
+    host, port = parse_hostport(listen, DEFAULT_GATEWAY_PORT)
+    cm = build_cm_client(cm_client, server, gateway_id, uu_endpoints, max_ues_per_get)
+    policy = ServicePolicy(bulk=bulk, max_batch=max_batch, max_wait=max_wait_ms / 1000.0, give_up=give_up_s)
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        service_id=service_id,
+        policy=policy,
+        state_path=state or default_state_path(),
+        cache=not no_cache,
+    )
+    where = f"SCM-S {server}" if cm_client == "collocated" else f"CM client {cm_client} (SEAL-C)"
+    mode = f"bulk ≤{max_batch} UEs / {max_wait_ms} ms" if bulk else "no bulk"
+    stats = asyncio.run(_run_gateway(config, cm, f"{where}; {mode}"))
+    click.echo("gateway counters at shutdown: " + json.dumps(stats, sort_keys=True))
+
+
+@click.command("cm-client")
+@click.option(
+    "--listen",
+    default=f"127.0.0.1:{DEFAULT_SEAL_C_PORT}",
+    show_default=True,
+    help="SEAL-C side (loopback CoAP, UDP and TCP on the same port).",
+)
+@click.option(
+    "--server",
+    "server",
+    required=True,
+    callback=lambda c, p, v: _server_option(v),
+    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT.",
+)
+@click.option(
+    "--gateway-id",
+    default="gw1",
+    show_default=True,
+    help="Identity claimed towards the SCM-S in lab mode (option 65000, 'gateway:<id>').",
+)
+@click.option("--uu-endpoints", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--max-ues-per-get", type=click.IntRange(1, None), default=None)
+@click.option("-v", "--verbose", count=True)
+def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, verbose) -> None:
+    """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
+    setup_logging(verbose)
+    host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
+
+    async def run() -> dict:
+        scm = ScmClient(server, gateway_id=gateway_id, udp_endpoints=uu_endpoints, max_ues=max_ues_per_get)
+        seal_c = SealCServer(scm, host, port)
+        try:
+            await seal_c.start()
+        except OSError as e:
+            await scm.close()
+            raise click.ClickException(f"cannot start the CM client: {e}") from e
+        click.echo(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
+        try:
+            await _wait_for_signal()
+        finally:
+            stats = dict(scm.stats)
+            await seal_c.close()
+        return stats
+
+    stats = asyncio.run(run())
+    click.echo("cm-client counters at shutdown: " + json.dumps(stats, sort_keys=True))
+    logging.shutdown()

@@ -1,0 +1,195 @@
+"""The Gateway UE's durable store of constrained UEs' requests (TS 24.538 6.2.2.x "cached/stored
+configuration requests"; SPEC D9).
+
+One SQLite file. A request is stored *before* the gateway acknowledges it, with everything
+needed to answer it after a crash: the UE's endpoint, the token and message ID, the query, the
+urgency and the receive time (wall clock). It stays until its answer has been delivered (the UE
+acknowledged the separate response, rejected it, or it was given up), so a gateway killed with
+``kill -9`` answers every stored request after its restart (its token and endpoint were stored).
+
+WAL journal with ``synchronous=NORMAL``: a committed transaction survives the process being
+killed (only a power failure may lose the last transactions). Writes come in batches — one
+transaction per receive burst — so that storing costs little per request.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .wire import UeQuery
+
+STORED, ANSWERED = "stored", "answered"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    host        TEXT    NOT NULL,
+    port        INTEGER NOT NULL,
+    mid         INTEGER NOT NULL,
+    token       BLOB    NOT NULL,
+    confirmable INTEGER NOT NULL,
+    ue_uri      TEXT    NOT NULL,
+    ue_vendor   TEXT,
+    ue_type     TEXT,
+    ue_snr      TEXT,
+    urgent      INTEGER NOT NULL DEFAULT 0,
+    block_num   INTEGER NOT NULL DEFAULT 0,
+    block_szx   INTEGER NOT NULL DEFAULT 6,
+    received    REAL    NOT NULL,
+    state       TEXT    NOT NULL DEFAULT 'stored',
+    UNIQUE (host, port, mid, token)
+);
+CREATE INDEX IF NOT EXISTS requests_ue ON requests (ue_uri);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """One constrained UE's request as stored (and restored after a restart)."""
+
+    req_id: int
+    host: str
+    port: int
+    mid: int
+    token: bytes
+    confirmable: bool
+    query: UeQuery
+    urgent: bool
+    block_num: int
+    block_szx: int
+    received: float  # wall clock (time.time())
+    state: str = STORED
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request about to be stored (no id yet)."""
+
+    host: str
+    port: int
+    mid: int
+    token: bytes
+    confirmable: bool
+    query: UeQuery
+    urgent: bool = False
+    block_num: int = 0
+    block_szx: int = 6
+    received: float = 0.0
+
+
+class RequestQueue:
+    """Durable request store on one SQLite file (one connection, used from the event loop)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add_many(self, requests: Sequence[NewRequest]) -> list[StoredRequest | None]:
+        """Store a burst of requests in one transaction. A request already stored (same
+        endpoint, message ID and token: a retransmission, possibly from before a restart) gives
+        None in its place."""
+        out: list[StoredRequest | None] = []
+        cur = self._db.cursor()
+        cur.execute("BEGIN")
+        try:
+            for r in requests:
+                received = r.received or time.time()
+                cur.execute(
+                    "INSERT OR IGNORE INTO requests (host, port, mid, token, confirmable, ue_uri, ue_vendor,"
+                    " ue_type, ue_snr, urgent, block_num, block_szx, received)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        r.host,
+                        r.port,
+                        r.mid,
+                        r.token,
+                        int(r.confirmable),
+                        r.query.ue_uri,
+                        r.query.ue_vendor,
+                        r.query.ue_type,
+                        r.query.ue_snr,
+                        int(r.urgent),
+                        r.block_num,
+                        r.block_szx,
+                        received,
+                    ),
+                )
+                if cur.rowcount != 1:
+                    out.append(None)
+                    continue
+                out.append(
+                    StoredRequest(
+                        cur.lastrowid,
+                        r.host,
+                        r.port,
+                        r.mid,
+                        r.token,
+                        r.confirmable,
+                        r.query,
+                        r.urgent,
+                        r.block_num,
+                        r.block_szx,
+                        received,
+                    )
+                )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return out
+
+    def mark_answered(self, req_ids: Iterable[int]) -> None:
+        """The answer went out (not yet acknowledged): kept until :meth:`remove_many`."""
+        self._db.executemany("UPDATE requests SET state='answered' WHERE id=?", ((i,) for i in req_ids))
+
+    def remove_many(self, req_ids: Iterable[int]) -> None:
+        """Delivered (or given up): forget these requests."""
+        cur = self._db.cursor()
+        cur.execute("BEGIN")
+        cur.executemany("DELETE FROM requests WHERE id=?", ((i,) for i in req_ids))
+        cur.execute("COMMIT")
+
+    def pending(self) -> list[StoredRequest]:
+        """Every request not yet delivered, oldest first (restart: each is answered again)."""
+        rows = self._db.execute(
+            "SELECT id, host, port, mid, token, confirmable, ue_uri, ue_vendor, ue_type, ue_snr, urgent,"
+            " block_num, block_szx, received, state FROM requests ORDER BY received, id"
+        ).fetchall()
+        return [
+            StoredRequest(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                bytes(r[4]),
+                bool(r[5]),
+                UeQuery(r[6], r[7], r[8], r[9]),
+                bool(r[10]),
+                r[11],
+                r[12],
+                r[13],
+                r[14],
+            )
+            for r in rows
+        ]
+
+    def count(self, state: str | None = None) -> int:
+        if state is None:
+            return self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        return self._db.execute("SELECT COUNT(*) FROM requests WHERE state=?", (state,)).fetchone()[0]
