@@ -10,7 +10,7 @@ one document can serve a whole IMEI range while every UE gets its own stable UE 
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -35,6 +35,72 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema())
 
 
+#: Top-level keywords under which validating an object equals checking ``required`` and then each
+#: property against its own sub-schema (``additionalProperties`` must be absent or true).
+_DECOMPOSABLE = {
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "type",
+    "required",
+    "properties",
+    "additionalProperties",
+}
+
+
+@cache
+def _property_validators() -> dict[str, jsonschema.protocols.Validator] | None:
+    s = schema()
+    if set(s) - _DECOMPOSABLE or s.get("additionalProperties", True) is not True or s.get("type") != "object":
+        return None
+    cls = jsonschema.validators.validator_for(s)
+    return {name: cls(sub) for name, sub in s.get("properties", {}).items()}
+
+
+@lru_cache(maxsize=65_536)
+def _property_error(name: str, kind: type, value: Any) -> str | None:
+    """First schema error of one property value (memoised: server addresses and segment sizes
+    repeat across a fleet, so a million-row import validates each distinct value once)."""
+    validators = _property_validators()
+    assert validators is not None
+    err = next(iter(validators[name].iter_errors(value)), None)
+    return None if err is None else err.message
+
+
+def _schema_error(data: Any) -> tuple[str, str] | None:
+    """(path, message) of the first violation of the configData schema, or None.
+
+    Same verdict as validating the whole document with jsonschema (which remains the authority,
+    and is used directly whenever the schema is not of the decomposable shape)."""
+    validators = _property_validators()
+    if validators is None or not isinstance(data, dict):
+        errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
+        if not errors:
+            return None
+        err = errors[0]
+        path = "/".join(str(p) for p in err.absolute_path)
+        if err.validator == "required" and isinstance(data, dict):
+            missing = [r for r in err.validator_value if r not in data]
+            path = "/".join(filter(None, [path, missing[0] if missing else ""]))
+        return path, err.message
+    for name in schema().get("required", ()):
+        if name not in data:
+            return name, f"{name!r} is a required property"
+    for name, validator in validators.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if isinstance(value, str | int | float | bool) or value is None:
+            msg = _property_error(name, type(value), value)
+        else:
+            err = next(iter(validator.iter_errors(value)), None)
+            msg = None if err is None else err.message
+        if msg is not None:
+            return name, msg
+    return None
+
+
 def validate_config_data(config_data: Any, field: str = "configData") -> dict:
     """Parse and validate one MSGin5G configData; ModelError names the failing field (→ 4.00)."""
     if not isinstance(config_data, str):
@@ -43,14 +109,10 @@ def validate_config_data(config_data: Any, field: str = "configData") -> dict:
         data = json.loads(config_data)
     except ValueError as e:
         raise ModelError(field, f"not a JSON document: {e}", "INVALID_CONFIG_DATA") from None
-    errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
-        path = "/".join(str(p) for p in err.absolute_path)
-        if err.validator == "required":
-            missing = [r for r in err.validator_value if isinstance(data, dict) and r not in data]
-            path = "/".join(filter(None, [path, missing[0] if missing else ""]))
-        raise ModelError(f"{field}/{path}" if path else field, err.message, "INVALID_CONFIG_DATA")
+    error = _schema_error(data)
+    if error is not None:
+        path, message = error
+        raise ModelError(f"{field}/{path}" if path else field, message, "INVALID_CONFIG_DATA")
     return data
 
 

@@ -392,8 +392,11 @@ class RawUdp:
         m.mtype, m.mid, m.token = mtype, mid, token
         self.s.sendto(m.encode(), self.addr)
 
+    async def recv_bytes(self) -> bytes:
+        return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.s, 65536), 5)
+
     async def recv(self) -> Message:
-        return Message.decode(await asyncio.wait_for(asyncio.get_running_loop().sock_recv(self.s, 65536), 5))
+        return Message.decode(await self.recv_bytes())
 
     def close(self) -> None:
         self.s.close()
@@ -491,3 +494,23 @@ async def test_websocket_transport(tmp_path, coap):
         assert r.code == Code.CONTENT and cbor2.loads(r.payload)[0]["valServiceDomain"] == DOMAIN
     finally:
         await srv.close()
+
+
+async def test_retransmitted_con_is_answered_from_the_duplicate_cache(scm_server, coap):
+    """RFC 7252 §4.5: a duplicate CON gets the same response and is not processed again; the
+    compact cache (server.app.EncodedResponse) resends the identical bytes."""
+    srv = scm_server
+    await post(coap, srv, make_doc(uris=[UE]))
+    raw = RawUdp(srv.port)
+    try:
+        m = Message(code=Code.GET, uri_path=("su-uc", "v1", "val-services", "msgin5g", "ue-configurations"))
+        m.opt.uri_query = (f"ue-uri={UE}",)
+        before = dict(srv.service.counters)
+        raw.send(m, mid=4242, token=b"dup")
+        first = await raw.recv_bytes()
+        raw.send(m, mid=4242, token=b"dup")
+        second = await raw.recv_bytes()
+        assert first == second and Message.decode(first).code == Code.CONTENT
+        assert srv.service.counters.get("scoped-ok", 0) == before.get("scoped-ok", 0) + 1
+    finally:
+        raw.close()

@@ -75,6 +75,10 @@ def to_message(reply: Reply) -> Message:
     return m
 
 
+async def _ready(message: Message) -> Message:
+    return message
+
+
 def problem_message(problem: Problem) -> Message:
     return to_message(Reply.from_problem(problem))
 
@@ -141,7 +145,17 @@ class ScmSite(ObservableResource, PathCapable):
             pipe.add_response(too_large, is_last=True)
             return
         try:
-            await ObservableResource._render_to_pipe(self, pipe)
+            request = pipe.request
+            if request.opt.block1 is None and request.opt.block2 is None and request.opt.observe is None:
+                # Fast path for the common single-message exchange: render at once and only pay for
+                # aiocoap's Block2 cache key when the answer turns out to need blocks (its own
+                # _render_to_pipe computes that key for every request).
+                response = await self.render(request)
+                if len(response.payload) > request.remote.maximum_payload_size and not self._is_bulk(request):
+                    response = await self._block2.extract_or_insert(request, lambda: _ready(response))
+                pipe.add_response(response, is_last=True)
+            else:
+                await ObservableResource._render_to_pipe(self, pipe)
         except coap_error.RenderableError as e:
             pipe.add_response(self._problem_from_aiocoap(e), is_last=True)
         except Exception:  # never let a request crash the server; report it

@@ -1,0 +1,42 @@
+"""Baseline for the benchmarks: a bare aiocoap resource answering every GET with a fixed payload of
+the size of a typical UE configuration answer. Run: python baseline_server.py PORT PAYLOAD_BYTES"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import aiocoap
+import aiocoap.resource as resource
+
+
+class Fixed(resource.Resource):
+    def __init__(self, payload: bytes):
+        super().__init__()
+        self.payload = payload
+
+    async def render_get(self, request):
+        return aiocoap.Message(payload=self.payload, content_format=60)
+
+
+class Everything(resource.Site):
+    """Answers any path: the benchmark's request URIs are those of the real server."""
+
+    def __init__(self, res):
+        super().__init__()
+        self.res = res
+
+    def _find_child_and_pathstripped_message(self, request):
+        return self.res, request.copy(uri_path=())
+
+
+async def main(port: int, size: int) -> None:
+    await aiocoap.Context.create_server_context(
+        Everything(Fixed(b"\xa0" * size)), bind=("127.0.0.1", port), transports=["udp6"]
+    )
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
