@@ -109,6 +109,11 @@ def validate_config_data(config_data: Any, field: str = "configData") -> dict:
         data = json.loads(config_data)
     except ValueError as e:
         raise ModelError(field, f"not a JSON document: {e}", "INVALID_CONFIG_DATA") from None
+    return check_config_object(data, field)
+
+
+def check_config_object(data: Any, field: str = "configData") -> Any:
+    """Validate an already parsed configData object against the schema (ModelError → 4.00)."""
     error = _schema_error(data)
     if error is not None:
         path, message = error
