@@ -363,7 +363,7 @@ def _bad(code: int, detail: str, cause: str) -> Problem:
     return Problem(code, detail, cause)
 
 
-def proxy_target(msg: Message) -> tuple[Recipient, list] | Problem | None:
+def proxy_target(msg: Message) -> tuple[Recipient, tuple] | Problem | None:
     """Read the recipient of a request from its forward-proxy options (SPEC D8; RFC 7252 §5.7.2).
 
     Returns ``(recipient, extra options for the uplink request)``, a :class:`Problem` (4.00 /
@@ -398,11 +398,12 @@ def proxy_target(msg: Message) -> tuple[Recipient, list] | Problem | None:
             port = DEFAULT_PORT
         if not isinstance(port, int) or not 0 < port <= 0xFFFF:
             return _bad(0x80, f"Uri-Port {port!r} out of range", "INVALID_URI_PORT")
-        return Recipient(proxy_scheme.lower(), _norm_host(host), port), []
+        return Recipient(proxy_scheme.lower(), _norm_host(host), port), ()
     return None
 
 
-def _parse_proxy_uri(uri: str) -> tuple[Recipient, list] | Problem:
+@functools.lru_cache(maxsize=4096)  # block-wise follow-ups and retries repeat the same Proxy-Uri
+def _parse_proxy_uri(uri: str) -> tuple[Recipient, tuple] | Problem:
     if len(uri.encode()) > MAX_PROXY_URI:
         return _bad(0x80, f"Proxy-Uri longer than {MAX_PROXY_URI} bytes", "INVALID_PROXY_URI")
     try:
@@ -437,10 +438,10 @@ def _parse_proxy_uri(uri: str) -> tuple[Recipient, list] | Problem:
         extra.append(URI_HOST.create_option(value=host))
     extra.extend(URI_PATH.create_option(value=p) for p in path)
     extra.extend(URI_QUERY.create_option(value=q) for q in query)
-    return Recipient(parts.scheme.lower(), host, port if port is not None else DEFAULT_PORT), extra
+    return Recipient(parts.scheme.lower(), host, port if port is not None else DEFAULT_PORT), tuple(extra)
 
 
-def uplink_request(msg: Message, extra: list) -> Message:
+def uplink_request(msg: Message, extra: tuple) -> Message:
     """The request as it goes uplink: proxy options removed (and Proxy-Uri decomposed), all else kept."""
     up = Message(code=msg.code, payload=msg.payload)
     for o in msg.opt.option_list():
