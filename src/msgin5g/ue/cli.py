@@ -89,7 +89,7 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
 @click.option("--ue-type", default=None, help="TAC (8 digits).")
 @click.option("--ue-snr", default=None, help="Serial number (1-6 digits).")
 @click.option("--ue-vendor", default=None)
-@click.option("--l2-id", default=None, help="PC5 Layer-2 ID (relay only; default derived from the UE ID).")
+@click.option("--l2-id", type=int, default=None, help="PC5 Layer-2 ID (relay only; random if absent).")
 @click.option("--urgent", is_flag=True, help="Ask the gateway to flush at once (gateway only).")
 @click.option("--identity", default=None, help="Lab identity claimed in insecure mode, e.g. ue:<uri>.")
 @click.option("--observe", is_flag=True, help="Keep observing the applied document and print each update.")
