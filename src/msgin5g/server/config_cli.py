@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from contextlib import contextmanager
 
 import click
 from rich.console import Console
@@ -39,6 +40,28 @@ identity_opt = click.option(
 )
 
 
+def call_server(server: str, service_id: str, identity: str | None, operation):
+    """Run ``await operation(client)`` against the SCM-S; a refused request becomes a CLI error."""
+
+    async def run():
+        async with ScmClient(server, service_id, identity=identity) as client:
+            return await operation(client)
+
+    try:
+        return asyncio.run(run())
+    except ScmClientError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@contextmanager
+def store_at(db_url: str | None):
+    store = open_store(db_url or default_db_url())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 @config.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @server_opt
@@ -58,13 +81,10 @@ def import_(file, server, service_id, identity, domain, direct, db_url) -> None:
         raise click.ClickException(str(e)) from None
     t_parse = time.perf_counter() - t0
     if direct:
-        store = open_store(db_url or default_db_url())
-        try:
+        with store_at(db_url) as store:
             t1 = time.perf_counter()
             ids = store.import_docs(service_id, prov.docs)
             dt = time.perf_counter() - t1
-        finally:
-            store.close()
         rate = len(ids) / dt if dt > 0 else float("inf")
         click.echo(
             f"imported {len(ids)} documents into {service_id} in {dt:.2f} s ({rate:,.0f} docs/s; "
@@ -111,14 +131,8 @@ def list_(server, service_id, identity, ue_uri, ue_type, ue_snr, ue_vendor, as_j
     """List documents (admin query; with --ue-uri: what that UE would get, most specific first)."""
     from ..ue.client import query_options
 
-    async def run():
-        async with ScmClient(server, service_id, identity=identity) as client:
-            return await client.list_docs(query_options(ue_uri, ue_type, ue_snr, ue_vendor))
-
-    try:
-        docs = asyncio.run(run())
-    except ScmClientError as e:
-        raise click.ClickException(str(e)) from None
+    query = query_options(ue_uri, ue_type, ue_snr, ue_vendor)
+    docs = call_server(server, service_id, identity, lambda client: client.list_docs(query))
     if as_json:
         click.echo(json.dumps(docs, indent=1))
         return
@@ -153,15 +167,8 @@ def list_(server, service_id, identity, ue_uri, ue_type, ue_snr, ue_vendor, as_j
 @identity_opt
 def get(doc_id, server, service_id, identity) -> None:
     """Print one document as JSON."""
-
-    async def run():
-        async with ScmClient(server, service_id, identity=identity) as client:
-            return await client.get_doc(doc_id)
-
-    try:
-        click.echo(json.dumps(asyncio.run(run()), indent=1))
-    except ScmClientError as e:
-        raise click.ClickException(str(e)) from None
+    doc = call_server(server, service_id, identity, lambda client: client.get_doc(doc_id))
+    click.echo(json.dumps(doc, indent=1))
 
 
 @config.command("delete")
@@ -171,15 +178,7 @@ def get(doc_id, server, service_id, identity) -> None:
 @identity_opt
 def delete(doc_id, server, service_id, identity) -> None:
     """Delete one document."""
-
-    async def run():
-        async with ScmClient(server, service_id, identity=identity) as client:
-            await client.delete(doc_id)
-
-    try:
-        asyncio.run(run())
-    except ScmClientError as e:
-        raise click.ClickException(str(e)) from None
+    call_server(server, service_id, identity, lambda client: client.delete(doc_id))
     click.echo(f"deleted {doc_id}")
 
 
@@ -226,34 +225,26 @@ def gw_set(gateway_id, all_, uris, tacs, db_url) -> None:
                 validate_imei_range(rng, f"--tac #{i}")
         except ModelError as e:
             raise click.BadParameter(str(e)) from None
-    store = open_store(db_url or default_db_url())
-    try:
+    with store_at(db_url) as store:
         store.set_gateway(gateway_id, coverage)
-    finally:
-        store.close()
     click.echo(f"gateway {gateway_id}: {json.dumps(coverage)}")
 
 
 @gateway_registry.command("list")
 @db_opt
 def gw_list(db_url) -> None:
-    store = open_store(db_url or default_db_url())
-    try:
+    with store_at(db_url) as store:
         for gid, cov in store.list_gateways().items():
             click.echo(f"{gid}: {json.dumps(cov)}")
-    finally:
-        store.close()
 
 
 @gateway_registry.command("delete")
 @click.argument("gateway_id")
 @db_opt
 def gw_delete(gateway_id, db_url) -> None:
-    store = open_store(db_url or default_db_url())
-    try:
-        if not store.delete_gateway(gateway_id):
-            click.echo(f"no gateway {gateway_id}", err=True)
-            sys.exit(1)
-    finally:
-        store.close()
+    with store_at(db_url) as store:
+        found = store.delete_gateway(gateway_id)
+    if not found:
+        click.echo(f"no gateway {gateway_id}", err=True)
+        sys.exit(1)
     click.echo(f"deleted gateway {gateway_id}")

@@ -121,30 +121,13 @@ def get_config(
     setup_logging(verbose)
     if via_relay and via_gateway:
         raise click.UsageError("--via-relay and --via-gateway exclude each other")
-    pre = _load_preconfigured(preconfigured)
-    result = asyncio.run(
-        _get(
-            server,
-            via_relay,
-            via_gateway,
-            ue_uri,
-            service_id,
-            ue_type,
-            ue_snr,
-            ue_vendor,
-            l2_id,
-            urgent,
-            identity,
-            observe,
-            pre,
-            timeout,
-            as_json,
-        )
-    )
+    params = dict(click.get_current_context().params, pre=_load_preconfigured(preconfigured))
+    result = asyncio.run(_get(**params))
     sys.exit(1 if result.preconfigured else result.exit_code)
 
 
 async def _get(
+    *,
     server,
     via_relay,
     via_gateway,
@@ -160,6 +143,7 @@ async def _get(
     pre,
     timeout,
     as_json,
+    **_unused,
 ) -> ConfigResult:
     from .client import ScmClient, apply_fallback
 
