@@ -286,7 +286,9 @@ class RunningRelay:
             try:
                 if isinstance(action, SendUplink):
                     sock = self._uplinks.get(action.uplink)
-                    if sock is not None:
+                    if sock is None:  # its socket could not be opened (e.g. out of file descriptors)
+                        self.core.counters.errors["no-uplink-socket"] += 1
+                    else:
                         sock.send(action.message.encode())
                 elif isinstance(action, SendDownlink | Answer):
                     self._send_pc5(action.endpoint, action.message.encode())
