@@ -64,13 +64,6 @@ async def relays():
         await relay.close()
 
 
-@pytest.fixture
-async def coap():
-    ctx = await aiocoap.Context.create_client_context()
-    yield ctx
-    await ctx.shutdown()
-
-
 def server_uri(srv) -> str:
     return f"coap://127.0.0.1:{srv.port}"
 
