@@ -82,7 +82,7 @@ def test_decode_never_raises_anything_else(data):
 
 def test_parse_valid_request_and_urgency():
     r = parse_config_request(request(), "msgin5g")
-    assert r == ConfigRequest(UeQuery("urn:dev:ops:1"))
+    assert r == ConfigRequest(UeQuery("urn:dev:ops:1"), item=BulkItem("urn:dev:ops:1"))
     r = parse_config_request(request(extra=[(URGENT_OPTION, b"")]), "msgin5g")
     assert isinstance(r, ConfigRequest) and r.urgent
     q = [b"ue-uri=urn:dev:ops:1", b"ue-vendor=acme", b"ue-type=35209900", b"ue-snr=12"]

@@ -26,7 +26,7 @@ STORED, ANSWERED = "stored", "answered"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     host        TEXT    NOT NULL,
     port        INTEGER NOT NULL,
     mid         INTEGER NOT NULL,
@@ -96,6 +96,8 @@ class RequestQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # ids are handed out here, so that a whole burst goes in with one executemany
+        self._next_id = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM requests").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
@@ -104,55 +106,48 @@ class RequestQueue:
         """Store a burst of requests in one transaction. A request already stored (same
         endpoint, message ID and token: a retransmission, possibly from before a restart) gives
         None in its place."""
-        out: list[StoredRequest | None] = []
+        now = time.time()
+        stored = [
+            StoredRequest(
+                self._next_id + i, r.host, r.port, r.mid, r.token, r.confirmable, r.query, r.urgent,
+                r.block_num, r.block_szx, r.received or now,
+            )
+            for i, r in enumerate(requests)
+        ]  # fmt: skip
+        self._next_id += len(stored)
+        rows = [
+            (
+                st.req_id, st.host, st.port, st.mid, st.token, int(st.confirmable), st.query.ue_uri,
+                st.query.ue_vendor, st.query.ue_type, st.query.ue_snr, int(st.urgent), st.block_num,
+                st.block_szx, st.received,
+            )
+            for st in stored
+        ]  # fmt: skip
         cur = self._db.cursor()
         cur.execute("BEGIN")
         try:
-            for r in requests:
-                received = r.received or time.time()
-                cur.execute(
-                    "INSERT OR IGNORE INTO requests (host, port, mid, token, confirmable, ue_uri, ue_vendor,"
-                    " ue_type, ue_snr, urgent, block_num, block_szx, received)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        r.host,
-                        r.port,
-                        r.mid,
-                        r.token,
-                        int(r.confirmable),
-                        r.query.ue_uri,
-                        r.query.ue_vendor,
-                        r.query.ue_type,
-                        r.query.ue_snr,
-                        int(r.urgent),
-                        r.block_num,
-                        r.block_szx,
-                        received,
-                    ),
-                )
-                if cur.rowcount != 1:
-                    out.append(None)
-                    continue
-                out.append(
-                    StoredRequest(
-                        cur.lastrowid,
-                        r.host,
-                        r.port,
-                        r.mid,
-                        r.token,
-                        r.confirmable,
-                        r.query,
-                        r.urgent,
-                        r.block_num,
-                        r.block_szx,
-                        received,
-                    )
-                )
+            before = self._db.total_changes
+            cur.executemany(
+                "INSERT OR IGNORE INTO requests (id, host, port, mid, token, confirmable, ue_uri,"
+                " ue_vendor, ue_type, ue_snr, urgent, block_num, block_szx, received)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            inserted = self._db.total_changes - before
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return out
+        if inserted == len(stored):
+            return list(stored)
+        # some were already stored (rare): find out which ones went in
+        present = set()
+        for i in range(0, len(stored), 500):
+            ids = [st.req_id for st in stored[i : i + 500]]
+            marks = ",".join("?" * len(ids))
+            query = f"SELECT id FROM requests WHERE id IN ({marks})"
+            present.update(r[0] for r in self._db.execute(query, ids))
+        return [st if st.req_id in present else None for st in stored]
 
     def mark_answered(self, req_ids: Iterable[int]) -> None:
         """The answer went out (not yet acknowledged): kept until :meth:`remove_many`."""

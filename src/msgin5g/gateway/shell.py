@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import socket
@@ -58,16 +59,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 #: Answers sent per event-loop turn, so that the UEs' ACKs are read in between (a whole split
 #: bulk answer sent at once would fill the receive buffer with their ACKs).
 SEND_BURST = 128
-
-
-def set_buffers(transport: asyncio.BaseTransport, size: int) -> None:
-    """Best-effort larger socket buffers."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+#: Datagrams read per readiness event of the MSGin5G-6 socket.
+READ_BURST = 256
 
 
 @dataclass
@@ -99,22 +92,104 @@ class _Outgoing:
     data: bytes
     tries: int
     timeout: float
-    handle: asyncio.TimerHandle | None = None
+    due: float = 0.0
 
 
-class _Msg6Protocol(asyncio.DatagramProtocol):
-    def __init__(self, gateway: GatewayUe):
-        self.gateway = gateway
+class DatagramEndpoint:
+    """A non-blocking UDP socket read in bursts (up to :data:`READ_BURST` datagrams per readiness
+    event, handed over together).
 
-    def datagram_received(self, data: bytes, addr) -> None:
+    asyncio's datagram transport delivers one datagram per event-loop turn, so each datagram
+    pays a full loop iteration and the gateway would store each request in a transaction of its
+    own; reading a burst lets one SQLite transaction and one policy call cover it. Sends go out
+    directly, queued only while the socket buffer is full.
+    """
+
+    def __init__(self, sock: socket.socket, on_burst):
+        self.sock = sock
+        self.on_burst = on_burst
+        self.loop = asyncio.get_running_loop()
+        self._backlog: deque[tuple[bytes, tuple | None]] = deque()
+        self._closed = False
+        sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    def bind(cls, host: str, port: int, on_burst) -> DatagramEndpoint:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            self.gateway.on_datagram(data, (addr[0], addr[1]))
-        except Exception:  # never let one datagram stop the endpoint
-            log.exception("datagram from %s not handled", addr)
-            self.gateway.stats["internal-errors"] += 1
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, on_burst)
 
-    def error_received(self, exc: Exception) -> None:  # ICMP errors towards a UE: keep going
-        log.debug("MSGin5G-6 socket error: %s", exc)
+    @classmethod
+    def connect(cls, host: str, port: int, on_burst) -> DatagramEndpoint:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        sock.connect((host, port))
+        return cls(sock, on_burst)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
+
+    def _readable(self) -> None:
+        burst: list[tuple[bytes, tuple[str, int]]] = []
+        for _ in range(READ_BURST):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # an ICMP error reported on the socket: nothing to read
+                continue
+            burst.append((data, (addr[0], addr[1])))
+        if burst:
+            try:
+                self.on_burst(burst)
+            except Exception:  # never let one burst stop the endpoint
+                log.exception("datagrams not handled")
+
+    def sendto(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
+        if self._closed:
+            return
+        if self._backlog:
+            self._backlog.append((data, addr))
+            return
+        try:
+            self.sock.sendto(data, addr) if addr is not None else self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            self._backlog.append((data, addr))
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        except OSError as e:  # e.g. ICMP port unreachable from an earlier datagram
+            log.debug("send to %s failed: %s", addr, e)
+
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                self.sock.sendto(data, addr) if addr is not None else self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("send to %s failed: %s", addr, e)
+            self._backlog.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
 
 
 class GatewayUe:
@@ -155,13 +230,18 @@ class GatewayUe:
             0,
         )
         self.answer_log: list[int] = []
-        self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: DatagramEndpoint | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._requests: dict[int, _Live] = {}
         self._staged: list[tuple[tuple[str, int], wire.CoapMessage, ConfigRequest, Hashable]] = []
         self._recent: dict[tuple[tuple[str, int], int], bytes | None] = {}
         self._recent_order: deque[tuple[float, tuple[tuple[str, int], int]]] = deque()
         self._outgoing: dict[tuple[tuple[str, int], int], _Outgoing] = {}
+        # retransmission deadlines of the CON responses: one heap and one timer for all of them
+        self._retx_heap: list[tuple[float, int, tuple[tuple[str, int], int]]] = []
+        self._retx_seq = 0
+        self._retx_timer: asyncio.TimerHandle | None = None
+        self._retx_at: float | None = None
         self._mids: dict[tuple[str, int], int] = {}
         self._outbox: deque[tuple[int, IndividualResponse]] = deque()
         self._outbox_scheduled = False
@@ -180,11 +260,8 @@ class GatewayUe:
     async def start(self) -> GatewayUe:
         self._loop = asyncio.get_running_loop()
         self.queue = RequestQueue(self.config.state_path)
-        self._transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _Msg6Protocol(self), local_addr=(self.config.host, self.config.port)
-        )
-        self.config.port = self._transport.get_extra_info("sockname")[1]
-        set_buffers(self._transport, SOCKET_BUFFER)
+        self._endpoint = DatagramEndpoint.bind(self.config.host, self.config.port, self._on_burst)
+        self.config.port = self._endpoint.local_address[1]
         self._restore()
         return self
 
@@ -201,17 +278,16 @@ class GatewayUe:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for out in self._outgoing.values():
-            if out.handle is not None:
-                out.handle.cancel()
+        if self._retx_timer is not None:
+            self._retx_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
         self._write_store()
-        if self._transport is not None:
-            self._transport.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
         if self.queue is not None:
             self.queue.close()
         await self.cm.close()
@@ -226,8 +302,8 @@ class GatewayUe:
         greqs = []
         for st in pending:
             self._remember(st.endpoint, st.mid, wire.empty_ack(st.mid))
-            req = ConfigRequest(st.query, st.urgent, st.block_num, st.block_szx)
             try:
+                req = ConfigRequest.of(st.query, st.urgent, st.block_num, st.block_szx)
                 key = req.key(self.config.policy.bulk)
             except ModelError as e:
                 self._requests[st.req_id] = _Live(st, st.query)
@@ -241,6 +317,16 @@ class GatewayUe:
         self._run(self.policy.on_requests(now, greqs))
 
     # -- MSGin5G-6 side: receiving -------------------------------------------------------------------
+    def _on_burst(self, burst: list[tuple[bytes, tuple[str, int]]]) -> None:
+        for data, addr in burst:
+            try:
+                self.on_datagram(data, addr)
+            except Exception:  # never let one datagram stop the others
+                log.exception("datagram from %s not handled", addr)
+                self.stats["internal-errors"] += 1
+        if self._staged:
+            self._flush_staged()
+
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         self.stats["datagrams-in"] += 1
         if self._closed:
@@ -429,9 +515,15 @@ class GatewayUe:
         """One bulk operation: the CM client packs and fetches, we split (6.2.2.x, last para.)."""
         items = [k for k in keys if isinstance(k, BulkItem)]
         self.stats["bulk-operations"] += 1
+        t0 = self._loop.time()
         try:
             async with self._bulk_sem:
+                t1 = self._loop.time()
                 outcomes = await self.cm.bulk_configure(self.config.service_id, items)
+            log.debug(
+                "bulk operation for %d UEs: %d bulk GETs, waited %.3f s, fetched in %.3f s",
+                len(items), len(outcomes), t1 - t0, self._loop.time() - t1,
+            )  # fmt: skip
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -548,37 +640,52 @@ class GatewayUe:
         if self.config.record_answers:
             self.answer_log.append(req_id)
         timeout = self.config.ack_timeout * random.uniform(1.0, 1.5)
-        out = _Outgoing(req_id, data, 0, timeout)
-        old = self._outgoing.pop((addr, mid), None)
-        if old is not None and old.handle is not None:
-            old.handle.cancel()
-        self._outgoing[(addr, mid)] = out
-        out.handle = self._loop.call_later(timeout, self._retransmit, addr, mid)
+        self._outgoing[(addr, mid)] = out = _Outgoing(req_id, data, 0, timeout)
+        self._schedule_retransmission((addr, mid), out)
         self._send(data, addr)
         self._to_mark.append(req_id)
         self._schedule_store()
 
-    def _retransmit(self, addr: tuple[str, int], mid: int) -> None:
-        out = self._outgoing.get((addr, mid))
-        if out is None or self._closed:
+    def _schedule_retransmission(self, key: tuple[tuple[str, int], int], out: _Outgoing) -> None:
+        out.due = self._loop.time() + out.timeout
+        self._retx_seq += 1
+        heapq.heappush(self._retx_heap, (out.due, self._retx_seq, key))
+        if self._retx_at is None or out.due < self._retx_at:
+            if self._retx_timer is not None:
+                self._retx_timer.cancel()
+            self._retx_at = out.due
+            self._retx_timer = self._loop.call_at(out.due, self._retransmit_due)
+
+    def _retransmit_due(self) -> None:
+        """RFC 7252 §4.2: resend unacknowledged CONs with doubling timeouts, MAX_RETRANSMIT times."""
+        self._retx_timer, self._retx_at = None, None
+        if self._closed:
             return
-        if out.tries >= self.config.max_retransmit:
-            del self._outgoing[(addr, mid)]
-            self.stats["undelivered"] += 1
-            self._done(out.req_id)
-            return
-        out.tries += 1
-        out.timeout *= 2
-        self.stats["retransmissions"] += 1
-        self._send(out.data, addr)
-        out.handle = self._loop.call_later(out.timeout, self._retransmit, addr, mid)
+        now = self._loop.time()
+        heap = self._retx_heap
+        while heap and heap[0][0] <= now:
+            due, _, key = heapq.heappop(heap)
+            out = self._outgoing.get(key)
+            if out is None or out.due != due:  # acknowledged meanwhile, or rescheduled
+                continue
+            if out.tries >= self.config.max_retransmit:
+                del self._outgoing[key]
+                self.stats["undelivered"] += 1
+                self._done(out.req_id)
+                continue
+            out.tries += 1
+            out.timeout *= 2
+            self.stats["retransmissions"] += 1
+            self._send(out.data, key[0])
+            self._schedule_retransmission(key, out)
+        if heap and self._retx_timer is None:
+            self._retx_at = heap[0][0]
+            self._retx_timer = self._loop.call_at(self._retx_at, self._retransmit_due)
 
     def _on_ack(self, addr: tuple[str, int], mid: int) -> None:
         out = self._outgoing.pop((addr, mid), None)
         if out is None:
             return
-        if out.handle is not None:
-            out.handle.cancel()
         self.stats["delivered"] += 1
         self._done(out.req_id)
 
@@ -608,8 +715,8 @@ class GatewayUe:
             log.error("request store update failed: %s", e)
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(data, addr)
+        if self._endpoint is not None:
+            self._endpoint.sendto(data, addr)
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Until no stored request is left unanswered and undelivered (tests, benchmarks)."""

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import wire
-from .shell import set_buffers
+from .shell import DatagramEndpoint
 from .wire import ACK, CON, EMPTY, NON, RST, URGENT_OPTION, CoapMessage
 
 
@@ -69,21 +69,6 @@ class _Pending:
     body: bytearray = field(default_factory=bytearray)  # Block2 reassembly
 
 
-class _Proto(asyncio.DatagramProtocol):
-    def __init__(self, swarm: UeSwarm, index: int):
-        self.swarm, self.index = swarm, index
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.swarm._on_datagram(self.index, data)
-
-    def error_received(self, exc) -> None:
-        pass
-
-
 class UeSwarm:
     """Constrained UEs sending configuration requests to one gateway (SPEC §3.3, D9)."""
 
@@ -106,7 +91,7 @@ class UeSwarm:
         self.ack_timeout = ack_timeout
         self.max_retransmit = max_retransmit
         self.rng = random.Random(seed)
-        self._protos: list[_Proto] = []
+        self._endpoints: list[DatagramEndpoint] = []
         self._mids: list[int] = []
         self._by_mid: dict[tuple[int, int], _Pending] = {}
         self._by_token: dict[bytes, tuple[int, _Pending | None]] = {}
@@ -122,21 +107,16 @@ class UeSwarm:
         self.datagrams_out = 0
 
     async def open(self) -> UeSwarm:
-        loop = asyncio.get_running_loop()
         for i in range(self.n_sockets):
-            transport, proto = await loop.create_datagram_endpoint(
-                lambda i=i: _Proto(self, i), remote_addr=self.peer
-            )
-            set_buffers(transport, 1024 * 1024)
-            self._protos.append(proto)
+            on_burst = lambda burst, i=i: [self._on_datagram(i, data) for data, _ in burst]  # noqa: E731
+            self._endpoints.append(DatagramEndpoint.connect(*self.peer, on_burst))
             self._mids.append(self.rng.randrange(0x10000))
         return self
 
     async def close(self) -> None:
-        for p in self._protos:
-            if p.transport is not None:
-                p.transport.close()
-        self._protos = []
+        for e in self._endpoints:
+            e.close()
+        self._endpoints = []
 
     async def __aenter__(self) -> UeSwarm:
         return await self.open()
@@ -146,10 +126,8 @@ class UeSwarm:
 
     # -- sending -----------------------------------------------------------------------------------
     def _send(self, sock: int, data: bytes) -> None:
-        t = self._protos[sock].transport
-        if t is not None and not t.is_closing():
-            self.datagrams_out += 1
-            t.sendto(data)
+        self.datagrams_out += 1
+        self._endpoints[sock].sendto(data)
 
     def _next_mid(self, sock: int) -> int:
         self._mids[sock] = (self._mids[sock] + 1) & 0xFFFF

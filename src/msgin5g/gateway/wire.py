@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..bulk import BULK_FLAG_PARAM, IndividualResponse, bulk_item
+from ..bulk import BULK_FLAG_PARAM, BulkItem, IndividualResponse, bulk_item
 from ..model import ModelError
 from ..problem import Problem
 
@@ -254,15 +254,20 @@ class ConfigRequest:
     urgent: bool = False
     block_num: int = 0  # Block2 block the UE asks for (0 = from the start)
     block_szx: int = 6  # largest block size the UE accepts (2**(szx+4) bytes)
+    item: BulkItem | None = None  # the bulk form (None: it cannot travel in a bulk GET)
+
+    @classmethod
+    def of(
+        cls, query: UeQuery, urgent: bool = False, block_num: int = 0, block_szx: int = 6
+    ) -> ConfigRequest:
+        """Validate ``query`` (raises ModelError) and derive its bulk form."""
+        item = bulk_item(query.ue_uri, query.ue_vendor, query.ue_type, query.ue_snr)
+        return cls(query, urgent, block_num, block_szx, item)
 
     def key(self, bulk: bool):
         """What the gateway merges and caches by: the bulk form of the request when it can go
         into a bulk GET (``bulk`` policy), otherwise the query as sent."""
-        if bulk:
-            item = bulk_item(self.query.ue_uri, self.query.ue_vendor, self.query.ue_type, self.query.ue_snr)
-            if item is not None:
-                return item
-        return self.query
+        return self.item if bulk and self.item is not None else self.query
 
 
 def _problem(code: int, detail: str, cause: str) -> IndividualResponse:
@@ -308,10 +313,6 @@ def parse_config_request(msg: CoapMessage, service_id: str) -> ConfigRequest | I
     if "ue-uri" not in values:
         return _problem(0x80, "a constrained UE's request must name the UE (ue-uri)", "SCOPE_REQUIRED")
     query = UeQuery(values["ue-uri"], values.get("ue-vendor"), values.get("ue-type"), values.get("ue-snr"))
-    try:
-        bulk_item(query.ue_uri, query.ue_vendor, query.ue_type, query.ue_snr)
-    except ModelError as e:
-        return _problem(0x80, str(e), e.cause)
     block_num, block_szx = 0, 6
     block2 = msg.first(OPT_BLOCK2)
     if block2 is not None:
@@ -319,7 +320,10 @@ def parse_config_request(msg: CoapMessage, service_id: str) -> ConfigRequest | I
             block_num, _, block_szx = parse_block(block2)
         except WireError as e:
             return _problem(0x80, str(e), "BAD_BLOCK2")
-    return ConfigRequest(query, msg.first(URGENT_OPTION) is not None, block_num, block_szx)
+    try:
+        return ConfigRequest.of(query, msg.first(URGENT_OPTION) is not None, block_num, block_szx)
+    except ModelError as e:
+        return _problem(0x80, str(e), e.cause)
 
 
 def response_message(
