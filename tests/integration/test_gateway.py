@@ -21,6 +21,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from msgin5g.bulk import BulkItem, decode_answer, split
 from msgin5g.gateway import wire
 from msgin5g.gateway.cmclient import ScmClient, SealCClient, SealCServer
 from msgin5g.gateway.policy import ServicePolicy
@@ -497,3 +498,81 @@ async def test_separate_cm_client_process(scm_server, tmp_path):
         cm.send_signal(signal.SIGTERM)
         out, _ = await loop.run_in_executor(None, cm.communicate)
     assert '"bulk-gets": 1' in out
+
+
+# -- the SCM-C and SEAL-C on their own ---------------------------------------------------------------
+async def test_tcp_bulk_answer_larger_than_max_message_size(scm_server):
+    """An answer above the Max-Message-Size (1 MiB) comes in BERT blocks; the SCM-C's follow-ups
+    name only the bulk-conf-flag (SPEC D7 b) and the reassembled answer splits cleanly."""
+    scm_server.store.import_docs("msgin5g", [make_doc(ranges=[{"tac": TAC}], service_id="s-{snr}")])
+    scm_server.store.set_gateway("gw1", {"all": True})
+    scm = ScmClient(scm_server.base_uri("coap+tcp"), max_ues=6000)
+    try:
+        uris = [ue(i) for i in range(6000)]
+        (o,) = await scm.bulk_configure("msgin5g", [BulkItem(u) for u in uris])
+    finally:
+        await scm.close()
+    assert o.code == 0x45 and len(o.payload) > 1024 * 1024
+    assert scm.stats["bulk-gets"] == 1 and scm.stats["block2-followups"] >= 1
+    out = split(o.ue_uris, decode_answer(o.payload), o.max_age)
+    assert len(out) == 6000
+    for i, r in enumerate(out):
+        assert r.code == 0x45
+        (doc,) = cbor2.loads(r.payload)
+        assert doc["valUeIds"] == {"uris": [ue(i)]}
+        assert json.loads(doc["ueConfigs"][0]["configData"])["ueServiceId"] == f"s-{i:06d}"
+
+
+async def test_bulk_get_above_server_maximum_is_split(tmp_path):
+    """4.13 from the SCM-S (more UEs than its policy allows per bulk GET, SPEC D7): the SCM-C
+    halves the bulk GET until it fits, and no UE is lost."""
+    srv = await start_server(
+        ServerConfig(
+            port=0,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            insecure=True,
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}, bulk_max_ues=100),
+        )
+    )
+    try:
+        provision(srv)
+        scm = ScmClient(srv.base_uri("coap+tcp"), max_ues=1000)
+        try:
+            outcomes = await scm.bulk_configure("msgin5g", [BulkItem(ue(i)) for i in range(1000)])
+        finally:
+            await scm.close()
+    finally:
+        await srv.close()
+    assert scm.stats["split-413"] >= 1 and all(o.code == 0x45 for o in outcomes)
+    assert sorted(u for o in outcomes for u in o.ue_uris) == sorted(ue(i) for i in range(1000))
+    for o in outcomes:
+        for u, r in zip(o.ue_uris, split(o.ue_uris, decode_answer(o.payload)), strict=True):
+            check_answer(int(u.split("-")[1]), r.code, r.content_format, r.payload)
+
+
+async def test_seal_c_rejects_malformed_requests_and_reports_unreachable_cm_client(scm_server, coap):
+    import aiocoap
+    from aiocoap.numbers.codes import Code
+
+    seal = await SealCServer(ScmClient(scm_server.base_uri()), port=0).start()
+    try:
+        for payload, cf in ((b"\xff\x00", 60), (cbor2.dumps({"ueRequests": "x"}), 60), (b"{}", 50)):
+            msg = aiocoap.Message(
+                code=Code.FETCH,
+                uri=f"{seal.uri}/seal-c/v1/bulk-configurations",
+                payload=payload,
+                content_format=cf,
+            )
+            resp = await asyncio.wait_for(coap.request(msg).response, 10)
+            assert resp.code in (Code.BAD_REQUEST, Code.UNSUPPORTED_CONTENT_FORMAT)
+            assert decode_problem(resp.payload).code == int(resp.code)
+    finally:
+        await seal.close()
+    dead = SealCClient(f"coap+tcp://127.0.0.1:{free_port()}", timeout=5)
+    try:
+        outcomes = await dead.bulk_configure("msgin5g", [BulkItem(ue(1)), BulkItem(ue(2))])
+        single = await dead.single_configure("msgin5g", wire.UeQuery(ue(1)))
+    finally:
+        await dead.close()
+    assert [o.retryable for o in outcomes] == [True] and outcomes[0].ue_uris == (ue(1), ue(2))
+    assert single.retryable and single.code is None

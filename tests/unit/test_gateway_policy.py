@@ -239,3 +239,20 @@ def test_every_request_is_answered_or_given_up_exactly_once(script, max_batch, b
         run(p.on_tick(now))
     assert set(ended) == issued
     assert p.unanswered == 0
+
+
+def test_urgent_duplicate_of_a_request_in_backoff_goes_now():
+    p = BatchPolicy(ServicePolicy(max_batch=10, max_wait=10, retry_initial=5))
+    p.on_request(0, req(1, key="a", bulkable=False))
+    p.fail(0, ["a"])
+    assert p.next_deadline() == 5
+    assert p.on_request(1, req(2, key="a", urgent=True)) == [Flush(("a",), False, "urgent")]
+    assert p.on_tick(5) == []  # the old retry is void
+    assert p.complete("a") == [1, 2]
+    q = BatchPolicy(ServicePolicy(max_batch=10, max_wait=10, retry_initial=5))
+    q.on_request(0, req(1, key="b"))
+    q.on_request(0, req(2, key="c"))
+    (f,) = q.on_request(0, req(3, key="d", urgent=True))
+    q.fail(0, f.keys)
+    (g,) = q.on_request(1, req(4, key="b", urgent=True))
+    assert g == Flush(("b",), True, "urgent")

@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS requests (
     state       TEXT    NOT NULL DEFAULT 'stored',
     UNIQUE (host, port, mid, token)
 );
-CREATE INDEX IF NOT EXISTS requests_ue ON requests (ue_uri);
 """
 
 

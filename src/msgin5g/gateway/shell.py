@@ -331,6 +331,9 @@ class GatewayUe:
         self.stats["datagrams-in"] += 1
         if self._closed:
             return
+        if len(data) == 4 and data[1] == EMPTY and data[0] in (0x60, 0x70):  # empty ACK / RST: most
+            self._on_ack(addr, (data[2] << 8) | data[3])  # of the traffic, no need for the codec
+            return
         try:
             msg = wire.decode(data)
         except WireError:
