@@ -1,0 +1,236 @@
+"""The demo's pure parts: its fleet, the oracle of what each UE must get, the wire's counting and
+loss, and the table's arithmetic (SPEC §3, D3–D7, D12)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from msgin5g.demo.drivers import UeRun
+from msgin5g.demo.lossy import LossModel, TcpFramer
+from msgin5g.demo.plan import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    MALLORY,
+    PHONE_TAC,
+    SENSOR_TAC,
+    Expectation,
+    Path,
+    PlannedUe,
+    expected,
+    make_plan,
+    provisioned_documents,
+    write_provisioning,
+)
+from msgin5g.demo.stats import PER_UE_FLOOR, UuCount, percentile, summarize_path, verdict
+from msgin5g.model import imei_urn
+from msgin5g.ue.outcome import Outcome
+
+C, F, N = Outcome.CONFIGURED, Outcome.FORBIDDEN, Outcome.NOT_FOUND
+
+
+def oracle(plan, tmp_path):
+    docs = provisioned_documents(write_provisioning(plan, tmp_path))
+    return {u: expected(u, docs, plan.gateway_coverage) for u in plan.ues}
+
+
+def sensor(snr: int) -> str:
+    return imei_urn(SENSOR_TAC, snr)
+
+
+# -- the fleet --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [20, 60, 1000, 10_000])
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.5, 0.9])
+def test_every_outcome_appears_on_every_path(n, share, tmp_path):
+    plan = make_plan(n, share, seed=7)
+    exp = oracle(plan, tmp_path)
+    for path in (Path.RELAY, Path.GATEWAY, Path.DIRECT):
+        outcomes = Counter(exp[u].outcome for u in plan.on(path))
+        assert set(outcomes) == {C, F, N}, (path, outcomes)
+    assert exp[plan.observer] == Expectation(C, "dave@msgin5g.example")
+
+
+def test_fleet_shape(tmp_path):
+    plan = make_plan(1000, 0.2, seed=1)
+    constrained = [u for u in plan.ues if u.path in (Path.RELAY, Path.GATEWAY)]
+    assert len(constrained) == 1000
+    assert len({u.device for u in constrained}) == 1000
+    assert len(plan.on(Path.RELAY)) == pytest.approx(200, abs=4)
+    # one range document for most devices, per-UE rows for some, none for a few
+    assert sum(1 for d in plan.documents if "imeiRanges" in d.get("valUeIds", {})) == 2  # sensors + handsets
+    assert 30 <= len(plan.meter_rows) <= 40
+    exp = oracle(plan, tmp_path)
+    by_outcome = Counter(exp[u].outcome for u in constrained)
+    assert by_outcome[C] > 900 and 0 < by_outcome[N] < 50 and 0 < by_outcome[F] < 50
+    # every UE behind the relay claims its own identity; gateway UEs claim none
+    assert all(u.identity == f"ue:{u.device}" for u in plan.on(Path.RELAY))
+    assert all(u.identity is None for u in plan.on(Path.GATEWAY))
+    # the same seed gives the same fleet; another seed another split
+    assert make_plan(1000, 0.2, seed=1).ues == plan.ues
+    assert {u.device for u in make_plan(1000, 0.2, seed=2).on(Path.RELAY)} != {
+        u.device for u in plan.on(Path.RELAY)
+    }
+
+
+def test_extreme_shares_and_bounds():
+    assert not make_plan(50, 0.0).on(Path.RELAY)
+    assert not make_plan(50, 1.0).on(Path.GATEWAY)
+    with pytest.raises(ValueError):
+        make_plan(19)
+    with pytest.raises(ValueError):
+        make_plan(100, 1.5)
+
+
+def test_gateway_set_args_describe_the_coverage():
+    plan = make_plan(100)
+    assert plan.gateway_set_args() == [
+        "--tac",
+        f"{SENSOR_TAC}:0-{plan.outside_gateway.start - 1}",
+        "--tac",
+        f"{SENSOR_TAC}:{plan.outside_gateway.stop}-999999",
+    ]
+
+
+# -- the oracle ---------------------------------------------------------------------------------------
+@pytest.fixture
+def docs_and_coverage(tmp_path):
+    plan = make_plan(100, 0.2, seed=3)
+    return plan, provisioned_documents(write_provisioning(plan, tmp_path)), plan.gateway_coverage
+
+
+def ue(device, path, asks_for=None, identity=None):
+    return PlannedUe(device, path, "test", asks_for or device, identity)
+
+
+def test_oracle_reads_the_documents(docs_and_coverage):
+    plan, docs, cov = docs_and_coverage
+    meter = plan.meter_rows[0][0]
+    # a UE with a document of its own gets it, not the range document (most specific first, D4)
+    assert expected(ue(meter, Path.GATEWAY), docs, cov) == Expectation(C, plan.meter_rows[0][1])
+    # the range document's placeholders are expanded for the UE (D5)
+    assert expected(ue(sensor(3), Path.RELAY), docs, cov) == Expectation(
+        C, f"sensor-{SENSOR_TAC}-000003@msgin5g.example"
+    )
+    # beyond the range: no configuration
+    assert expected(ue(sensor(plan.range_high + 1), Path.RELAY), docs, cov).outcome is N
+    # a TAC-wide document (rank "tac") serves the handset
+    handset = imei_urn(PHONE_TAC, 1)
+    assert expected(ue(handset, Path.DIRECT), docs, cov) == Expectation(C, "handset-000001@msgin5g.example")
+    assert expected(ue(ALICE, Path.DIRECT, identity=f"ue:{ALICE}"), docs, cov) == Expectation(
+        C, "alice@msgin5g.example"
+    )
+    assert expected(ue(BOB, Path.DIRECT), docs, cov).ue_service_id == "bob@msgin5g.example"
+    assert expected(ue(CAROL, Path.DIRECT, identity=f"ue:{CAROL}"), docs, cov).outcome is N
+    assert expected(ue(DAVE, Path.OBSERVER), docs, cov).outcome is C
+
+
+def test_oracle_applies_authorization_first(docs_and_coverage):
+    plan, docs, cov = docs_and_coverage
+    outside = sensor(plan.outside_gateway.start)
+    # outside the gateway's registry entry: withheld through the gateway, configured through the relay
+    assert expected(ue(outside, Path.GATEWAY), docs, cov).outcome is F
+    assert expected(ue(outside, Path.RELAY, identity=f"ue:{outside}"), docs, cov).outcome is C
+    # unprovisioned but covered: 4.04 through the gateway; uncovered and unprovisioned: 4.03 (reveals nothing)
+    assert expected(ue(sensor(plan.range_high + 1), Path.GATEWAY), docs, cov).outcome is N
+    assert expected(ue(sensor(plan.range_high + 1), Path.GATEWAY), docs, {"uris": [ALICE]}).outcome is F
+    # asking under one's own identity for somebody else's configuration (D12)
+    assert expected(ue(MALLORY, Path.DIRECT, ALICE, f"ue:{MALLORY}"), docs, cov).outcome is F
+    assert expected(ue(sensor(5), Path.RELAY, sensor(6), f"ue:{sensor(5)}"), docs, cov).outcome is F
+    # no identity claimed (an administrator in the lab mode) → applicability decides
+    assert expected(ue(sensor(5), Path.RELAY, sensor(6)), docs, cov).outcome is C
+    # a gateway with every UE
+    assert expected(ue(outside, Path.GATEWAY), docs, {"all": True}).outcome is C
+
+
+# -- the wire -----------------------------------------------------------------------------------------
+def test_loss_model():
+    assert not any(LossModel(0.0, 1).lost() for _ in range(1000))
+    model = LossModel(0.2, 5)
+    lost = sum(model.lost() for _ in range(20_000))
+    assert 3600 < lost < 4400
+    a, b = LossModel(0.3, "x"), LossModel(0.3, "x")
+    assert [a.lost() for _ in range(100)] == [b.lost() for _ in range(100)]
+    with pytest.raises(ValueError):
+        LossModel(1.0)
+
+
+def tcp_frame(body_len: int, tkl: int = 2, code: int = 0x45) -> bytes:
+    """An RFC 8323 §3.2 message whose options+payload are ``body_len`` bytes."""
+    if body_len < 13:
+        head = bytes([(body_len << 4) | tkl])
+    elif body_len < 269:
+        head = bytes([(13 << 4) | tkl, body_len - 13])
+    elif body_len < 65805:
+        head = bytes([(14 << 4) | tkl]) + (body_len - 269).to_bytes(2, "big")
+    else:
+        head = bytes([(15 << 4) | tkl]) + (body_len - 65805).to_bytes(4, "big")
+    return head + bytes([code]) + b"t" * tkl + b"x" * body_len
+
+
+def test_tcp_framer_counts_messages_across_any_split():
+    frames = [tcp_frame(n) for n in (0, 5, 12, 13, 200, 268, 269, 5000, 65805, 70000)]
+    stream = b"".join(frames)
+    rng = random.Random(1)
+    for _ in range(20):
+        framer = TcpFramer()
+        i = 0
+        while i < len(stream):
+            step = rng.choice([1, 2, 3, 100, 4096, 70000])
+            framer.feed(stream[i : i + step])
+            i += step
+        assert framer.messages == len(frames)
+    framer = TcpFramer()
+    assert framer.feed(stream[:-1]) == len(frames) - 1 and framer.feed(stream[-1:]) == 1
+
+
+# -- the table ----------------------------------------------------------------------------------------
+def test_percentile_nearest_rank():
+    assert percentile([], 50) is None
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50 and percentile(values, 95) == 95 and percentile(values, 99) == 99
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([3, 1, 2], 50) == 2
+
+
+def run(outcome, path=Path.GATEWAY, want=None, sid=None, latency=0.1):
+    exp = Expectation(want or outcome, sid)
+    return UeRun(PlannedUe("urn:x", path, "t", "urn:x"), exp, outcome, "-", sid, latency, 1)
+
+
+def test_summarize_path_and_saved_by_bulk():
+    runs = [run(C, sid="a")] * 8 + [run(F), run(N), run(Outcome.ERROR, want=C)]
+    row = summarize_path(Path.GATEWAY, "gateway", runs, UuCount(messages=6, bytes=1000, lost=1))
+    assert (row.ues, row.configured, row.forbidden, row.not_found, row.errors, row.unexpected) == (
+        11,
+        8,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert row.saved_by_bulk == PER_UE_FLOOR * 10 - 6
+    assert row.uu_per_configured == 6 / 8
+    relay = summarize_path(Path.RELAY, "relay", runs, UuCount(messages=30))
+    assert relay.saved_by_bulk is None
+    wrong_sid = run(C, want=C, sid="b")
+    wrong_sid.expected = Expectation(C, "a")
+    assert not wrong_sid.ok
+
+
+def test_verdict():
+    ok_rows = [
+        summarize_path(p, p.value, [run(C, p, sid="s"), run(F, p), run(N, p)], UuCount())
+        for p in (Path.RELAY, Path.GATEWAY, Path.DIRECT)
+    ]
+    v = verdict(ok_rows, observer_ok=True)
+    assert v.ok and "2.05, 4.03 and 4.04 on every path" in v.text
+    assert not verdict(ok_rows, observer_ok=False, observer_note="change 1 never arrived").ok
+    bad = [*ok_rows, summarize_path(Path.GATEWAY, "gw", [run(N, want=C)], UuCount())]
+    v = verdict(bad, observer_ok=True)
+    assert not v.ok and "1 of 10 UEs" in v.text
+    partial = [summarize_path(Path.RELAY, "relay", [run(C, Path.RELAY, sid="s")], UuCount())]
+    assert "relay: no 4.03" in verdict(partial, observer_ok=True).text
