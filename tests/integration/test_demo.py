@@ -250,3 +250,11 @@ def test_store_that_is_not_empty_is_refused(tmp_path):
     assert p.returncode == 1
     assert "already holds 1 configuration documents" in p.stdout + p.stderr
     assert "started" not in p.stdout
+
+
+def test_demo_on_a_given_store(store_url):
+    """``--db``: the SCM-S and the gateway registry on the given SQLite file or PostgreSQL database."""
+    p = run_demo("--ues", "20", "--db", store_url, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"store {store_url}" in p.stdout.replace("\n", "")
+    assert "OK: all 26 UEs got exactly the outcome their provisioning implies" in p.stdout

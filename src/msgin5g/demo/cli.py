@@ -600,11 +600,12 @@ class Demo:
         c.rule("[bold]msgin5g demo")
         bulk = f"bulk ≤{o.max_batch:,} UEs / {o.max_wait_ms} ms" if o.bulk else "no bulk"
         self.say(
-            f"fleet: {o.ues:,} constrained UEs — {n_relay:,} via the Relay UE ({o.relay_mode.upper()}), "
-            f"{n_gw:,} via the Gateway UE ({bulk}, Uu over {o.transport.upper()}, CM client {o.cm_client})"
+            f"fleet: {o.ues:,} constrained UEs — {n_relay:,} via the Relay UE, {n_gw:,} via the Gateway UE — "
+            f"plus {n_direct} UEs directly and 1 observing its document"
         )
         self.say(
-            f"       + {n_direct} UEs directly and 1 observing its document; loss {o.loss:g}, seed {o.seed}"
+            f"       relay {o.relay_mode.upper()}; gateway {bulk}, Uu over {o.transport.upper()}, CM client "
+            f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}"
         )
         if o.db:
             self.check_store()
@@ -827,10 +828,10 @@ class Demo:
             }
             g, m = Counter(gw), Counter(cm)
             lines.append(
-                f"gateway: {g['stored']:,} requests stored; {g['bulk-operations']:,} bulk operations: "
+                f"gateway: {g['stored']:,} stored, {g['bulk-operations']:,} bulk flushes → "
                 f"{m['bulk-gets']:,} bulk GETs + {m['block2-followups']:,} Block2 follow-ups; "
-                f"{m['single-gets']:,} single GETs; {g['answers']:,} answers "
-                f"({g['retransmissions']:,} retransmitted, {g['cache-hits']:,} from cache)"
+                f"{m['single-gets']:,} single GETs; {g['answers']:,} answers, {g['retransmissions']:,} "
+                f"retransmitted, {g['cache-hits']:,} cached"
             )
         relay = counters.get("relay")
         if relay:

@@ -132,14 +132,15 @@ def verdict(rows: Sequence[PathSummary], observer_ok: bool, observer_note: str =
         parts = []
         if bad:
             parts.append(
-                f"{bad} of {total} UEs did not get what their provisioning implies ({errors} without answer)"
+                f"{bad:,} of {total:,} UEs did not get what their provisioning implies "
+                f"({errors:,} without answer)"
             )
         if not observer_ok:
             parts.append(
                 f"the observing UE did not see every change{': ' + observer_note if observer_note else ''}"
             )
         return Verdict(False, "FAILED: " + "; ".join(parts))
-    text = f"OK: all {total} UEs got exactly the outcome their provisioning implies"
+    text = f"OK: all {total:,} UEs got exactly the outcome their provisioning implies"
     text += "; 2.05, 4.03 and 4.04 on every path" if not missing else f" ({'; '.join(missing)})"
     text += "; the observing UE saw every change"
     return Verdict(True, text)
