@@ -20,7 +20,10 @@ answer, Uu messages and bytes each way, bytes per configured UE, and the floor â
 up, the configurations (each UE's answer payload) coming down. Every answer is checked (code and
 the UE's own ``ueServiceId``). ``--big`` adds one bulk run over TCP with many more UEs.
 
-Usage: ``python bench/bench_gateway.py [--ues 10000] [--big 100000] [--json]``
+Each mode runs ``--rounds`` times and the fastest run is reported (the counts do not vary).
+
+Usage: ``python bench/bench_gateway.py [--ues 10000] [--big 100000] [--rounds 3] [--uu-delay-ms 0 10]``
+(``--json`` for the report alone).
 """
 
 from __future__ import annotations
@@ -373,6 +376,16 @@ async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, 
     }  # fmt: skip
 
 
+async def best_of(args, n: int, transport: str, bulk: bool, tap, tap_port: int, workdir: Path) -> dict:
+    """The fastest of ``--rounds`` runs (the machine is shared: the best is the least disturbed);
+    counts are the same in every round."""
+    runs = [await measure(args, n, transport, bulk, tap, tap_port, workdir) for _ in range(args.rounds)]
+    best = min(runs, key=lambda r: r["wall_s"])
+    best["wall_s_rounds"] = [r["wall_s"] for r in runs]
+    best["correct"] = min(r["correct"] for r in runs)
+    return best
+
+
 def ratios(bulk: dict, per_ue: dict) -> dict:
     msgs = {r["mode"]: r["up_msgs"] + r["down_msgs"] for r in (bulk, per_ue)}
     nbytes = {r["mode"]: r["up_bytes"] + r["down_bytes"] for r in (bulk, per_ue)}
@@ -405,7 +418,7 @@ async def main_async(args) -> dict:
                 for transport in args.transports:
                     pair = {}
                     for bulk in (True, False):
-                        r = await measure(args, args.ues, transport, bulk, tap, tap_port, workdir)
+                        r = await best_of(args, args.ues, transport, bulk, tap, tap_port, workdir)
                         r["uu_delay_ms"] = delay
                         scenario["runs"].append(r)
                         pair[bulk] = r
@@ -431,6 +444,7 @@ async def main_async(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ues", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3, help="runs per mode; the fastest is reported")
     ap.add_argument("--big", type=int, default=0, help="also one bulk run over TCP with this many UEs")
     ap.add_argument("--transports", nargs="+", default=["udp", "tcp"], choices=["udp", "tcp"])
     ap.add_argument("--sockets", type=int, default=100, help="UDP sockets the constrained UEs share")

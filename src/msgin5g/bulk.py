@@ -45,6 +45,8 @@ OPT_BLOCK2 = 23
 UDP_BULK_BUDGET = 1100
 #: Largest token a CoAP message can carry (RFC 7252 §3); packing assumes it unless told.
 MAX_TOKEN_LEN = 8
+#: Max-Age of a stub entry's individual 4.03/4.04 (the CoAP default, RFC 7252 §5.10.5).
+STUB_MAX_AGE = 60
 
 
 def stub_entry(domain: str, ue_uri: str, problem: Problem) -> dict:
@@ -310,7 +312,10 @@ def _individual(entry: dict, max_age: int | None) -> IndividualResponse:
             payload = cbor2.dumps(problem)
         except Exception:  # cbor2 may refuse exotic values
             return IndividualResponse.from_problem(bad_gateway("bulk answer entry has a malformed problem"))
-        return IndividualResponse(code, payload, CF_PROBLEM, max_age)
+        # a stub has no freshness of its own: what a UE-scoped GET's error would have, the CoAP
+        # default (RFC 7252 §5.10.5), unless the whole answer is fresh for less
+        age = STUB_MAX_AGE if max_age is None else min(max_age, STUB_MAX_AGE)
+        return IndividualResponse(code, payload, CF_PROBLEM, age)
     try:
         validate_doc(dict(entry))  # it only ever renames a top-level key: a shallow copy is enough
     except ModelError as e:
@@ -379,3 +384,35 @@ def fail_all(
     """The same problem for every requested UE (a bulk GET that failed as a whole)."""
     resp = IndividualResponse.from_problem(problem, max_age)
     return [resp] * len(requested)
+
+
+def answer_responses(
+    requested: Sequence[str],
+    code: int,
+    payload: bytes,
+    content_format: int | None = None,
+    max_age: int | None = None,
+) -> list[IndividualResponse]:
+    """Individual responses for the UEs of one bulk GET from its final answer (TS 24.538
+    6.2.2.x, last paragraph; SPEC D6): a 2.05 is split; a 4.03/4.04 refusing the whole bulk GET
+    reaches every UE as such; any other code becomes a per-UE 5.02 naming it. (No answer, 5.xx,
+    4.29 and 4.08 are retried instead, never split.)"""
+    if code == CONTENT:
+        try:
+            answer = decode_answer(payload)
+        except ValueError as e:
+            return fail_all(requested, bad_gateway(f"bulk answer is not CBOR: {e}"))
+        return split(requested, answer, max_age)
+    detail = ""
+    if content_format == CF_PROBLEM:
+        try:
+            detail = problem_from_map(decode_answer(payload)).detail
+        except (ValueError, TypeError):
+            detail = ""
+    if code in (0x83, 0x84):
+        return fail_all(requested, Problem(code, detail or "refused by the SCM-S", "BULK_REFUSED"))
+    code_txt = f"{code >> 5}.{code & 0x1F:02d}"
+    return fail_all(
+        requested,
+        bad_gateway(f"the SCM-S answered the bulk GET with {code_txt} {detail}".strip(), "BULK_REJECTED"),
+    )

@@ -201,7 +201,7 @@ def test_split_in_order():
     assert len(out) == 30
     for u, r in zip(uris, out, strict=True):
         check_response(u, r, outcome_of(u))
-        assert r.max_age == 77
+        assert r.max_age == (77 if r.code == 0x45 else 60)  # a stub: the CoAP default at most
 
 
 def test_split_answer_in_another_order_still_reaches_the_right_ue():
@@ -276,3 +276,18 @@ def test_split_of_pack_answers_every_request_exactly_once(items, budget, transpo
             check_response(uri, r, outcome_of(uri))
         else:
             assert r.code in (outcome_of(uri), 0xA2)
+
+
+def test_answer_responses_for_whole_bulk_outcomes():
+    uris = ["urn:a:1", "urn:a:2"]
+    ok = bulk.answer_responses(uris, 0x45, cbor2.dumps(fake_scm_s(uris, lambda u: 0x45)), 60, 30)
+    assert [r.code for r in ok] == [0x45, 0x45] and ok[0].max_age == 30
+    refused = bulk.answer_responses(uris, 0x83, Problem(0x83, "not yours").encode(), CF_PROBLEM)
+    assert [decode_problem(r.payload).code for r in refused] == [0x83, 0x83]
+    assert decode_problem(refused[0].payload).detail == "not yours"
+    too_big = bulk.answer_responses(uris, 0x8D, Problem(0x8D, "too many").encode(), CF_PROBLEM)
+    assert [r.code for r in too_big] == [0xA2, 0xA2] and "4.13" in decode_problem(too_big[0].payload).detail
+    garbage = bulk.answer_responses(uris, 0x45, b"\xff\xff", 60)
+    assert [r.code for r in garbage] == [0xA2, 0xA2]
+    odd = bulk.answer_responses(uris, 0x80, b"\x00not cbor", CF_PROBLEM)
+    assert [r.code for r in odd] == [0xA2, 0xA2]

@@ -40,9 +40,9 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from ..bulk import BulkItem, IndividualResponse, decode_answer, fail_all, split
+from ..bulk import BulkItem, IndividualResponse, answer_responses
 from ..model import ModelError
-from ..problem import CF_PROBLEM, Problem, decode_problem
+from ..problem import Problem
 from . import wire
 from .cmclient import CmClient, UpstreamOutcome
 from .policy import BatchPolicy, Flush, GatewayRequest, GiveUp, ResponseCache, ServicePolicy
@@ -542,7 +542,8 @@ class GatewayUe:
                 log.info("bulk GET for %d UEs: %s — retrying later", len(o_items), o.detail or o.code)
                 self.policy.fail(now, o_items, self._retry_after(o))
                 continue
-            for item, resp in zip(o_items, self._split(o), strict=True):
+            responses = answer_responses(o.ue_uris, o.code, o.payload, o.content_format, o.max_age)
+            for item, resp in zip(o_items, responses, strict=True):
                 self._complete(item, resp)
         missing = [k for k in items if k not in covered]
         if missing:
@@ -572,26 +573,6 @@ class GatewayUe:
     def _retry_after(o: UpstreamOutcome) -> float | None:
         """A 5.03 / 4.29 Max-Age says when to come back (RFC 7252 §5.9.3.4, RFC 8516)."""
         return float(o.max_age) if o.code in (0xA3, 0x9D) and o.max_age else None
-
-    def _split(self, o: UpstreamOutcome) -> list[IndividualResponse]:
-        """Individual responses for the UEs of one bulk outcome (TS 24.538 6.2.2.x; SPEC D6)."""
-        if o.code == 0x45:
-            try:
-                answer = decode_answer(o.payload)
-            except ValueError as e:
-                return fail_all(o.ue_uris, Problem(0xA2, f"bulk answer is not CBOR: {e}", "BAD_BULK_ANSWER"))
-            return split(o.ue_uris, answer, o.max_age)
-        detail = ""
-        if o.content_format == CF_PROBLEM:
-            with contextlib.suppress(Exception):
-                detail = decode_problem(o.payload).detail
-        if o.code in (0x83, 0x84):  # the whole bulk GET refused: each UE hears the same
-            return fail_all(o.ue_uris, Problem(o.code, detail or "refused by the SCM-S", "BULK_REFUSED"))
-        code_txt = f"{o.code >> 5}.{o.code & 0x1F:02d}"
-        return fail_all(
-            o.ue_uris,
-            Problem(0xA2, f"the SCM-S answered the bulk GET with {code_txt} {detail}", "BULK_REJECTED"),
-        )
 
     def _complete(self, key: Hashable, resp: IndividualResponse) -> None:
         if self.config.cache and resp.cacheable:
