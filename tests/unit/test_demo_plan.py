@@ -234,3 +234,22 @@ def test_verdict():
     assert not v.ok and "1 of 10 UEs" in v.text
     partial = [summarize_path(Path.RELAY, "relay", [run(C, Path.RELAY, sid="s")], UuCount())]
     assert "relay: no 4.03" in verdict(partial, observer_ok=True).text
+
+
+def test_report_formats(tmp_path):
+    from msgin5g.demo.report import COLUMNS, duration, markdown_table, write_csv
+
+    assert [duration(v) for v in (None, 5.12, 774.4, 2690.0, 101_414.0)] == [
+        "-",
+        "5.1 ms",
+        "774 ms",
+        "2.7 s",
+        "101 s",
+    ]
+    row = summarize_path(Path.GATEWAY, "gateway (bulk, UDP)", [run(C, sid="a"), run(N)], UuCount(3, 900, 0))
+    md = markdown_table([row]).splitlines()
+    assert len(md) == 3 and md[0].count("|") == len(COLUMNS) + 1
+    assert "| gateway (bulk, UDP) | 2 | 1 | 0 | 1 |" in md[2] and "1 (25%)" in md[2]
+    write_csv(tmp_path / "r.csv", [run(C, sid="a"), run(N)])
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("ue_uri,path,role,asks_for")

@@ -39,6 +39,7 @@ from ..ue.client import ScmClient
 from ..ue.outcome import Outcome
 from . import drivers
 from .drivers import UeRun
+from .lossy import raise_fd_limit
 from .plan import (
     GATEWAY_ID,
     SENSOR_TAC,
@@ -57,7 +58,7 @@ from .report import MATPLOTLIB_HINT, TABLE_NOTES, console_table, write_report
 from .stats import PathSummary, UuCount, summarize_path, verdict
 
 RELAY_LINKS = 8  # TS 23.304's recommended PC5 link table size: the relay serves 8 UEs at a time
-GATEWAY_CONCURRENCY = 1000  # constrained UEs asking the gateway at the same time
+GATEWAY_CONCURRENCY = 1000  # constrained UEs asking the gateway at the same time (fewer if files are scarce)
 UE_DEADLINE = 240.0  # s a UE keeps trying before it counts as an error
 OBSERVER_CHANGES = 2  # document changes the observing UE must see
 OBSERVER_STARTS = 3  # an observer whose first request got no answer is started again
@@ -487,7 +488,8 @@ class Demo:
         o = self.opts
         loop = asyncio.get_running_loop()
         relay_slots = asyncio.Semaphore(RELAY_LINKS)
-        gateway_slots = asyncio.Semaphore(GATEWAY_CONCURRENCY)
+        # each UE waiting on the gateway holds a socket here and one in the wire process
+        gateway_slots = asyncio.Semaphore(max(16, min(GATEWAY_CONCURRENCY, self.fd_limit // 3)))
         gw_timeout = max(drivers.ATTEMPT_TIMEOUT, 3 * o.max_wait_ms / 1000 + 30)
         scm_via_relay = uri(ep["uu-relay"])
 
@@ -609,6 +611,7 @@ class Demo:
         )
         if o.db:
             self.check_store()
+        self.fd_limit = raise_fd_limit()  # before the children start: they inherit it
         watch = asyncio.ensure_future(self.sup.watch())
         try:
             ep = await self._with_watch(watch, self.start_actors())
@@ -788,6 +791,10 @@ class Demo:
                 summary=summary,
                 verdict_text=v.text,
                 settings_line=self._settings_line(),
+                chart_title=(
+                    f"msgin5g demo — {o.ues:,} constrained UEs; relay {o.relay_mode.upper()}; gateway "
+                    f"{'bulk' if o.bulk else 'no bulk'} over {o.transport.upper()}; loss {o.loss:g}"
+                ),
                 extra_md=extra,
             )
             for note in notes:

@@ -137,6 +137,7 @@ async def relay_attempt(
 async def configure_via_relay(
     relay: tuple[str, int], server_uri: str, ue: PlannedUe, expectation: Expectation, deadline: float
 ) -> UeRun:
+    """A constrained UE through the Relay UE (TS 24.538 6.2.2.2; SPEC §3.3, D8), retried as needed."""
     return await run_procedure(
         ue, expectation, lambda: relay_attempt(relay, server_uri, ue, ATTEMPT_TIMEOUT), deadline
     )

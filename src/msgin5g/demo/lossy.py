@@ -42,6 +42,21 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 RECV_BATCH = 256
 
 
+def raise_fd_limit(ceiling: int = 65_536) -> int:
+    """Raise the soft limit of open files to the hard limit (at most ``ceiling``) — every client of
+    a leg has a socket of its own — and return the limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(ceiling, hard if hard != resource.RLIM_INFINITY else ceiling)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return min(soft, ceiling) if soft != resource.RLIM_INFINITY else ceiling
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return want
+    return soft
+
+
 class LossModel:
     """Independent random loss of each datagram (Bernoulli, probability ``loss``)."""
 
@@ -124,10 +139,18 @@ def _udp_socket() -> socket.socket:
 class UdpLeg:
     """A lossy UDP forwarder: one listening socket, one upstream socket per client endpoint."""
 
-    def __init__(self, name: str, target: tuple[str, int], loss: LossModel, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        name: str,
+        target: tuple[str, int],
+        loss: LossModel,
+        host: str = "127.0.0.1",
+        max_clients: int = 10_000,
+    ):
         self.name = name
         self.target = target
         self.loss = loss
+        self.max_clients = max_clients  # beyond it the least recently active client's socket is closed
         self.counters = LegCounters()
         self._loop = asyncio.get_running_loop()
         self._listen = _udp_socket()
@@ -144,14 +167,16 @@ class UdpLeg:
                 return
             except OSError:
                 continue
-            entry = self._up.get(addr)
+            entry = self._up.pop(addr, None)  # re-inserted below: the dict keeps activity order
             if entry is None:
+                if len(self._up) >= self.max_clients:
+                    self._close(next(iter(self._up)))
                 sock = _udp_socket()
                 sock.connect(self.target)
                 entry = (sock, [time.monotonic()])
-                self._up[addr] = entry
                 self.counters.clients += 1
                 self._loop.add_reader(sock.fileno(), self._from_target, addr, sock)
+            self._up[addr] = entry
             entry[1][0] = time.monotonic()
             self._forward(self.counters.up, data, lambda d, s=entry[0]: s.send(d))
 
@@ -174,12 +199,15 @@ class UdpLeg:
         with contextlib.suppress(OSError):  # a full buffer is loss too
             send(data)
 
+    def _close(self, addr: tuple) -> None:
+        sock, _ = self._up.pop(addr)
+        self._loop.remove_reader(sock.fileno())
+        sock.close()
+
     def sweep(self, now: float) -> None:
-        for addr, (sock, seen) in list(self._up.items()):
+        for addr, (_, seen) in list(self._up.items()):
             if now - seen[0] > IDLE_MAPPING:
-                self._loop.remove_reader(sock.fileno())
-                sock.close()
-                del self._up[addr]
+                self._close(addr)
 
     def close(self) -> None:
         for sock, _ in self._up.values():
@@ -253,6 +281,7 @@ async def serve(loss: float, seed: int) -> None:
     """Run legs as the demo asks on stdin until it closes stdin."""
     loop = asyncio.get_running_loop()
     legs: dict[str, UdpLeg | TcpLeg] = {}
+    max_clients = max(64, raise_fd_limit() // 2 - 64)  # two legs (PC5, MSGin5G-6) see many clients
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
@@ -277,7 +306,9 @@ async def serve(loss: float, seed: int) -> None:
                 if words[0] in ("udp", "tcp") and len(words) == 4:
                     name, host, port = words[1], words[2], int(words[3])
                     if words[0] == "udp":
-                        leg: UdpLeg | TcpLeg = UdpLeg(name, (host, port), LossModel(loss, f"{seed}/{name}"))
+                        leg: UdpLeg | TcpLeg = UdpLeg(
+                            name, (host, port), LossModel(loss, f"{seed}/{name}"), max_clients=max_clients
+                        )
                     else:
                         leg = await TcpLeg(name, (host, port)).start()
                     legs[name] = leg

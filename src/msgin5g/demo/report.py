@@ -148,7 +148,9 @@ def write_csv(path: FsPath, runs: Sequence[UeRun]) -> None:
             )
 
 
-def write_chart(path: FsPath, rows: Sequence[PathSummary], latencies: dict[str, list[float]]) -> str | None:
+def write_chart(
+    path: FsPath, rows: Sequence[PathSummary], latencies: dict[str, list[float]], title: str = "msgin5g demo"
+) -> str | None:
     """chart.png: latency distribution per path, Uu messages per configured UE, bulk vs per-UE.
     Returns None on success, or why there is no chart."""
     try:
@@ -185,7 +187,14 @@ def write_chart(path: FsPath, rows: Sequence[PathSummary], latencies: dict[str, 
     bars = ax_uu.bar(labels, values, color=[colors.get(r.path) for r in uu_rows])
     ax_uu.bar_label(bars, fmt="%.2f")
     ax_uu.axhline(PER_UE_FLOOR, color="grey", linestyle="--", linewidth=1)
-    ax_uu.text(-0.4, PER_UE_FLOOR, f" per-UE floor ({PER_UE_FLOOR})", va="bottom", fontsize=8, color="grey")
+    ax_uu.text(
+        len(uu_rows) - 0.5,
+        PER_UE_FLOOR,
+        f"per-UE floor ({PER_UE_FLOOR}) ",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+    )
     ax_uu.set_ylabel("Uu messages per configured UE")
     ax_uu.set_title("Uu cost of one configuration")
     ax_uu.tick_params(axis="x", labelsize=8, rotation=10)
@@ -203,7 +212,7 @@ def write_chart(path: FsPath, rows: Sequence[PathSummary], latencies: dict[str, 
         ax_bulk.set_ylabel("Uu messages (both directions)")
     else:
         ax_bulk.set_axis_off()
-    fig.suptitle("msgin5g demo")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -219,6 +228,7 @@ def write_report(
     summary: dict,
     verdict_text: str,
     settings_line: str,
+    chart_title: str = "msgin5g demo",
     extra_md: Sequence[str] = (),
 ) -> list[str]:
     """Write the report files into ``directory``; returns notes for the console (e.g. no chart)."""
@@ -226,7 +236,7 @@ def write_report(
     notes = []
     write_csv(directory / "results.csv", runs)
     (directory / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    chart_problem = write_chart(directory / "chart.png", rows, latencies)
+    chart_problem = write_chart(directory / "chart.png", rows, latencies, chart_title)
     if chart_problem:
         notes.append(chart_problem)
     md = [
