@@ -4,9 +4,10 @@ Pure decisions: ``(identity, operation, target) -> None (allow) | Problem (4.01 
 Problem details never reveal whether a foreign UE has a configuration: every denial of a UE
 for another UE's data reads the same.
 
-Identities come from the security layer (OSCORE, RFC 8613). In the explicitly insecure lab mode
-the shell takes a *claimed* identity from the private-use option :data:`LAB_IDENTITY_OPTION`
-(absent → administrator), so registry rules can be exercised before keys exist.
+Identities come from the security layer: on a secured server, the OSCORE (RFC 8613) security
+context that verified the request names it (:mod:`msgin5g.security`; TS 24.546 6.2.1.2). In the
+explicitly insecure lab mode the shell takes a *claimed* identity from the private-use option
+:data:`LAB_IDENTITY_OPTION` (absent → administrator), so the same rules can be exercised without keys.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Role(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Identity:
     role: Role
-    name: str = ""  # the UE's MSGin5G UE ID (a URI) or the gateway id
+    name: str = ""  # the UE's MSGin5G UE ID (a URI), the gateway id, or an administrator's label
 
     def __str__(self) -> str:
         return self.role.value if not self.name else f"{self.role.value}:{self.name}"
@@ -48,8 +49,13 @@ ADMIN = Identity(Role.ADMIN)
 ANONYMOUS = Identity(Role.ANONYMOUS)
 
 
+#: Roles a key or a lab claim can carry (ANONYMOUS is what a request without one is).
+ROLES = (Role.UE, Role.GATEWAY, Role.ADMIN)
+
+
 def parse_identity(text: str) -> Identity:
-    """Parse "admin" | "ue:<uri>" | "gateway:<id>" (lab identity option, credentials files)."""
+    """Parse "admin" | "admin:<label>" | "ue:<uri>" | "gateway:<id>" (lab identity option, key
+    registry entries and credentials files; SPEC D12)."""
     if text == "admin":
         return ADMIN
     role, sep, name = text.partition(":")
@@ -57,11 +63,21 @@ def parse_identity(text: str) -> Identity:
         raise ModelError(
             "identity", f"expected admin, ue:<uri> or gateway:<id>, got {text!r}", "BAD_IDENTITY"
         )
+    return make_identity(role, name)
+
+
+def make_identity(role: str, name: str) -> Identity:
+    """An identity from a role name and its name (a UE's must be a URI; none may be empty or
+    contain control characters)."""
+    if not name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise ModelError("identity", f"bad {role} name {name!r}", "BAD_IDENTITY")
     if role == "ue":
         check_uri(name, "identity")
         return Identity(Role.UE, name)
     if role == "gateway":
         return Identity(Role.GATEWAY, name)
+    if role == "admin":
+        return Identity(Role.ADMIN, name)
     raise ModelError("identity", f"unknown role {role!r}", "BAD_IDENTITY")
 
 
@@ -120,6 +136,24 @@ def authorize(
         return None
     # gateway
     if op is Op.QUERY_SCOPED and (ue is None or not gateway_covers(coverage, ue)):
+        return _FORBIDDEN_UE
+    return None
+
+
+def authorize_doc(identity: Identity, doc: dict | None, missing: Problem) -> Problem | None:
+    """Individual GET / Observe once the document was looked up (``doc`` None: it does not exist,
+    and ``missing`` is the 4.04 an administrator gets).
+
+    A UE reads and observes only documents applicable to itself; a gateway reads none (it works
+    through queries for the UEs its registry entry covers). Neither can tell a missing document
+    from another UE's: both get the one 4.03 of :func:`forbidden_ue_problem` (SPEC D12).
+    """
+    problem = authorize(identity, Op.READ_DOC)
+    if problem is not None:
+        return problem
+    if identity.role is Role.ADMIN:
+        return missing if doc is None else None
+    if doc is None or not may_read_doc(identity, doc):
         return _FORBIDDEN_UE
     return None
 

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "gateway": "msgin5g.gateway.cli:gateway",
     "cm-client": "msgin5g.gateway.cli:cm_client",
     "demo": "msgin5g.demo.cli:demo",
+    "keys": "msgin5g.security.cli:keys",
 }
 
 

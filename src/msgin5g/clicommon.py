@@ -40,6 +40,29 @@ def split_server_uri(uri: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, parts.port or (80 if parts.scheme == "coap+ws" else 5683)
 
 
+def credentials_option(help_text: str = "OSCORE credentials file (msgin5g keys add --out FILE)."):
+    """``--credentials FILE`` for every command that talks to an SCM-S (SPEC D12)."""
+    return click.option(
+        "--credentials",
+        "credentials",
+        default=None,
+        type=click.Path(dir_okay=False),
+        callback=_load_credentials,
+        help=help_text,
+    )
+
+
+def _load_credentials(ctx, param, value):
+    if value is None:
+        return None
+    from .security.registry import CredentialsError, load_credentials
+
+    try:
+        return load_credentials(value)
+    except CredentialsError as e:
+        raise click.BadParameter(str(e), param_hint="--credentials") from None
+
+
 def run_until_signal(start: Callable[[], Awaitable], stop: Callable[[object], Awaitable]) -> None:
     """Run ``start()`` then wait for SIGINT/SIGTERM, then ``stop(started)``."""
 

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import click
 
-from ..clicommon import parse_hostport, setup_logging
+from ..authz import Role
+from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..security.keys import RegistryError
+from ..security.registry import ClientCredentials, CredentialsError
 from .cmclient import CmClient, ScmClient, SealCClient, SealCServer, parse_server_uri
 from .policy import ServicePolicy
 from .shell import GatewayConfig, GatewayUe
@@ -37,18 +40,42 @@ def _server_option(value: str | None) -> str | None:
 
 
 def build_cm_client(
-    cm_client: str, server: str | None, gateway_id: str | None, uu_endpoints: int, max_ues: int | None
+    cm_client: str,
+    server: str | None,
+    gateway_id: str | None,
+    uu_endpoints: int,
+    max_ues: int | None,
+    credentials: ClientCredentials | None = None,
 ) -> CmClient:
     """``collocated`` → the SCM-C in-process; ``coap[+tcp]://HOST:PORT`` → SEAL-C (SPEC D10)."""
     if cm_client == "collocated":
         if not server:
             raise click.UsageError("--server is needed with a collocated CM client")
-        return ScmClient(server, gateway_id=gateway_id, udp_endpoints=uu_endpoints, max_ues=max_ues)
+        return ScmClient(
+            server,
+            gateway_id=gateway_id,
+            udp_endpoints=uu_endpoints,
+            max_ues=max_ues,
+            credentials=credentials,
+        )
+    if credentials is not None:
+        raise click.UsageError("--credentials belongs to the separate cm-client, which talks to the SCM-S")
     try:
         parse_server_uri(cm_client)
     except ValueError as e:
         raise click.BadParameter(f"--cm-client: {e}") from None
     return SealCClient(cm_client)
+
+
+def _gateway_credentials(credentials: ClientCredentials | None) -> ClientCredentials | None:
+    """The Uu credentials must be a gateway's: it authenticates to the SCM-S as itself (TS 33.501
+    Annex Y), and the SCM-S authorizes it per UE through its registry entry (SPEC D12)."""
+    if credentials is not None and credentials.identity.role is not Role.GATEWAY:
+        raise click.BadParameter(
+            f"{credentials.path} holds the key of {credentials.identity}, not of a gateway",
+            param_hint="--credentials",
+        )
+    return credentials
 
 
 async def _wait_for_signal() -> None:
@@ -64,7 +91,7 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     gw = GatewayUe(config, cm)
     try:
         await gw.start()
-    except OSError as e:
+    except (OSError, RegistryError, CredentialsError) as e:
         await cm.close()
         raise click.ClickException(f"cannot start the gateway: {e}") from e
     click.echo(
@@ -140,7 +167,7 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     "--gateway-id",
     default="gw1",
     show_default=True,
-    help="Identity claimed towards the SCM-S in lab mode (option 65000, 'gateway:<id>').",
+    help="Identity claimed towards an insecure SCM-S in lab mode (option 65000, 'gateway:<id>').",
 )
 @click.option(
     "--uu-endpoints",
@@ -148,6 +175,13 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     default=4,
     show_default=True,
     help="UDP endpoints towards the SCM-S (each has its own NSTART and message-ID space).",
+)
+@credentials_option("The gateway's OSCORE credentials with the SCM-S (collocated CM client).")
+@click.option(
+    "--security",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Key registry of the constrained UEs: MSGin5G-6 requests must be OSCORE-protected.",
 )
 @click.option(
     "--max-ues-per-get",
@@ -169,6 +203,8 @@ def gateway(
     cm_client,
     gateway_id,
     uu_endpoints,
+    credentials,
+    security,
     max_ues_per_get,
     no_cache,
     verbose,
@@ -176,7 +212,8 @@ def gateway(
     """MSGin5G Gateway UE: bulk configuration of constrained UEs (TS 24.538 6.2.2.x)."""
     setup_logging(verbose)
     host, port = parse_hostport(listen, DEFAULT_GATEWAY_PORT)
-    cm = build_cm_client(cm_client, server, gateway_id, uu_endpoints, max_ues_per_get)
+    credentials = _gateway_credentials(credentials)
+    cm = build_cm_client(cm_client, server, gateway_id, uu_endpoints, max_ues_per_get, credentials)
     policy = ServicePolicy(bulk=bulk, max_batch=max_batch, max_wait=max_wait_ms / 1000.0, give_up=give_up_s)
     config = GatewayConfig(
         host=host,
@@ -185,6 +222,7 @@ def gateway(
         policy=policy,
         state_path=state or default_state_path(),
         cache=not no_cache,
+        security=security,
     )
     where = f"SCM-S {server}" if cm_client == "collocated" else f"CM client {cm_client} (SEAL-C)"
     mode = f"bulk ≤{max_batch} UEs / {max_wait_ms} ms" if bulk else "no bulk"
@@ -210,18 +248,26 @@ def gateway(
     "--gateway-id",
     default="gw1",
     show_default=True,
-    help="Identity claimed towards the SCM-S in lab mode (option 65000, 'gateway:<id>').",
+    help="Identity claimed towards an insecure SCM-S in lab mode (option 65000, 'gateway:<id>').",
 )
 @click.option("--uu-endpoints", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--max-ues-per-get", type=click.IntRange(1, None), default=None)
+@credentials_option("The gateway's OSCORE credentials with the SCM-S.")
 @click.option("-v", "--verbose", count=True)
-def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, verbose) -> None:
+def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credentials, verbose) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
     setup_logging(verbose)
     host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
+    credentials = _gateway_credentials(credentials)
 
     async def run() -> dict:
-        scm = ScmClient(server, gateway_id=gateway_id, udp_endpoints=uu_endpoints, max_ues=max_ues_per_get)
+        scm = ScmClient(
+            server,
+            gateway_id=gateway_id,
+            udp_endpoints=uu_endpoints,
+            max_ues=max_ues_per_get,
+            credentials=credentials,
+        )
         seal_c = SealCServer(scm, host, port)
         try:
             await seal_c.start()

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import aiocoap
 import aiocoap.resource
 import cbor2
-from aiocoap import optiontypes
+from aiocoap import optiontypes, oscore
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 
@@ -57,6 +57,7 @@ from ..bulk import (
 )
 from ..codec import CodecError, decode
 from ..problem import CF_PROBLEM, Problem
+from ..security.registry import ClientCredentials
 from .wire import OPT_LAB_IDENTITY, UeQuery
 
 log = logging.getLogger("msgin5g.gateway.cmclient")
@@ -68,6 +69,9 @@ MID_BUDGET = 60_000
 EXCHANGE_LIFETIME = 247.0
 #: RFC 8323 default Max-Message-Size, used until the SCM-S's CSM says otherwise.
 TCP_DEFAULT_MMS = 1152
+#: What OSCORE adds to a request (RFC 8613 §6): the OSCORE option (flags, Partial IV ≤ 5 bytes,
+#: kid ≤ 7), the inner code byte, the payload marker and the 8-byte AEAD tag, with room to spare.
+OSCORE_OVERHEAD = 32
 
 
 @dataclass
@@ -204,11 +208,15 @@ class ScmClient(CmClient):
         max_ues: int | None = None,
         timeout: float = 15.0,
         concurrency: int = 16,
+        credentials: ClientCredentials | None = None,
     ):
         self.server = server
         self.scheme, self.host, self.port, self.prefix = parse_server_uri(server)
         self.transport = "tcp" if self.scheme == "coap+tcp" else "udp"
-        self.gateway_id = gateway_id
+        # TS 33.501 Annex Y; SPEC D12: with credentials the gateway authenticates to the SCM-S as
+        # itself (OSCORE, one context shared by every upstream endpoint) and claims nothing
+        self.credentials = credentials
+        self.gateway_id = None if credentials is not None else gateway_id
         self.udp_endpoints = max(1, udp_endpoints)
         # per bulk GET: over TCP bounded by the answer size (≈ 1 MiB messages, ~400 B per UE)
         self.max_ues = max_ues or (2000 if self.transport == "tcp" else 10_000)
@@ -247,10 +255,18 @@ class ScmClient(CmClient):
             msg.opt.add_option(optiontypes.OpaqueOption(OptionNumber(number), value))
         return msg
 
+    async def _new_context(self, transport: str) -> aiocoap.Context:
+        if self.credentials is None:
+            return await aiocoap.Context.create_client_context(transports=[transport])
+        security = self.credentials.security_context()
+        ctx = await aiocoap.Context.create_client_context(transports=["oscore", transport])
+        ctx.client_credentials["*"] = security
+        return ctx
+
     async def _udp_slot(self) -> _UdpSlot:
         async with self._lock:
             if len(self._slots) < self.udp_endpoints:
-                ctx = await aiocoap.Context.create_client_context(transports=["udp6"])
+                ctx = await self._new_context("udp6")
                 self._slots.append(_UdpSlot(ctx))
                 return self._slots[-1]
             i = next(self._rr) % len(self._slots)
@@ -260,7 +276,7 @@ class ScmClient(CmClient):
                 slot.window_start, slot.sent = now, 0
             elif slot.sent >= MID_BUDGET:
                 # about to wrap the 16-bit MID space within EXCHANGE_LIFETIME: new endpoint
-                ctx = await aiocoap.Context.create_client_context(transports=["udp6"])
+                ctx = await self._new_context("udp6")
                 self._slots[i] = _UdpSlot(ctx)
                 task = asyncio.create_task(self._retire(slot.ctx))
                 self._retired.add(task)
@@ -276,7 +292,7 @@ class ScmClient(CmClient):
     async def _context(self) -> tuple[aiocoap.Context, _UdpSlot | None]:
         if self.transport == "tcp":
             if self._tcp is None:
-                self._tcp = await aiocoap.Context.create_client_context(transports=["tcpclient"])
+                self._tcp = await self._new_context("tcpclient")
             return self._tcp, None
         slot = await self._udp_slot()
         return slot.ctx, slot
@@ -287,7 +303,12 @@ class ScmClient(CmClient):
         if slot is not None:
             slot.sent += 1
         req = ctx.request(msg, handle_blockwise=blockwise)
-        return await asyncio.wait_for(req.response, self.timeout)
+        try:
+            return await asyncio.wait_for(req.response, self.timeout)
+        except oscore.NotAProtectedMessage as e:
+            # the SCM-S refused our credentials (an unprotected 4.01): a definite answer, passed on
+            # as such rather than retried (RFC 8613 §8.4)
+            return e.plain_message
 
     async def _learn_mms(self) -> int:
         """The SCM-S's Max-Message-Size from its CSM (RFC 8323 §5.3.1); a cheap probe request
@@ -297,7 +318,8 @@ class ScmClient(CmClient):
             probe = aiocoap.Message(code=Code.GET, uri=f"{self._root()}/.well-known/core")
             try:
                 resp = await self._send(ctx, None, probe, True)
-                settings = getattr(resp.remote, "_remote_settings", None) or {}
+                remote = getattr(resp.remote, "underlying_address", None) or resp.remote  # OSCORE
+                settings = getattr(remote, "_remote_settings", None) or {}
                 self._tcp_mms = int(settings.get("max-message-size", TCP_DEFAULT_MMS))
             except Exception as e:  # no connection yet: pack conservatively, learn next time
                 log.debug("Max-Message-Size probe failed: %s", e)
@@ -314,6 +336,8 @@ class ScmClient(CmClient):
             budget = mms - 64  # room for the largest RFC 8323 length field and a future option
         else:
             budget = UDP_BULK_BUDGET
+        if self.credentials is not None:
+            budget -= OSCORE_OVERHEAD
         gets = pack(
             items,
             new_flag=new_flag,

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS requests (
     block_szx   INTEGER NOT NULL DEFAULT 6,
     received    REAL    NOT NULL,
     state       TEXT    NOT NULL DEFAULT 'stored',
+    oscore      BLOB,
     UNIQUE (host, port, mid, token)
 );
 """
@@ -62,6 +63,7 @@ class StoredRequest:
     block_szx: int
     received: float  # wall clock (time.time())
     state: str = STORED
+    oscore: bytes | None = None  # OSCORE request binding its answer is protected with (SPEC D12)
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -82,6 +84,7 @@ class NewRequest:
     block_num: int = 0
     block_szx: int = 6
     received: float = 0.0
+    oscore: bytes | None = None
 
 
 class RequestQueue:
@@ -95,6 +98,9 @@ class RequestQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
+        if "oscore" not in columns:  # a store written before OSCORE support
+            self._db.execute("ALTER TABLE requests ADD COLUMN oscore BLOB")
         # ids are handed out here, so that a whole burst goes in with one executemany
         self._next_id = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM requests").fetchone()[0]
 
@@ -109,7 +115,7 @@ class RequestQueue:
         stored = [
             StoredRequest(
                 self._next_id + i, r.host, r.port, r.mid, r.token, r.confirmable, r.query, r.urgent,
-                r.block_num, r.block_szx, r.received or now,
+                r.block_num, r.block_szx, r.received or now, STORED, r.oscore,
             )
             for i, r in enumerate(requests)
         ]  # fmt: skip
@@ -118,7 +124,7 @@ class RequestQueue:
             (
                 st.req_id, st.host, st.port, st.mid, st.token, int(st.confirmable), st.query.ue_uri,
                 st.query.ue_vendor, st.query.ue_type, st.query.ue_snr, int(st.urgent), st.block_num,
-                st.block_szx, st.received,
+                st.block_szx, st.received, st.oscore,
             )
             for st in stored
         ]  # fmt: skip
@@ -128,8 +134,8 @@ class RequestQueue:
             before = self._db.total_changes
             cur.executemany(
                 "INSERT OR IGNORE INTO requests (id, host, port, mid, token, confirmable, ue_uri,"
-                " ue_vendor, ue_type, ue_snr, urgent, block_num, block_szx, received)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " ue_vendor, ue_type, ue_snr, urgent, block_num, block_szx, received, oscore)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             inserted = self._db.total_changes - before
@@ -163,7 +169,7 @@ class RequestQueue:
         """Every request not yet delivered, oldest first (restart: each is answered again)."""
         rows = self._db.execute(
             "SELECT id, host, port, mid, token, confirmable, ue_uri, ue_vendor, ue_type, ue_snr, urgent,"
-            " block_num, block_szx, received, state FROM requests ORDER BY received, id"
+            " block_num, block_szx, received, state, oscore FROM requests ORDER BY received, id"
         ).fetchall()
         return [
             StoredRequest(
@@ -179,6 +185,7 @@ class RequestQueue:
                 r[12],
                 r[13],
                 r[14],
+                None if r[15] is None else bytes(r[15]),
             )
             for r in rows
         ]

@@ -40,9 +40,13 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from .. import authz
 from ..bulk import BulkItem, IndividualResponse, answer_responses
-from ..model import ModelError
+from ..model import ModelError, UeIdentity
 from ..problem import Problem
+from ..security.endpoint import Refused, ServerProtection, raw_options
+from ..security.registry import Registry
+from ..security.server import ServerKeyring
 from . import wire
 from .cmclient import CmClient, UpstreamOutcome
 from .policy import BatchPolicy, Flush, GatewayRequest, GiveUp, ResponseCache, ServicePolicy
@@ -50,6 +54,9 @@ from .queue import NewRequest, RequestQueue, StoredRequest
 from .wire import ACK, CON, EMPTY, NON, RST, ConfigRequest, WireError
 
 log = logging.getLogger("msgin5g.gateway")
+
+#: What a secured MSGin5G-6 side answers to anything it cannot verify (as the SCM-S does)
+UNAUTHENTICATED_ANSWER = IndividualResponse.from_problem(authz.UNAUTHENTICATED, max_age=0)
 
 EXCHANGE_LIFETIME = 247.0  # s, RFC 7252 §4.8.2: how long message IDs are remembered
 DEFAULT_MAX_AGE = 60  # s, RFC 7252 §5.10.5
@@ -78,6 +85,10 @@ class GatewayConfig:
     bulk_concurrency: int = 4  # bulk operations in flight towards the CM client
     single_concurrency: int = 64  # single forwards in flight (no bulk policy)
     record_answers: bool = False  # keep the order in which requests were answered (tests)
+    #: key registry of the constrained UEs (OSCORE on MSGin5G-6, standing in for PC5 unicast
+    #: security, TS 33.503; SPEC D12); None: the MSGin5G-6 side is not secured
+    security: str | None = None
+    max_open_contexts: int = 1024
 
 
 @dataclass(slots=True)
@@ -226,14 +237,19 @@ class GatewayUe:
                 "undelivered",
                 "given-up",
                 "internal-errors",
+                "unauthenticated",
+                "forbidden",
             ),
             0,
         )
+        self.protection: ServerProtection | None = None
         self.answer_log: list[int] = []
         self._endpoint: DatagramEndpoint | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._requests: dict[int, _Live] = {}
-        self._staged: list[tuple[tuple[str, int], wire.CoapMessage, ConfigRequest, Hashable]] = []
+        self._staged: list[
+            tuple[tuple[str, int], wire.CoapMessage, ConfigRequest, Hashable, bytes | None]
+        ] = []
         self._recent: dict[tuple[tuple[str, int], int], bytes | None] = {}
         self._recent_order: deque[tuple[float, tuple[tuple[str, int], int]]] = deque()
         self._outgoing: dict[tuple[tuple[str, int], int], _Outgoing] = {}
@@ -259,6 +275,9 @@ class GatewayUe:
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> GatewayUe:
         self._loop = asyncio.get_running_loop()
+        if self.config.security is not None:
+            keyring = ServerKeyring(Registry(self.config.security), max_open=self.config.max_open_contexts)
+            self.protection = ServerProtection(keyring.open())
         self.queue = RequestQueue(self.config.state_path)
         self._endpoint = DatagramEndpoint.bind(self.config.host, self.config.port, self._on_burst)
         self.config.port = self._endpoint.local_address[1]
@@ -290,6 +309,8 @@ class GatewayUe:
             self._endpoint.close()
         if self.queue is not None:
             self.queue.close()
+        if self.protection is not None:
+            self.protection.keyring.close()  # sequence numbers and replay windows written back
         await self.cm.close()
 
     def _restore(self) -> None:
@@ -364,24 +385,77 @@ class GatewayUe:
             if reply is not None and msg.mtype == CON:
                 self._send(reply, addr)
             return
+        binding = identity = None
+        if self.protection is not None:
+            verified = self._verify(data, addr, msg)
+            if verified is None:
+                return
+            msg, binding, identity = verified
         parsed = wire.parse_config_request(msg, self.config.service_id)
         if isinstance(parsed, IndividualResponse):
             self.stats["rejected"] += 1
-            self._reply_now(addr, msg, parsed, 0, 6)
+            self._reply_now(addr, msg, parsed, 0, 6, binding=binding)
             return
+        if self.protection is not None:
+            # a UE asks only for its own configuration (TS 24.546 6.2.1.2; SPEC D12)
+            ue = UeIdentity(uri=parsed.query.ue_uri)
+            problem = authz.authorize(identity or authz.ANONYMOUS, authz.Op.QUERY_SCOPED, ue=ue)
+            if problem is not None:
+                self.stats["forbidden"] += 1
+                self._reply_now(addr, msg, IndividualResponse.from_problem(problem), 0, 6, binding=binding)
+                return
         key = parsed.key(self.config.policy.bulk)
         if self.config.cache:
             hit = self.cache.get(self._loop.time(), key)
             if hit is not None:
                 resp, remaining = hit
                 self.stats["cache-hits"] += 1
-                self._reply_now(addr, msg, resp, parsed.block_num, parsed.block_szx, int(remaining))
+                self._reply_now(
+                    addr, msg, resp, parsed.block_num, parsed.block_szx, int(remaining), binding=binding
+                )
                 return
         self._remember(addr, msg.mid, None)
-        self._staged.append((addr, msg, parsed, key))
+        self._staged.append((addr, msg, parsed, key, binding))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_staged)
+
+    def _verify(
+        self, data: bytes, addr: tuple[str, int], msg: wire.CoapMessage
+    ) -> tuple[wire.CoapMessage, bytes, authz.Identity | None] | None:
+        """OSCORE on MSGin5G-6 (SPEC D12): the plain request, its binding and its identity — or
+        None when it was refused (and answered: the uniform unprotected 4.01, or the protected
+        Echo challenge of a gateway that lost its replay window)."""
+        assert self.protection is not None
+        result = self.protection.verify(data)
+        if isinstance(result, Refused):
+            self.stats["unauthenticated"] += 1
+            log.info("refused a request from %s: %s", addr, result.reason)
+            if result.response is None:
+                self._reply_now(addr, msg, UNAUTHENTICATED_ANSWER, 0, 6)
+            else:
+                ch = result.response
+                mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
+                out = wire.CoapMessage(mtype, int(ch.code), mid, msg.token, raw_options(ch), ch.payload)
+                self._send(wire.encode(out), addr)
+            return None
+        p = result.plain
+        inner = wire.CoapMessage(msg.mtype, int(p.code), msg.mid, msg.token, raw_options(p), p.payload)
+        return inner, result.binding, result.identity
+
+    def _protected(self, out: wire.CoapMessage, binding: bytes | None) -> wire.CoapMessage:
+        """The answer as it goes out: protected for the request ``binding`` names (a fresh nonce
+        every time, so answering again after a restart is safe), or the uniform 4.01 when that
+        request's key has been revoked since."""
+        if binding is None or self.protection is None:
+            return out
+        sealed = self.protection.protect(binding, out.code, out.options, out.payload)
+        if sealed is None:
+            refused = wire.response_message(out.mtype, out.mid, out.token, UNAUTHENTICATED_ANSWER)
+            assert refused is not None
+            return refused
+        code, options, payload = sealed
+        return wire.CoapMessage(out.mtype, code, out.mid, out.token, options, payload)
 
     def _reply_now(
         self,
@@ -391,6 +465,7 @@ class GatewayUe:
         block_num: int,
         block_szx: int,
         max_age: int | None = None,
+        binding: bytes | None = None,
     ) -> None:
         """A piggybacked answer (CON request) or an immediate NON answer (NON request)."""
         mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
@@ -398,7 +473,7 @@ class GatewayUe:
         if out is None:
             bad = IndividualResponse.from_problem(Problem(0x80, "Block2 beyond the end", "BAD_BLOCK2"))
             out = wire.response_message(mtype, mid, msg.token, bad)
-        data = wire.encode(out)
+        data = wire.encode(self._protected(out, binding))
         self._send(data, addr)
         if msg.mtype == CON:
             self._remember(addr, msg.mid, data)
@@ -434,8 +509,9 @@ class GatewayUe:
                 p.block_num,
                 p.block_szx,
                 wall,
+                binding,
             )
-            for addr, msg, p, _ in batch
+            for addr, msg, p, _, binding in batch
         ]
         try:
             stored = self.queue.add_many(news)
@@ -444,14 +520,14 @@ class GatewayUe:
             problem = IndividualResponse.from_problem(
                 Problem(0xA3, "the gateway cannot store requests right now", "STORE_UNAVAILABLE"), max_age=5
             )
-            for addr, msg, _, _ in batch:
+            for addr, msg, _, _, binding in batch:
                 self._recent.pop((addr, msg.mid), None)
-                self._reply_now(addr, msg, problem, 0, 6)
+                self._reply_now(addr, msg, problem, 0, 6, binding=binding)
             return
         now = self._loop.time()
         greqs = []
         keys_seen: set[Hashable] = set()
-        for (addr, msg, p, key), st in zip(batch, stored, strict=True):
+        for (addr, msg, p, key, _), st in zip(batch, stored, strict=True):
             if msg.mtype == CON:
                 ack = wire.empty_ack(msg.mid)
                 self._send(ack, addr)
@@ -619,7 +695,7 @@ class GatewayUe:
         if msg is None:
             bad = IndividualResponse.from_problem(Problem(0x80, "Block2 beyond the end", "BAD_BLOCK2"))
             msg = wire.response_message(CON, mid, st.token, bad)
-        data = wire.encode(msg)
+        data = wire.encode(self._protected(msg, st.oscore))
         self.stats["answers"] += 1
         if self.config.record_answers:
             self.answer_log.append(req_id)

@@ -8,6 +8,7 @@ is free for both.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -15,6 +16,10 @@ from ipaddress import ip_address
 
 import aiocoap
 
+from ..authz import LAB_IDENTITY_OPTION
+from ..security.keys import RegistryError
+from ..security.registry import Registry
+from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
@@ -88,6 +93,8 @@ class ServerConfig:
     tcp: bool = True
     insecure: bool = False
     insecure_anywhere: bool = False
+    security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
+    max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
@@ -147,7 +154,14 @@ class RunningServer:
     site: ScmSite
     store: Store
     contexts: list = field(default_factory=list)
+    keyring: ServerKeyring | None = None
+    root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
     _own_store: bool = True
+    _watch: asyncio.Task | None = None
+
+    @property
+    def secured(self) -> bool:
+        return self.keyring is not None
 
     def base_uri(self, scheme: str = "coap") -> str:
         """``{apiRoot}/su-uc/v1`` for one transport scheme (coap, coap+tcp, coap+ws)."""
@@ -168,33 +182,48 @@ class RunningServer:
         return f"{self.base_uri(scheme)}/val-services/{service_id}/ue-configurations"
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         for ctx in self.contexts:
             try:
                 await ctx.shutdown()
             except Exception:  # shutting down regardless
                 log.exception("error while shutting down a CoAP context")
         self.contexts.clear()
+        if self.keyring is not None:
+            self.keyring.close()  # sequence numbers and replay windows written back
+            self.keyring = None
         if self._own_store:
             self.store.close()
 
 
 async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
-    """Bind every listener and return once the server is ready."""
-    if not config.insecure:
+    """Bind every listener and return once the server is ready.
+
+    Secured (``config.security``, TS 24.546 6.2.1.2; SPEC D12): every request must be OSCORE-
+    protected with a key of the registry, whose entry names the requester's identity. Insecure
+    (``config.insecure``, labs only): loopback only unless ``insecure_anywhere``, with a warning
+    on every start.
+    """
+    if config.security is not None and config.insecure:
+        raise ServerStartError("--security and --insecure exclude each other")
+    if config.security is None and not config.insecure:
         raise ServerStartError(
-            "authenticated identities (OSCORE) are not configured on this server; "
-            "refusing to start without --insecure (every requester would be trusted)"
+            "no key registry: pass --security DIR (keys made with 'msgin5g keys add'), "
+            "or --insecure for a lab where every requester is trusted"
         )
-    if not _is_loopback(config.host) and not config.insecure_anywhere:
-        raise ServerStartError(
-            f"refusing to serve insecurely on non-loopback address {config.host}; "
-            "pass --insecure-anywhere if you really mean it"
+    if config.insecure:
+        if not _is_loopback(config.host) and not config.insecure_anywhere:
+            raise ServerStartError(
+                f"refusing to serve insecurely on non-loopback address {config.host}; "
+                "pass --insecure-anywhere if you really mean it"
+            )
+        log.warning(
+            "INSECURE MODE: requests are not authenticated; every requester is an administrator "
+            "unless it claims a lab identity (option %d)",
+            LAB_IDENTITY_OPTION,
         )
-    log.warning(
-        "INSECURE MODE: requests are not authenticated; every requester is an administrator "
-        "unless it claims a lab identity (option %d)",
-        65000,
-    )
     host = config.host
     port = config.port or pick_port(host, config.tcp)
     if config.port:
@@ -207,21 +236,39 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     svc_cfg.service_ids = tuple(config.service_ids)
     svc_cfg.api_prefix = tuple(config.api_prefix)
     service = ScmService(store, svc_cfg)
-    site = ScmSite(service, insecure=config.insecure)
-    running = RunningServer(config, host, port, config.ws_port, service, site, store, _own_store=own)
+    keyring = None
+    if config.security is not None:
+        keyring = ServerKeyring(Registry(config.security), max_open=config.max_open_contexts)
+        try:
+            keyring.open()
+        except RegistryError as e:
+            if own:
+                store.close()
+            raise ServerStartError(str(e)) from None
+        site = ScmSite(service, identify=keyring.identify)
+        root = SecuredSite(site, keyring)
+        keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
+    else:
+        site = ScmSite(service)
+        root = site
+    running = RunningServer(
+        config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
+    )
+    if keyring is not None:
+        running._watch = asyncio.ensure_future(keyring.watch())
     try:
-        udp = await aiocoap.Context.create_server_context(site, bind=(host, port), transports=["udp6"])
+        udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
         if not compact_duplicate_cache(udp):
             log.warning("aiocoap's duplicate cache has an unexpected shape; keeping full messages")
         if config.tcp:
             running.contexts.append(
-                await aiocoap.Context.create_server_context(site, bind=(host, port), transports=["tcpserver"])
+                await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["tcpserver"])
             )
         if config.ws_port is not None:
             running.contexts.append(
                 await aiocoap.Context.create_server_context(
-                    site, bind=(host, config.ws_port - AIOCOAP_WS_PORT_OFFSET), transports=["ws"]
+                    root, bind=(host, config.ws_port - AIOCOAP_WS_PORT_OFFSET), transports=["ws"]
                 )
             )
     except OSError as e:

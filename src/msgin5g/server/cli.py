@@ -47,6 +47,19 @@ from .service import ServiceConfig
     "--bulk-max-ues", default=10_000, show_default=True, help="Most UEs in one bulk GET (policy maximum)."
 )
 @click.option(
+    "--security",
+    "security",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Key registry directory (msgin5g keys): every request must be OSCORE-protected with its keys.",
+)
+@click.option(
+    "--max-open-contexts",
+    default=1024,
+    show_default=True,
+    help="OSCORE contexts kept loaded at once (least recently used released first).",
+)
+@click.option(
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
@@ -63,11 +76,15 @@ def server(
     max_age,
     max_body,
     bulk_max_ues,
+    security,
+    max_open_contexts,
     insecure,
     insecure_anywhere,
     verbose,
 ) -> None:
-    """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets."""
+    """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
+
+    Secured with --security DIR (OSCORE, TS 24.546 6.2.1.2; SPEC D12), or --insecure for labs."""
     setup_logging(verbose)
     if insecure:
         click.secho(
@@ -86,6 +103,8 @@ def server(
         tcp=not no_tcp,
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,
+        security=security,
+        max_open_contexts=max_open_contexts,
         service=ServiceConfig(
             max_age=max_age,
             max_body=max_body,

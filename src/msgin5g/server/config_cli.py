@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..clicommon import credentials_option
 from ..provisioning import ProvisioningError, load
+from ..security.registry import CredentialsError
 from ..store import default_db_url, open_store
 from ..ue.client import ScmClient, ScmClientError
 
@@ -38,18 +40,25 @@ service_opt = click.option("--service-id", default="msgin5g", show_default=True)
 identity_opt = click.option(
     "--identity", default=None, help="Lab identity claimed in insecure mode (default: none = admin)."
 )
+credentials_opt = credentials_option("An administrator's OSCORE credentials file (secured SCM-S).")
 
 
-def call_server(server: str, service_id: str, identity: str | None, operation):
+def _client(server: str, service_id: str, identity: str | None, credentials) -> ScmClient:
+    if identity is not None and credentials is not None:
+        raise click.UsageError("--identity (lab mode) and --credentials exclude each other")
+    return ScmClient(server, service_id, identity=identity, credentials=credentials)
+
+
+def call_server(server: str, service_id: str, identity: str | None, operation, credentials=None):
     """Run ``await operation(client)`` against the SCM-S; a refused request becomes a CLI error."""
 
     async def run():
-        async with ScmClient(server, service_id, identity=identity) as client:
+        async with _client(server, service_id, identity, credentials) as client:
             return await operation(client)
 
     try:
         return asyncio.run(run())
-    except ScmClientError as e:
+    except (ScmClientError, CredentialsError) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -67,12 +76,13 @@ def store_at(db_url: str | None):
 @server_opt
 @service_opt
 @identity_opt
+@credentials_opt
 @click.option("--domain", default="msgin5g.example", show_default=True, help="valServiceDomain of CSV rows.")
 @click.option("--direct", is_flag=True, help="Write straight into the store (--db) in one transaction.")
 @click.option(
     "--db", "db_url", default=None, help="Store URL for --direct (sqlite:///... or postgresql://...)."
 )
-def import_(file, server, service_id, identity, domain, direct, db_url) -> None:
+def import_(file, server, service_id, identity, credentials, domain, direct, db_url) -> None:
     """Import FILE (.json/.yaml list of UeConfigDoc, or .csv one UE per row). All or nothing."""
     t0 = time.perf_counter()
     try:
@@ -91,14 +101,18 @@ def import_(file, server, service_id, identity, domain, direct, db_url) -> None:
             f"parsing and validation {t_parse:.2f} s)"
         )
         return
-    created = asyncio.run(_import_coap(server, service_id, identity, prov.docs))
+    client = _client(server, service_id, identity, credentials)
+    try:
+        created = asyncio.run(_import_coap(client, prov.docs))
+    except CredentialsError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"imported {len(created)} documents into {service_id} via {server}")
 
 
-async def _import_coap(server: str, service_id: str, identity: str | None, docs: list[dict]) -> list[str]:
+async def _import_coap(client: ScmClient, docs: list[dict]) -> list[str]:
     """POST each document; on the first failure delete what was created, so nothing is half-imported."""
     created: list[str] = []
-    async with ScmClient(server, service_id, identity=identity) as client:
+    async with client:
         try:
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("importing", total=len(docs))
@@ -122,17 +136,18 @@ async def _import_coap(server: str, service_id: str, identity: str | None, docs:
 @server_opt
 @service_opt
 @identity_opt
+@credentials_opt
 @click.option("--ue-uri", default=None)
 @click.option("--ue-type", default=None)
 @click.option("--ue-snr", default=None)
 @click.option("--ue-vendor", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def list_(server, service_id, identity, ue_uri, ue_type, ue_snr, ue_vendor, as_json) -> None:
+def list_(server, service_id, identity, credentials, ue_uri, ue_type, ue_snr, ue_vendor, as_json) -> None:
     """List documents (admin query; with --ue-uri: what that UE would get, most specific first)."""
     from ..ue.client import query_options
 
     query = query_options(ue_uri, ue_type, ue_snr, ue_vendor)
-    docs = call_server(server, service_id, identity, lambda client: client.list_docs(query))
+    docs = call_server(server, service_id, identity, lambda client: client.list_docs(query), credentials)
     if as_json:
         click.echo(json.dumps(docs, indent=1))
         return
@@ -165,9 +180,10 @@ def list_(server, service_id, identity, ue_uri, ue_type, ue_snr, ue_vendor, as_j
 @server_opt
 @service_opt
 @identity_opt
-def get(doc_id, server, service_id, identity) -> None:
+@credentials_opt
+def get(doc_id, server, service_id, identity, credentials) -> None:
     """Print one document as JSON."""
-    doc = call_server(server, service_id, identity, lambda client: client.get_doc(doc_id))
+    doc = call_server(server, service_id, identity, lambda client: client.get_doc(doc_id), credentials)
     click.echo(json.dumps(doc, indent=1))
 
 
@@ -176,9 +192,10 @@ def get(doc_id, server, service_id, identity) -> None:
 @server_opt
 @service_opt
 @identity_opt
-def delete(doc_id, server, service_id, identity) -> None:
+@credentials_opt
+def delete(doc_id, server, service_id, identity, credentials) -> None:
     """Delete one document."""
-    call_server(server, service_id, identity, lambda client: client.delete(doc_id))
+    call_server(server, service_id, identity, lambda client: client.delete(doc_id), credentials)
     click.echo(f"deleted {doc_id}")
 
 

@@ -15,6 +15,7 @@ DELETE ends observations with a 4.04 notification (RFC 7641 §3.2).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiocoap import Message
 from aiocoap import error as coap_error
@@ -109,18 +110,26 @@ class ScmSite(ObservableResource, PathCapable):
     """The SCM-S resource tree under ``{apiRoot}/su-uc/v1``:
     ``/val-services/{valServiceId}/ue-configurations[/{ueConfigDocId}]``."""
 
-    def __init__(self, service: ScmService, *, insecure: bool = True):
+    def __init__(self, service: ScmService, *, identify: Callable[[Message], Identity] | None = None):
         super().__init__()
         self.service = service
-        self.insecure = insecure
+        self.identify = identify
         self.prefix = tuple(service.config.api_prefix)
         self._block1 = Block1Spool()
         self._block2 = Block2Cache()
-        self._observers: dict[tuple[str, str], set] = {}
+        self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
+
+    @property
+    def insecure(self) -> bool:
+        return self.identify is None
 
     # -- identity (TS 24.546 6.2.1.2; SPEC D12) -----------------------------------------------------
     def identity_of(self, request: Message) -> Identity:
-        """Insecure lab mode: the claimed identity of the lab option, administrator without one."""
+        """The requester's identity: on a secured server, what ``identify`` derives from the OSCORE
+        context that verified the request (:mod:`msgin5g.security`); in insecure lab mode, the
+        claimed identity of the lab option, administrator without one."""
+        if self.identify is not None:
+            return self.identify(request)
         claimed = request.opt.get_option(LAB_IDENTITY_OPTION)
         if not claimed:
             return ADMIN
@@ -198,13 +207,13 @@ class ScmSite(ObservableResource, PathCapable):
         if not self.service.may_observe(identity, target.service_id, target.doc_id):
             return
         key = (target.service_id, target.doc_id)
-        self._observers.setdefault(key, set()).add(serverobservation)
+        self._observers.setdefault(key, {})[serverobservation] = identity
 
         def cancel(key=key, obs=serverobservation):
-            obs_set = self._observers.get(key)
-            if obs_set is not None:
-                obs_set.discard(obs)
-                if not obs_set:
+            observers = self._observers.get(key)
+            if observers is not None:
+                observers.pop(obs, None)
+                if not observers:
                     del self._observers[key]
 
         serverobservation.accept(cancel)
@@ -215,6 +224,17 @@ class ScmSite(ObservableResource, PathCapable):
     def notify(self, service_id: str, doc_id: str, final: Message | None = None) -> None:
         for obs in list(self._observers.get((service_id, doc_id), ())):
             obs.trigger(final)
+
+    def recheck_observers(self, still_authenticated: Callable[[Identity], bool]) -> int:
+        """Re-render the observations of identities that lost their key (SPEC D12: a revoked
+        identity gets 4.01 from then on — also on an observation, which that answer ends)."""
+        n = 0
+        for observers in list(self._observers.values()):
+            for obs, identity in list(observers.items()):
+                if not still_authenticated(identity):
+                    obs.trigger()
+                    n += 1
+        return n
 
     async def render(self, request: Message) -> Message:
         try:

@@ -339,26 +339,31 @@ class ScmService:
             raise ProblemError(Problem(0x84, f"no UE configuration document {doc_id!r}", "NO_SUCH_DOCUMENT"))
         return stored
 
+    def _readable(self, identity: Identity, service_id: str, doc_id: str) -> StoredDoc:
+        """The document an individual GET / Observe names, if ``identity`` may read it (SPEC D12:
+        a non-administrator cannot tell a missing document from another UE's)."""
+        self.check_service(service_id)
+        stored = self.store.get(service_id, doc_id)
+        missing = Problem(0x84, f"no UE configuration document {doc_id!r}", "NO_SUCH_DOCUMENT")
+        problem = authz.authorize_doc(identity, stored.doc if stored else None, missing)
+        if problem is not None:
+            raise ProblemError(problem)
+        assert stored is not None
+        return stored
+
     def may_observe(self, identity: Identity, service_id: str, doc_id: str) -> bool:
         try:
-            stored = self._existing(service_id, doc_id)
+            self._readable(identity, service_id, doc_id)
         except ProblemError:
             return False
-        return authz.authorize(identity, Op.READ_DOC) is None and authz.may_read_doc(
-            identity, stored.doc, self._coverage(identity)
-        )
+        return True
 
     def doc_get(
         self, identity: Identity, service_id: str, doc_id: str, accept: int | None, if_etags=()
     ) -> Reply:
         """GET on an individual document (C.3.1.2.3.3.1); a UE gets it resolved for itself."""
         try:
-            problem = authz.authorize(identity, Op.READ_DOC)
-            if problem:
-                return Reply.from_problem(problem)
-            stored = self._existing(service_id, doc_id)
-            if not authz.may_read_doc(identity, stored.doc, self._coverage(identity)):
-                return Reply.from_problem(authz.forbidden_ue_problem())
+            stored = self._readable(identity, service_id, doc_id)
             if identity.role is Role.UE:
                 ue = identity.ue
                 try:

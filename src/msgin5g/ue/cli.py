@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from ..clicommon import parse_hostport, setup_logging
+from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..security.registry import CredentialsError
 from .outcome import ConfigResult, Msgin5gConfig, Outcome
 
 
@@ -92,6 +93,10 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
 @click.option("--l2-id", type=int, default=None, help="PC5 Layer-2 ID (relay only; random if absent).")
 @click.option("--urgent", is_flag=True, help="Ask the gateway to flush at once (gateway only).")
 @click.option("--identity", default=None, help="Lab identity claimed in insecure mode, e.g. ue:<uri>.")
+@credentials_option(
+    "OSCORE credentials file: the UE's key with the SCM-S (direct and through a relay), or its key "
+    "with the gateway (--via-gateway)."
+)
 @click.option("--observe", is_flag=True, help="Keep observing the applied document and print each update.")
 @click.option(
     "--preconfigured", default=None, type=click.Path(dir_okay=False), help="JSON file used on 4.03/4.04."
@@ -111,6 +116,7 @@ def get_config(
     l2_id,
     urgent,
     identity,
+    credentials,
     observe,
     preconfigured,
     timeout,
@@ -121,8 +127,13 @@ def get_config(
     setup_logging(verbose)
     if via_relay and via_gateway:
         raise click.UsageError("--via-relay and --via-gateway exclude each other")
+    if identity is not None and credentials is not None:
+        raise click.UsageError("--identity (lab mode) and --credentials exclude each other")
     params = dict(click.get_current_context().params, pre=_load_preconfigured(preconfigured))
-    result = asyncio.run(_get(**params))
+    try:
+        result = asyncio.run(_get(**params))
+    except CredentialsError as e:
+        raise click.ClickException(str(e)) from None
     sys.exit(1 if result.preconfigured else result.exit_code)
 
 
@@ -139,6 +150,7 @@ async def _get(
     l2_id,
     urgent,
     identity,
+    credentials,
     observe,
     pre,
     timeout,
@@ -146,6 +158,8 @@ async def _get(
     **_unused,
 ) -> ConfigResult:
     from .client import ScmClient, apply_fallback
+
+    security = credentials.security_context() if credentials is not None else None
 
     if via_relay:
         from .via_relay import get_config_via_relay
@@ -162,6 +176,7 @@ async def _get(
             ue_vendor=ue_vendor,
             l2_id=l2_id,
             timeout=timeout,
+            security=security,
         )
         result = apply_fallback(result, pre)
     elif via_gateway:
@@ -178,10 +193,13 @@ async def _get(
             ue_vendor=ue_vendor,
             urgent=urgent,
             timeout=timeout,
+            security=security,
         )
         result = apply_fallback(result, pre)
     else:
-        async with ScmClient(server, service_id, identity=identity, timeout=timeout) as client:
+        async with ScmClient(
+            server, service_id, identity=identity, credentials=credentials, timeout=timeout
+        ) as client:
             result = await client.get_config(ue_uri, ue_type, ue_snr, ue_vendor, preconfigured=pre)
             print_result(ue_uri, result, as_json)
             if (

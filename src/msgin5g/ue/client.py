@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import aiocoap
-from aiocoap import Message
+from aiocoap import Message, oscore
 from aiocoap.numbers.codes import Code
 
 from ..authz import LAB_IDENTITY_OPTION
 from ..codec import CF_CBOR, decode, encode
-from ..problem import CF_PROBLEM, Problem, decode_problem
+from ..problem import CF_PROBLEM, Problem, code_text, decode_problem
+from ..security.registry import ClientCredentials
 from .outcome import ConfigResult, Msgin5gConfig, Outcome, result_from_docs, result_from_problem
 
 
@@ -33,6 +34,17 @@ class ScmClientError(Exception):
         self.code = code
         self.problem = problem
         super().__init__(str(problem) if problem else detail or f"CoAP {code >> 5}.{code & 31:02d}")
+
+
+class UnprotectedAnswer(ScmClientError):
+    """The answer to an OSCORE-protected request came back unprotected (RFC 8613 §8.4): the
+    server refused the credentials (4.01: unknown, revoked, replayed) or something on the path
+    answered. Never applied as a configuration, and not taken for the server's 4.03/4.04."""
+
+    def __init__(self, code: int, problem: Problem | None):
+        super().__init__(code, problem)
+        what = problem or code_text(code)
+        self.args = (f"unprotected answer, not from the SCM-S's security context: {what}",)
 
 
 def problem_of(response: Message) -> Problem | None:
@@ -90,19 +102,28 @@ class ScmClient:
         service_id: str = "msgin5g",
         *,
         identity: str | None = None,
+        credentials: ClientCredentials | None = None,
         context: aiocoap.Context | None = None,
         timeout: float = 30.0,
     ):
+        if identity is not None and credentials is not None:
+            raise ValueError("a lab identity and OSCORE credentials exclude each other")
         self.api_root = api_root.rstrip("/")
         self.service_id = service_id
         self.identity = identity
+        self.credentials = credentials
         self.timeout = timeout
         self._ctx = context
         self._own_ctx = context is None
 
     async def __aenter__(self) -> ScmClient:
         if self._ctx is None:
+            # with credentials every request is OSCORE-protected end to end (TS 24.546 6.2.1.2;
+            # SPEC D12); aiocoap's OSCORE transport also answers a restarted server's Echo challenge
+            security = self.credentials.security_context() if self.credentials else None
             self._ctx = await aiocoap.Context.create_client_context()
+            if security is not None:
+                self._ctx.client_credentials["*"] = security
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -132,7 +153,11 @@ class ScmClient:
 
     async def request(self, message: Message) -> Message:
         assert self._ctx is not None, "use 'async with ScmClient(...)'"
-        return await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
+        try:
+            return await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
+        except oscore.NotAProtectedMessage as e:
+            plain = e.plain_message
+            raise UnprotectedAnswer(int(plain.code), problem_of(plain)) from None
 
     # -- UE procedure (SPEC §3.1) --------------------------------------------------------------------
     async def get_config(
@@ -146,6 +171,8 @@ class ScmClient:
         q = query_options(ue_uri, ue_type, ue_snr, ue_vendor)
         try:
             response = await self.request(self._message(Code.GET, self.collection_uri, q))
+        except UnprotectedAnswer as e:
+            return ConfigResult(Outcome.ERROR, e.code, problem=e.problem, detail=str(e))
         except (TimeoutError, aiocoap.error.Error, OSError) as e:
             return apply_fallback(ConfigResult(Outcome.ERROR, detail=f"no response: {e}"), None)
         return apply_fallback(interpret(response), preconfigured)
@@ -165,6 +192,8 @@ class ScmClient:
                 yield self._doc_or_problem(note)
         except aiocoap.error.ResponseWrappingError as e:
             yield self._doc_or_problem(e.coapmessage)
+        except oscore.NotAProtectedMessage as e:
+            raise UnprotectedAnswer(int(e.plain_message.code), problem_of(e.plain_message)) from None
         finally:
             if not req.observation.cancelled:
                 req.observation.cancel()

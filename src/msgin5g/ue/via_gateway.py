@@ -19,6 +19,7 @@ from __future__ import annotations
 from aiocoap.optiontypes import OpaqueOption
 
 from ..gateway.wire import URGENT_OPTION
+from ..security.endpoint import ClientProtection, UnprotectedResponse
 from .outcome import ConfigResult, Outcome
 from .via_relay import (
     DEFAULT_TIMEOUT,
@@ -27,6 +28,7 @@ from .via_relay import (
     config_query_uri,
     get_request,
     result_from_response,
+    result_from_unprotected,
 )
 
 
@@ -49,18 +51,25 @@ async def get_config_via_gateway(
     ue_vendor: str | None = None,
     urgent: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    security: object | None = None,
 ) -> ConfigResult:
     """MSGin5G UE configuration of a constrained UE through a Gateway UE (TS 24.538 6.2.2.2; SPEC §3.3).
 
     Never raises for protocol outcomes: no answer within ``timeout`` (which must cover the
     gateway's batching wait) or an unreadable answer is an ``Outcome.ERROR`` result.
+
+    With ``security`` (the UE's OSCORE context with the *gateway*, standing in for PC5 unicast
+    security, TS 33.503) the request is protected on the MSGin5G-6 leg and only an answer that
+    verifies is handled; the gateway authenticates to the SCM-S as itself (TS 33.501 Annex Y;
+    SPEC D12).
     """
     if not ue_uri:
         raise ValueError("ue_uri (the MSGin5G UE ID) is mandatory")
     host = f"[{gateway_host}]" if ":" in gateway_host else gateway_host
     uri = config_query_uri(f"coap://{host}:{gateway_port}", service_id, ue_uri, ue_type, ue_snr, ue_vendor)
     extra = {"via": f"{gateway_host}:{gateway_port}", "urgent": urgent}
-    ue = ConstrainedUe(gateway_host, gateway_port, user_info=ue_uri)
+    protection = ClientProtection(security) if security is not None else None
+    ue = ConstrainedUe(gateway_host, gateway_port, user_info=ue_uri, protection=protection)
     try:
         await ue.open()
     except OSError as e:
@@ -73,6 +82,8 @@ async def get_config_via_gateway(
             msg.opt.add_option(OpaqueOption(URGENT_OPTION, b""))
         try:
             response = await ue.fetch(msg, timeout=timeout)
+        except UnprotectedResponse as e:
+            return result_from_unprotected(e, extra)
         except (TimeoutError, CoapError) as e:
             return ConfigResult(
                 Outcome.ERROR, detail=f"no configuration answer through the gateway: {e}", extra=extra

@@ -36,6 +36,13 @@ from .. import codec
 from ..problem import CF_PROBLEM, Problem, decode_problem
 from ..relay import pc5
 from ..relay.pc5 import Pc5Message, Pc5Type
+from ..security.endpoint import (
+    ClientProtection,
+    UnprotectedResponse,
+    VerificationFailed,
+    forward_proxy_request,
+    is_echo_challenge,
+)
 from .outcome import ConfigResult, Outcome, result_from_docs, result_from_problem
 
 ACK_TIMEOUT = 2.0  # RFC 7252 §4.8
@@ -121,6 +128,7 @@ class Observation:
         self._ue = ue
         self.token = token
         self.request = request
+        self.binding = None  # OSCORE: the registration's request binding, to verify notifications
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
 
     def __aiter__(self) -> Observation:
@@ -153,8 +161,12 @@ class ConstrainedUe(asyncio.DatagramProtocol):
         ack_timeout: float = ACK_TIMEOUT,
         max_retransmit: int = MAX_RETRANSMIT,
         rng: random.Random | None = None,
+        protection: ClientProtection | None = None,
     ):
         self.peer = (peer_host, peer_port)
+        #: OSCORE (RFC 8613; SPEC D12): when set, every request is protected end to end and every
+        #: answer verified; an unprotected answer raises UnprotectedResponse
+        self.protection = protection
         self._rng = rng or random.Random()
         self.l2_id = l2_id if l2_id is not None else self._rng.randrange(1, 0x800000)
         self.user_info = user_info
@@ -302,7 +314,58 @@ class ConstrainedUe(asyncio.DatagramProtocol):
         timeout: float = DEFAULT_TIMEOUT,
         confirmable: bool = True,
     ) -> Message:
-        """Send one request and return its response (RFC 7252 §4.2, §5.2); no block-wise handling."""
+        """Send one request and return its response (RFC 7252 §4.2, §5.2); no block-wise handling.
+
+        With OSCORE ``msg`` is the plain request: it is protected, and the verified plain answer
+        is returned (:meth:`secure_exchange`)."""
+        if self.protection is None:
+            return await self.exchange(msg, token=token, timeout=timeout, confirmable=confirmable)
+        plain, _ = await self.secure_exchange(msg, token=token, timeout=timeout, confirmable=confirmable)
+        return plain
+
+    async def secure_exchange(
+        self,
+        msg: Message,
+        *,
+        token: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        confirmable: bool = True,
+    ) -> tuple[Message, object]:
+        """One OSCORE-protected request (RFC 8613 §8.1, §8.4): (verified plain answer, request
+        binding). A 4.01 Echo challenge from a server that lost its replay window is answered
+        once with a new request carrying that Echo (RFC 8613 Appendix B.1.2)."""
+        assert self.protection is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        plain_req = msg
+        for attempt in (1, 2):
+            outer, binding = self.protection.protect(plain_req)
+            response = await self.exchange(
+                outer, token=token, timeout=max(0.01, deadline - loop.time()), confirmable=confirmable
+            )
+            try:
+                plain = self.protection.verify(response, binding)
+            except VerificationFailed as e:
+                raise CoapError(f"the answer failed OSCORE verification: {e}") from None
+            if attempt == 1 and is_echo_challenge(plain):
+                plain_req = msg.copy(echo=plain.opt.echo)
+                if token is not None and token in self._observations:
+                    obs = self._observations.pop(token)
+                    token = obs.token = self.new_token()
+                    self._observations[token] = obs
+                continue
+            return plain, binding
+        raise AssertionError("unreachable")
+
+    async def exchange(
+        self,
+        msg: Message,
+        *,
+        token: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        confirmable: bool = True,
+    ) -> Message:
+        """Send one message as it is and return the response to it (RFC 7252 §4.2, §5.2)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         token = self.new_token() if token is None else token
@@ -379,7 +442,10 @@ class ConstrainedUe(asyncio.DatagramProtocol):
         template = msg.copy()
         obs = Observation(self, token, template)
         self._observations[token] = obs
-        first = await self.request(msg, token=token, timeout=timeout)
+        if self.protection is None:
+            first = await self.request(msg, token=token, timeout=timeout)
+        else:
+            first, obs.binding = await self.secure_exchange(msg, token=token, timeout=timeout)
         first = await self._complete_blocks(template, first, timeout)
         if first.opt.observe is None:
             obs.cancel()
@@ -479,6 +545,12 @@ class ConstrainedUe(asyncio.DatagramProtocol):
             task.add_done_callback(self._tasks.discard)
 
     async def _deliver_notification(self, obs: Observation, msg: Message) -> None:
+        if self.protection is not None:
+            try:
+                msg = self.protection.verify(msg, obs.binding)
+            except (UnprotectedResponse, VerificationFailed):
+                self.ignored += 1  # not from the server we observe: dropped (RFC 8613 §8.4)
+                return
         try:
             full = await self._complete_blocks(obs.request, msg, DEFAULT_TIMEOUT)
         except CoapError:
@@ -488,6 +560,19 @@ class ConstrainedUe(asyncio.DatagramProtocol):
 
 # --------------------------------------------------------------------------------------------
 # The configuration procedure
+
+
+def result_from_unprotected(e: UnprotectedResponse, extra: dict | None = None) -> ConfigResult:
+    """An unprotected answer to a protected request: an error, never the server's 2.05/4.03/4.04
+    (so it cannot trigger the pre-configuration fall-back; RFC 8613 §8.4; SPEC D12)."""
+    r = result_from_response(e.response)
+    return ConfigResult(
+        Outcome.ERROR,
+        r.code,
+        problem=r.problem,
+        detail=f"unprotected answer, not from the server's security context: {r.problem or r.detail}",
+        extra=dict(extra or {}),
+    )
 
 
 def result_from_response(response: Message) -> ConfigResult:
@@ -523,6 +608,7 @@ async def get_config_via_relay(
     ue_vendor: str | None = None,
     l2_id: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    security: object | None = None,
 ) -> ConfigResult:
     """MSGin5G UE configuration of a constrained UE through a Relay UE (TS 24.538 6.2.2.2; SPEC §3.3).
 
@@ -530,13 +616,21 @@ async def get_config_via_relay(
     the recipient ``server_uri`` (apiRoot, or the API base ending in ``/su-uc/v1``) in Proxy-Uri,
     handles the answer addressed to itself, and releases the link. Never raises for protocol
     outcomes: a rejected link, a timeout or an unreadable answer is an ``Outcome.ERROR`` result.
+
+    With ``security`` (the UE's OSCORE context with the SCM-S) the request is protected end to
+    end and the recipient travels as Proxy-Scheme + Uri-Host + Uri-Port (RFC 8613 decomposes
+    Proxy-Uri); the relay routes on those and can neither read nor alter the rest (SPEC D8, D12).
     """
     if not ue_uri:
         raise ValueError("ue_uri (the MSGin5G UE ID) is mandatory")
     uri = config_query_uri(server_uri, service_id, ue_uri, ue_type, ue_snr, ue_vendor)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    ue = ConstrainedUe(relay_host, relay_port, l2_id=l2_id, user_info=ue_uri)
+    protection = None
+    if security is not None:
+        plain_request, outer = forward_proxy_request(uri)
+        protection = ClientProtection(security, outer)
+    ue = ConstrainedUe(relay_host, relay_port, l2_id=l2_id, user_info=ue_uri, protection=protection)
     extra: dict[str, Any] = {"via": f"{relay_host}:{relay_port}", "l2id": f"{ue.l2_id:06x}"}
     try:
         await ue.open()
@@ -555,10 +649,11 @@ async def get_config_via_relay(
                 detail=f"no PC5 link establishment answer from {relay_host}:{relay_port}",
                 extra=extra,
             )
+        request = plain_request if protection is not None else get_request(uri, via_proxy=True)
         try:
-            response = await ue.fetch(
-                get_request(uri, via_proxy=True), timeout=max(0.1, deadline - loop.time())
-            )
+            response = await ue.fetch(request, timeout=max(0.1, deadline - loop.time()))
+        except UnprotectedResponse as e:
+            return result_from_unprotected(e, extra)
         except CoapError as e:
             return ConfigResult(
                 Outcome.ERROR, detail=f"no configuration answer through the relay: {e}", extra=extra

@@ -1,0 +1,22 @@
+"""Authenticated identities with OSCORE (RFC 8613): TS 24.546 6.2.1.2; TS 33.501 Annex Y; SPEC D12.
+
+Every request to a secured SCM-S is OSCORE-protected end to end. The security context that
+verifies it names the requester; the key registry maps that context to an
+:class:`~msgin5g.authz.Identity` (UE with its MSGin5G UE ID, gateway, administrator), and the pure
+:mod:`msgin5g.authz` core decides what that identity may do.
+
+* :mod:`.keys` — pure: key identifiers, registry state and its transitions, the mapping from a
+  verified context's claims to an identity (unit-tested without files or sockets);
+* :mod:`.registry` — the files: a server's key registry directory and a client's credentials
+  file, each OSCORE context an aiocoap ``FilesystemSecurityContext`` directory (sequence
+  numbers and replay window persist across restarts, RFC 8613 Appendix B.1);
+* :mod:`.server` — the server side: the registry as aiocoap server credentials (revocation
+  takes effect without a restart) and the site wrapper that answers every unprotected or
+  unverifiable request with one 4.01 problem details;
+* :mod:`.endpoint` — protection and verification for the project's own small CoAP clients
+  (constrained UE through a relay or a gateway) and the gateway's MSGin5G-6 side, on aiocoap's
+  ``protect`` / ``unprotect`` primitives;
+* :mod:`.cli` — ``msgin5g keys``.
+
+Format of the files: ``docs/security.md``.
+"""
