@@ -219,12 +219,18 @@ class ProgressView:
         )
 
     async def ticker(self, wire: Wire) -> None:
-        last_line = time.monotonic()
+        """Refresh the wire's counters; without a terminal, print a status line every few seconds
+        while UEs finish, and every 15 s while they wait."""
+        last_line, last_done = time.monotonic(), 0
         while True:
             await asyncio.sleep(0.5)
             self.set_uu(await wire.stats())
-            if self._progress is None and time.monotonic() - last_line >= self.interval:
-                last_line = time.monotonic()
+            if self._progress is not None:
+                continue
+            done = sum(t["done"] for t in self.tally.values())
+            quiet = time.monotonic() - last_line
+            if (done != last_done and quiet >= self.interval) or quiet >= 5 * self.interval:
+                last_line, last_done = time.monotonic(), done
                 self.print_line()
 
 
