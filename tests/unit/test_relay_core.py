@@ -626,3 +626,20 @@ def test_counters_snapshot_is_plain_data():
     assert snap["counters"]["dropped_no_link"] == 1 and snap["links"][0]["l2id"] == "000001"
     cbor2.dumps(snap)
     pc5.encode(Pc5Message(Pc5Type.LINK_RELEASE_ACCEPT, 1))
+
+
+def test_l3_released_link_does_not_hold_the_shared_uplink_slot():
+    """A released UE never retransmits its request again, so its unanswered CON must not keep the
+    shared L3 uplink's NSTART slot: the next UE's request goes up at once (SPEC D8)."""
+    c = core(mode="l3")
+    link(c, UE_A, 1)
+    link(c, UE_B, 2)
+    first = ups(c.on_pc5(UE_A, request(mid=10, token=b"a"), 0.0))
+    assert len(first) == 1  # ... and lost on Uu
+    assert ups(c.on_pc5(UE_B, request(mid=20, token=b"b"), 1.0)) == []  # queued behind A (NSTART=1)
+    released = c.on_pc5(UE_A, Pc5Message(Pc5Type.LINK_RELEASE_REQUEST, 3, l2id=1, cause=2), 10.0)
+    sent = ups(released)
+    assert len(sent) == 1 and sent[0].message.opt.proxy_uri is None  # B's request, relayed now
+    # A's late answer is discarded, not delivered to anyone
+    late = c.on_uu(first[0].uplink, response(first[0].message), 11.0)
+    assert downs(late) == []

@@ -729,11 +729,21 @@ class RelayCore:
         link.released_at = now
         self.counters.links_released[reason] += 1
         actions: list[Action] = []
+        freed: set[int] = set()
         for ex in list(link.exchanges):
             if ex.state == QUEUED:
                 ex.uplink.queue.remove(ex)
                 actions.append(self._discard("request-link-released"))
                 self._end(ex, now)
+            elif ex.outstanding:
+                # Nobody will retransmit this request any more (the relay mirrors the UE's
+                # retransmissions): stop holding the uplink's NSTART slot for it, or in L3 mode every
+                # other UE would wait up to MAX_TRANSMIT_WAIT. A late answer is still discarded.
+                self._settle(ex)
+                freed.add(ex.uplink.key)
+        for key in freed:
+            if key in self._uplinks:
+                actions += self._pump(self._uplinks[key], now)
         if self.config.mode == MODE_L2:
             uplink = self._uplinks.get(link.link_id)
             if uplink is not None:
