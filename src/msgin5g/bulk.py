@@ -18,7 +18,6 @@ Pure functions only: no sockets, no clocks.
 
 from __future__ import annotations
 
-import io
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import cbor2
 
+from .codec import decode_cbor_item
 from .model import IMEI_URN_RE, PROBLEM_KEY, ModelError, UeIdentity, validate_doc
 from .problem import CF_PROBLEM, KEY_RESPONSE_CODE, Problem, problem_from_map
 
@@ -326,15 +326,8 @@ def _individual(entry: dict, max_age: int | None) -> IndividualResponse:
 def decode_answer(payload: bytes) -> Any:
     """The CBOR data item of a bulk answer. Unlike :func:`msgin5g.codec.decode` this accepts the
     integer keys of the concise problem details inside stub entries; :func:`split` checks the
-    rest. Raises ValueError when the payload is not exactly one well-formed data item."""
-    fp = io.BytesIO(payload)
-    try:
-        value = cbor2.CBORDecoder(fp).decode()
-    except Exception as e:  # cbor2 raises several types; all mean "malformed"
-        raise ValueError(f"malformed CBOR: {e}") from None
-    if fp.tell() != len(payload):
-        raise ValueError(f"{len(payload) - fp.tell()} bytes after the CBOR data item")
-    return value
+    rest. Raises ValueError (CodecError) when the payload is not exactly one well-formed data item."""
+    return decode_cbor_item(payload)
 
 
 def split(requested: Sequence[str], answer: Any, max_age: int | None = None) -> list[IndividualResponse]:

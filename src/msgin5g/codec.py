@@ -48,18 +48,25 @@ def _check_plain(value: Any, depth: int = 0) -> None:
         raise CodecError(f"unsupported CBOR item {type(value).__name__}")
 
 
+def decode_cbor_item(payload: bytes) -> Any:
+    """Exactly one well-formed CBOR data item (no trailing bytes), whatever it contains;
+    raises CodecError otherwise. The one place that turns bytes into CBOR values."""
+    if not payload:
+        raise CodecError("empty CBOR body")
+    fp = io.BytesIO(payload)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except Exception as e:  # cbor2 raises several types; all mean "malformed"
+        raise CodecError(f"malformed CBOR: {e}") from None
+    if fp.tell() != len(payload):
+        raise CodecError(f"{len(payload) - fp.tell()} bytes after the CBOR data item")
+    return value
+
+
 def decode(payload: bytes, content_format: int = CF_CBOR) -> Any:
-    """Decode one data item; raises CodecError on anything malformed."""
+    """Decode one data item of the data model; raises CodecError on anything malformed."""
     if content_format == CF_CBOR:
-        if not payload:
-            raise CodecError("empty CBOR body")
-        fp = io.BytesIO(payload)
-        try:
-            value = cbor2.CBORDecoder(fp).decode()
-        except Exception as e:  # cbor2 raises several types; all mean "malformed"
-            raise CodecError(f"malformed CBOR: {e}") from None
-        if fp.tell() != len(payload):
-            raise CodecError(f"{len(payload) - fp.tell()} bytes after the CBOR data item")
+        value = decode_cbor_item(payload)
     elif content_format == CF_JSON:
         try:
             value = json.loads(payload.decode("utf-8"))

@@ -33,12 +33,13 @@ Everything here is pure: bytes in, :class:`Pc5Message` out, and back.
 from __future__ import annotations
 
 import enum
-import io
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+
+from ..codec import CodecError, decode_cbor_item
 
 PC5_DISCRIMINATOR = 0x05
 HEADER = struct.Struct("!BBH")
@@ -168,13 +169,10 @@ def decode(datagram: bytes) -> Pc5Message:
     raw = datagram[HEADER.size :]
     body: Any = {}
     if raw:
-        fp = io.BytesIO(raw)
         try:
-            body = cbor2.CBORDecoder(fp).decode()
-        except Exception as e:  # cbor2 raises several types; all mean "malformed"
-            raise Pc5Error(f"malformed CBOR body: {e}") from None
-        if fp.tell() != len(raw):
-            raise Pc5Error("bytes after the CBOR body")
+            body = decode_cbor_item(raw)
+        except CodecError as e:
+            raise Pc5Error(f"PC5 signalling body: {e}") from None
     if not isinstance(body, dict):
         raise Pc5Error("body must be a CBOR map")
     fields = {name: body[key] for key, name in _KEYS.items() if key in body}
