@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["bench_server.py", "bench_store.py", "bench_relay.py", "bench_gateway.py", "bench_demo.py"]
+BENCHES = [
+    "bench_server.py",
+    "bench_store.py",
+    "bench_relay.py",
+    "bench_gateway.py",
+    "bench_security.py",
+    "bench_demo.py",
+]
 
 
 def main() -> int:

@@ -698,12 +698,14 @@ def gateway_keys(tmp_path) -> GatewayKeys:
 
 
 @contextlib.asynccontextmanager
-async def secured_gateway(srv, keys: GatewayKeys, tmp_path, port: int = 0, max_wait: float = 0.05):
+async def secured_gateway(
+    srv, keys: GatewayKeys, tmp_path, port: int = 0, max_wait: float = 0.05, scheme: str = "coap"
+):
     from msgin5g.gateway.cmclient import ScmClient as GatewayScmClient
     from msgin5g.gateway.policy import ServicePolicy
     from msgin5g.gateway.shell import GatewayConfig, GatewayUe
 
-    cm = GatewayScmClient(f"coap://127.0.0.1:{srv.port}", credentials=keys.gateway)
+    cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway)
     config = GatewayConfig(
         port=port,
         state_path=str(tmp_path / "gw-state.db"),
@@ -717,7 +719,8 @@ async def secured_gateway(srv, keys: GatewayKeys, tmp_path, port: int = 0, max_w
         await gw.close()
 
 
-async def test_gateway_path_secured(tmp_path):
+@pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
+async def test_gateway_path_secured(tmp_path, scheme):
     """Constrained UE ─OSCORE (gateway's key)─► Gateway UE ─OSCORE (gateway's own key)─► SCM-S:
     each UE gets only its own configuration; the SCM-S authorizes the gateway per UE through its
     registry entry (TS 33.501 Annex Y; SPEC D12)."""
@@ -727,7 +730,7 @@ async def test_gateway_path_secured(tmp_path):
     srv = await secured_server(tmp_path, keys.scm)
     try:
         provision(srv)
-        async with secured_gateway(srv, keys, tmp_path) as gw:
+        async with secured_gateway(srv, keys, tmp_path, scheme=scheme) as gw:
 
             async def ask(ue_uri, creds):
                 sec = creds.security_context() if creds else None
@@ -801,5 +804,42 @@ async def test_gateway_refused_by_the_scm_s_tells_its_ues(tmp_path):
                 "127.0.0.1", gw.port, ue_uri=ME, security=keys.ue.security_context(), timeout=10
             )
         assert r.outcome is Outcome.ERROR and r.config is None and "4.01" in r.detail
+    finally:
+        await srv.close()
+
+
+@pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
+async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme):
+    """A bulk answer larger than one block comes back over OSCORE with follow-ups that name only
+    the bulk configuration identifier (SPEC D7 b); each entry is the covered UE's or a 4.03."""
+    from msgin5g.bulk import BulkItem, decode_answer
+    from msgin5g.gateway.cmclient import ScmClient as GatewayScmClient
+
+    keys = gateway_keys(tmp_path)
+    srv = await secured_server(tmp_path, keys.scm)
+    try:
+        srv.store.import_docs(
+            "msgin5g",
+            [make_doc(ranges=[{"tac": TAC, "snrRange": {"low": "0", "high": "199"}}], service_id="s-{snr}")],
+        )
+        srv.store.set_gateway("gw1", {"imeiRanges": [{"tac": TAC, "snrRange": {"low": "0", "high": "149"}}]})
+        cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway)
+        try:
+            items = [BulkItem(imei_urn(TAC, i)) for i in range(200)]
+            outcomes = await cm.bulk_configure("msgin5g", items)
+        finally:
+            await cm.close()
+        entries = []
+        for o in outcomes:
+            assert o.code == 0x45
+            entries += decode_answer(o.payload)
+        assert len(entries) == 200
+        for i, entry in enumerate(entries):
+            if i < 150:
+                assert json.loads(entry["ueConfigs"][0]["configData"])["ueServiceId"] == f"s-{i:06d}"
+            else:
+                assert entry["problem"][-4] == C403 and "ueConfigs" not in entry
+        if scheme == "coap":
+            assert cm.stats["block2-followups"] > 0
     finally:
         await srv.close()

@@ -57,7 +57,8 @@ from ..bulk import (
 )
 from ..codec import CodecError, decode
 from ..problem import CF_PROBLEM, Problem
-from ..security.registry import ClientCredentials
+from ..security.keys import MAX_PLAINTEXT
+from ..security.registry import ClientCredentials, SingleContext
 from .wire import OPT_LAB_IDENTITY, UeQuery
 
 log = logging.getLogger("msgin5g.gateway.cmclient")
@@ -260,7 +261,7 @@ class ScmClient(CmClient):
             return await aiocoap.Context.create_client_context(transports=[transport])
         security = self.credentials.security_context()
         ctx = await aiocoap.Context.create_client_context(transports=["oscore", transport])
-        ctx.client_credentials["*"] = security
+        ctx.client_credentials = SingleContext(security)
         return ctx
 
     async def _udp_slot(self) -> _UdpSlot:
@@ -337,7 +338,7 @@ class ScmClient(CmClient):
         else:
             budget = UDP_BULK_BUDGET
         if self.credentials is not None:
-            budget -= OSCORE_OVERHEAD
+            budget = min(budget, MAX_PLAINTEXT) - OSCORE_OVERHEAD
         gets = pack(
             items,
             new_flag=new_flag,

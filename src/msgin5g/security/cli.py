@@ -81,7 +81,7 @@ def list_(registry_dir, as_json, show_all) -> None:
         return
     table = Table(title=f"{len(entries)} keys in {registry_dir}")
     for col in ("kid", "identity", "role", "created", "status"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for e in entries:
         status = "active" if e.active else f"revoked {e.revoked}"
         table.add_row(e.kid.hex(), str(e.identity), e.identity.role.value, e.created, status)

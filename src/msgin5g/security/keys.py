@@ -27,8 +27,12 @@ FORMAT_VERSION = 1
 #: Sender ID of every server side context. The client's Sender ID (the kid) tells contexts apart;
 #: each pair has its own master secret, so one fixed server ID is safe (RFC 8613 §3.3).
 SERVER_SENDER_ID = b""
-#: AES-CCM-16-64-128 allows Sender IDs of up to 7 bytes (RFC 8613 §3.3: nonce length − 6).
+#: AES-CCM-16-64-128 (the AEAD every context uses, RFC 8613 §3.2.1) allows Sender IDs of up to
+#: 7 bytes (RFC 8613 §3.3: nonce length − 6) ...
 MAX_KID_LENGTH = 7
+#: ... and, with its 13-byte nonce (L = 2, RFC 8152 §10.2), at most 65,535 bytes of plaintext in
+#: one protected message: a larger answer is sent block-wise even over TCP.
+MAX_PLAINTEXT = 0xFFFF
 CLAIM_PREFIX = "oscore-kid:"
 MASTER_SECRET_BYTES = 32
 MASTER_SALT_BYTES = 8

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -208,16 +209,37 @@ class ServerKeyring:
             self.refresh()
 
 
+class _Remote:
+    """The outer request's remote as the OSCORE wrapper sees it: the same in everything, but its
+    repr is computed once (the wrapper names a task after the inner request for every request,
+    and aiocoap's UDP address repr parses the address and asks the kernel for the interface)."""
+
+    __slots__ = ("_remote",)
+
+    def __init__(self, remote):
+        self._remote = remote
+
+    def __getattr__(self, name):
+        return getattr(self._remote, name)
+
+    def __repr__(self):
+        return f"<{type(self._remote).__name__}>"
+
+    def __eq__(self, other):
+        return self._remote == (other._remote if isinstance(other, _Remote) else other)
+
+    def __hash__(self):
+        return hash(self._remote)
+
+
 class _GuardedPipe:
     """The outer request's pipe as the OSCORE wrapper sees it: an unprotected error answer it would
     send (a replay) becomes the uniform 4.01 problem details."""
 
     def __init__(self, pipe):
         self._pipe = pipe
-
-    @property
-    def request(self):
-        return self._pipe.request
+        self.request = copy.copy(pipe.request)  # shallow: the same options and payload
+        self.request.remote = _Remote(pipe.request.remote)
 
     def add_response(self, response: Message, is_last: bool = False) -> None:
         if response.opt.oscore is None and not response.code.is_successful():
@@ -287,6 +309,14 @@ class SecuredSite(interfaces.Resource):
             pipe.add_response(m, is_last=True)
         except coap_error.RenderableError as e:
             self._refuse(pipe, repr(e))
+        except Exception:  # never a plain-text 5.00 from aiocoap: problem details, like every error
+            log.exception("failure serving the protected request %r", request)
+            m = Message(
+                code=Code.INTERNAL_SERVER_ERROR,
+                payload=Problem(0xA0, "internal server error", "INTERNAL").encode(),
+            )
+            m.opt.content_format = CF_PROBLEM
+            pipe.add_response(m, is_last=True)
         finally:
             if pinned is not None:
                 self.keyring.unpin(pinned)

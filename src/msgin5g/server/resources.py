@@ -28,6 +28,7 @@ from aiocoap.resource import PathCapable
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
 from ..model import ModelError
 from ..problem import Problem, ProblemError
+from ..security.keys import MAX_PLAINTEXT
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
 
@@ -84,22 +85,40 @@ def problem_message(problem: Problem) -> Message:
     return to_message(Reply.from_problem(problem))
 
 
+#: What OSCORE (RFC 8613 §6) adds around an inner payload: the OSCORE option, the AEAD tag and the
+#: inner code and options, with room to spare.
+OSCORE_MARGIN = 64
+
+
+def payload_limits(remote) -> tuple[int, int]:
+    """(largest payload, largest Block2 size exponent) of an answer to ``remote``.
+
+    An OSCORE-protected request travels inside the transport it came on, and aiocoap gives its
+    address a fixed 1024-byte limit. Over UDP that is right (a 1024-byte block and OSCORE's few
+    dozen bytes still fit a datagram); over TCP the connection's own (BERT-sized, RFC 8323) limit
+    applies, less OSCORE's margin and within what one protected message can hold
+    (:data:`~msgin5g.security.keys.MAX_PLAINTEXT`) — otherwise a bulk answer would be cut into
+    1 KiB blocks."""
+    size, szx = remote.maximum_payload_size, remote.maximum_block_size_exp
+    under = getattr(remote, "underlying_address", None)
+    if under is not None and under.maximum_payload_size - OSCORE_MARGIN > size:
+        size = min(under.maximum_payload_size, MAX_PLAINTEXT) - OSCORE_MARGIN
+        szx = under.maximum_block_size_exp
+    return size, szx
+
+
 def slice_block2(full: Message, request: Message) -> Message:
     """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
     if not full.code.is_successful():
         return full  # errors are small and never block-wise
     b2 = request.opt.block2
-    max_payload = request.remote.maximum_payload_size
+    max_payload, max_szx = payload_limits(request.remote)
     if b2 is None and len(full.payload) <= max_payload:
         return full
     if b2 is not None and b2.block_number == 0 and len(full.payload) <= min(max_payload, b2.size):
         return full
     num = b2.block_number if b2 else 0
-    szx = (
-        min(b2.size_exponent, request.remote.maximum_block_size_exp)
-        if b2
-        else request.remote.maximum_block_size_exp
-    )
+    szx = min(b2.size_exponent, max_szx) if b2 else max_szx
     block = full._extract_block(num, szx, max_payload)
     if num == 0:
         block.opt.size2 = len(full.payload)
@@ -160,7 +179,7 @@ class ScmSite(ObservableResource, PathCapable):
                 # aiocoap's Block2 cache key when the answer turns out to need blocks (its own
                 # _render_to_pipe computes that key for every request).
                 response = await self.render(request)
-                if len(response.payload) > request.remote.maximum_payload_size and not self._is_bulk(request):
+                if len(response.payload) > payload_limits(request.remote)[0] and not self._is_bulk(request):
                     response = await self._block2.extract_or_insert(request, lambda: _ready(response))
                 pipe.add_response(response, is_last=True)
             else:

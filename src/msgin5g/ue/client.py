@@ -23,7 +23,7 @@ from aiocoap.numbers.codes import Code
 from ..authz import LAB_IDENTITY_OPTION
 from ..codec import CF_CBOR, decode, encode
 from ..problem import CF_PROBLEM, Problem, code_text, decode_problem
-from ..security.registry import ClientCredentials
+from ..security.registry import ClientCredentials, SingleContext
 from .outcome import ConfigResult, Msgin5gConfig, Outcome, result_from_docs, result_from_problem
 
 
@@ -123,7 +123,7 @@ class ScmClient:
             security = self.credentials.security_context() if self.credentials else None
             self._ctx = await aiocoap.Context.create_client_context()
             if security is not None:
-                self._ctx.client_credentials["*"] = security
+                self._ctx.client_credentials = SingleContext(security)
         return self
 
     async def __aexit__(self, *exc) -> None:
