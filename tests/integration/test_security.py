@@ -689,9 +689,9 @@ class GatewayKeys:
     other: ClientCredentials
 
 
-def gateway_keys(tmp_path) -> GatewayKeys:
+def gateway_keys(tmp_path, algorithm: str = "AES-CCM-16-64-128") -> GatewayKeys:
     scm, gw = Registry(tmp_path / "scm-keys"), Registry(tmp_path / "gw-keys")
-    _, gateway = scm.add(parse_identity("gateway:gw1"), tmp_path / "gw1.json")
+    _, gateway = scm.add(parse_identity("gateway:gw1"), tmp_path / "gw1.json", algorithm)
     _, ue = gw.add(parse_identity(f"ue:{ME}"), tmp_path / "ue-at-gw.json")
     _, other = gw.add(parse_identity(f"ue:{OTHER}"), tmp_path / "other-at-gw.json")
     return GatewayKeys(scm, gw, gateway, ue, other)
@@ -808,24 +808,35 @@ async def test_gateway_refused_by_the_scm_s_tells_its_ues(tmp_path):
         await srv.close()
 
 
-@pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
-async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme):
-    """A bulk answer larger than one block comes back over OSCORE with follow-ups that name only
-    the bulk configuration identifier (SPEC D7 b); each entry is the covered UE's or a 4.03."""
+@pytest.mark.parametrize(
+    ("scheme", "algorithm", "n"),
+    [
+        ("coap", "AES-CCM-16-64-128", 200),
+        ("coap+tcp", "AES-CCM-16-64-128", 1000),  # > 64 KiB: block-wise even over TCP
+        ("coap+tcp", "A128GCM", 1000),  # one message
+    ],
+)
+async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme, algorithm, n):
+    """A bulk answer larger than one block — a UDP block, or over TCP what one AES-CCM-protected
+    message can hold (65,535 bytes) — comes back over OSCORE with follow-ups that name only the bulk
+    configuration identifier (SPEC D7 b); each entry is the covered UE's or a 4.03."""
     from msgin5g.bulk import BulkItem, decode_answer
     from msgin5g.gateway.cmclient import ScmClient as GatewayScmClient
 
-    keys = gateway_keys(tmp_path)
+    keys = gateway_keys(tmp_path, algorithm)
     srv = await secured_server(tmp_path, keys.scm)
     try:
         srv.store.import_docs(
             "msgin5g",
-            [make_doc(ranges=[{"tac": TAC, "snrRange": {"low": "0", "high": "199"}}], service_id="s-{snr}")],
+            [make_doc(ranges=[{"tac": TAC, "snrRange": {"low": "0", "high": "9999"}}], service_id="s-{snr}")],
         )
-        srv.store.set_gateway("gw1", {"imeiRanges": [{"tac": TAC, "snrRange": {"low": "0", "high": "149"}}]})
-        cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway)
+        covered = 3 * n // 4
+        srv.store.set_gateway(
+            "gw1", {"imeiRanges": [{"tac": TAC, "snrRange": {"low": "0", "high": str(covered - 1)}}]}
+        )
+        cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway, max_ues=n)
         try:
-            items = [BulkItem(imei_urn(TAC, i)) for i in range(200)]
+            items = [BulkItem(imei_urn(TAC, i)) for i in range(n)]
             outcomes = await cm.bulk_configure("msgin5g", items)
         finally:
             await cm.close()
@@ -833,13 +844,15 @@ async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme
         for o in outcomes:
             assert o.code == 0x45
             entries += decode_answer(o.payload)
-        assert len(entries) == 200
+        assert len(entries) == n
         for i, entry in enumerate(entries):
-            if i < 150:
+            if i < covered:
                 assert json.loads(entry["ueConfigs"][0]["configData"])["ueServiceId"] == f"s-{i:06d}"
             else:
                 assert entry["problem"][-4] == C403 and "ueConfigs" not in entry
-        if scheme == "coap":
+        if algorithm == "A128GCM":
+            assert len(outcomes) == 1 and cm.stats["block2-followups"] == 0
+        else:
             assert cm.stats["block2-followups"] > 0
     finally:
         await srv.close()

@@ -260,8 +260,28 @@ def test_registry_json_roundtrip_and_rejects():
 
 def test_entry_json():
     e = KeyEntry(b"\x0a", Identity(Role.ADMIN, "ops"), T0)
-    assert e.to_json() == {"kid": "0a", "identity": "admin:ops", "created": T0, "revoked": None}
+    assert e.to_json() == {
+        "kid": "0a",
+        "identity": "admin:ops",
+        "created": T0,
+        "revoked": None,
+        "algorithm": "AES-CCM-16-64-128",
+    }
     assert KeyEntry.from_json(e.to_json()) == e
+    legacy = {k: v for k, v in e.to_json().items() if k != "algorithm"}
+    assert KeyEntry.from_json(legacy) == e
+    with pytest.raises(RegistryError):
+        KeyEntry.from_json({**e.to_json(), "algorithm": "ROT13"})
+
+
+def test_algorithms():
+    state, entry = add_key(RegistryState(), Identity(Role.GATEWAY, "gw9"), T0, "A128GCM")
+    assert entry.algorithm == "A128GCM" and RegistryState.from_json(state.to_json()) == state
+    with pytest.raises(RegistryError, match="unknown algorithm"):
+        add_key(RegistryState(), Identity(Role.GATEWAY, "gw9"), T0, "DES")
+    assert len(kid_for((1 << 56) - 1)) == 7  # AES-CCM-16-64-128: 13-byte nonce, 7-byte Sender IDs
+    with pytest.raises(RegistryError):
+        kid_for((1 << 56) - 1, "A128GCM")  # 12-byte nonce: 6 bytes
 
 
 def test_identity_arguments():

@@ -57,7 +57,7 @@ from ..bulk import (
 )
 from ..codec import CodecError, decode
 from ..problem import CF_PROBLEM, Problem
-from ..security.keys import MAX_PLAINTEXT
+from ..security.endpoint import max_plaintext
 from ..security.registry import ClientCredentials, SingleContext
 from .wire import OPT_LAB_IDENTITY, UeQuery
 
@@ -338,7 +338,7 @@ class ScmClient(CmClient):
         else:
             budget = UDP_BULK_BUDGET
         if self.credentials is not None:
-            budget = min(budget, MAX_PLAINTEXT) - OSCORE_OVERHEAD
+            budget = min(budget, max_plaintext(self.credentials.security_context())) - OSCORE_OVERHEAD
         gets = pack(
             items,
             new_flag=new_flag,

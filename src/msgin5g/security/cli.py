@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..model import ModelError
-from .keys import RegistryError, identity_arg, parse_kid
+from .keys import ALGORITHMS, DEFAULT_ALGORITHM, RegistryError, identity_arg, parse_kid
 from .registry import Registry
 
 registry_opt = click.option(
@@ -54,11 +54,18 @@ def _identity(text: str, role: str | None):
     type=click.Path(dir_okay=False),
     help="Client credentials file to write (its OSCORE context goes to FILE's name + .oscore/).",
 )
-def add(identity, role, registry_dir, out) -> None:
+@click.option(
+    "--algorithm",
+    type=click.Choice(list(ALGORITHMS)),
+    default=DEFAULT_ALGORITHM,
+    show_default=True,
+    help="AEAD; A128GCM suits unconstrained peers (a gateway's bulk GETs over TCP: no 64 KiB limit).",
+)
+def add(identity, role, registry_dir, out, algorithm) -> None:
     """Create a key for IDENTITY: server side in --registry, client side in --out."""
     ident = _identity(identity, role)
     try:
-        entry, creds = Registry(registry_dir).add(ident, out)
+        entry, creds = Registry(registry_dir).add(ident, out, algorithm)
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{ident}: key {entry.kid.hex()} added to {registry_dir}")
@@ -80,11 +87,11 @@ def list_(registry_dir, as_json, show_all) -> None:
         click.echo(json.dumps([{**e.to_json(), "role": e.identity.role.value} for e in entries], indent=1))
         return
     table = Table(title=f"{len(entries)} keys in {registry_dir}")
-    for col in ("kid", "identity", "role", "created", "status"):
+    for col in ("kid", "identity", "role", "algorithm", "created", "status"):
         table.add_column(col, overflow="fold")
     for e in entries:
         status = "active" if e.active else f"revoked {e.revoked}"
-        table.add_row(e.kid.hex(), str(e.identity), e.identity.role.value, e.created, status)
+        table.add_row(e.kid.hex(), str(e.identity), e.identity.role.value, e.algorithm, e.created, status)
     Console().print(table)
 
 

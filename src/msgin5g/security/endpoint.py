@@ -89,6 +89,16 @@ class ClientProtection:
         return plain
 
 
+def max_plaintext(context) -> int:
+    """The most plaintext one message protected with ``context`` can carry: 2^(8L) − 1 for
+    AES-CCM with L = 15 − nonce length (65,535 bytes for RFC 8613's mandatory AES-CCM-16-64-128;
+    RFC 8152 §10.2); GCM and ChaCha20/Poly1305 allow far more than any message here."""
+    alg = getattr(context, "alg_aead", None)
+    if isinstance(alg, oscore.AES_CCM):
+        return (1 << (8 * (15 - alg.iv_bytes))) - 1
+    return (1 << 31) - 1
+
+
 def is_echo_challenge(plain: Message) -> bool:
     """4.01 with Echo: the server lost its replay window and asks for proof of freshness
     (RFC 8613 Appendix B.1.2); the client repeats the request once with that Echo value."""

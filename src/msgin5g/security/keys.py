@@ -27,12 +27,21 @@ FORMAT_VERSION = 1
 #: Sender ID of every server side context. The client's Sender ID (the kid) tells contexts apart;
 #: each pair has its own master secret, so one fixed server ID is safe (RFC 8613 §3.3).
 SERVER_SENDER_ID = b""
-#: AES-CCM-16-64-128 (the AEAD every context uses, RFC 8613 §3.2.1) allows Sender IDs of up to
-#: 7 bytes (RFC 8613 §3.3: nonce length − 6) ...
+#: The AEAD algorithms a key may use (RFC 8613 §3.2.1; aiocoap's names) and their nonce lengths.
+#: AES-CCM-16-64-128 is RFC 8613's mandatory one and the default: what a constrained UE has. Its
+#: 13-byte nonce leaves L = 2 (RFC 8152 §10.2): at most 65,535 bytes of plaintext per protected
+#: message, so a larger answer goes block-wise even over TCP. A128GCM (12-byte nonce, no such
+#: limit in practice) suits a key between unconstrained nodes — a Gateway UE's bulk GETs over TCP.
+ALGORITHMS = {"AES-CCM-16-64-128": 13, "A128GCM": 12}
+DEFAULT_ALGORITHM = "AES-CCM-16-64-128"
+#: The longest Sender ID any of them allows (RFC 8613 §3.3: nonce length − 6).
 MAX_KID_LENGTH = 7
-#: ... and, with its 13-byte nonce (L = 2, RFC 8152 §10.2), at most 65,535 bytes of plaintext in
-#: one protected message: a larger answer is sent block-wise even over TCP.
-MAX_PLAINTEXT = 0xFFFF
+
+
+def max_kid_length(algorithm: str) -> int:
+    return ALGORITHMS[algorithm] - 6
+
+
 CLAIM_PREFIX = "oscore-kid:"
 MASTER_SECRET_BYTES = 32
 MASTER_SALT_BYTES = 8
@@ -44,14 +53,14 @@ class RegistryError(ValueError):
     """A registry operation that cannot be done (unknown identity, already active, bad file)."""
 
 
-def kid_for(number: int) -> bytes:
+def kid_for(number: int, algorithm: str = DEFAULT_ALGORITHM) -> bytes:
     """The n-th key identifier (n ≥ 1), big-endian in as few bytes as it needs: short on the wire
     (the kid travels in every request's OSCORE option)."""
     if number < 1:
         raise ValueError("key numbers start at 1")
     kid = number.to_bytes((number.bit_length() + 7) // 8, "big")
-    if len(kid) > MAX_KID_LENGTH:
-        raise RegistryError(f"key number {number} does not fit a {MAX_KID_LENGTH}-byte Sender ID")
+    if len(kid) > max_kid_length(algorithm):
+        raise RegistryError(f"key number {number} does not fit a Sender ID of {algorithm}")
     return kid
 
 
@@ -95,6 +104,7 @@ class KeyEntry:
     identity: Identity
     created: str  # ISO 8601, UTC
     revoked: str | None = None  # when it was revoked (ISO 8601), None while active
+    algorithm: str = DEFAULT_ALGORITHM
 
     @property
     def active(self) -> bool:
@@ -106,6 +116,7 @@ class KeyEntry:
             "identity": identity_text(self.identity),
             "created": self.created,
             "revoked": self.revoked,
+            "algorithm": self.algorithm,
         }
 
     @classmethod
@@ -122,7 +133,10 @@ class KeyEntry:
         revoked = m.get("revoked")
         if revoked is not None and not isinstance(revoked, str):
             raise RegistryError(f"registry entry {kid.hex()}: revoked must be a time or null")
-        return cls(kid, identity, str(m.get("created", "")), revoked)
+        algorithm = m.get("algorithm", DEFAULT_ALGORITHM)
+        if algorithm not in ALGORITHMS:
+            raise RegistryError(f"registry entry {kid.hex()}: unknown algorithm {algorithm!r}")
+        return cls(kid, identity, str(m.get("created", "")), revoked, algorithm)
 
 
 @dataclass(frozen=True)
@@ -166,15 +180,19 @@ class RegistryState:
         return cls(entries, nxt)
 
 
-def add_key(state: RegistryState, identity: Identity, now: str) -> tuple[RegistryState, KeyEntry]:
+def add_key(
+    state: RegistryState, identity: Identity, now: str, algorithm: str = DEFAULT_ALGORITHM
+) -> tuple[RegistryState, KeyEntry]:
     """A new key for ``identity``. Refused while it has an active one: two live keys for one
     identity are a rotation nobody planned (revoke the old one first)."""
     if identity.role is Role.ANONYMOUS:
         raise RegistryError("keys are for UEs, gateways and administrators")
+    if algorithm not in ALGORITHMS:
+        raise RegistryError(f"unknown algorithm {algorithm!r}; one of {', '.join(ALGORITHMS)}")
     if state.active_for(identity):
         raise RegistryError(f"{identity} already has an active key; revoke it first")
-    kid = kid_for(state.next_number)
-    entry = KeyEntry(kid, identity, now)
+    kid = kid_for(state.next_number, algorithm)
+    entry = KeyEntry(kid, identity, now, algorithm=algorithm)
     entries = dict(state.entries)
     entries[kid] = entry
     return RegistryState(entries, state.next_number + 1), entry

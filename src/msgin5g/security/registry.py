@@ -35,6 +35,7 @@ from ..authz import Identity, parse_identity
 from ..model import ModelError
 from .keys import (
     CREDENTIALS_FORMAT,
+    DEFAULT_ALGORITHM,
     FORMAT_VERSION,
     MASTER_SALT_BYTES,
     MASTER_SECRET_BYTES,
@@ -83,15 +84,23 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(dfd)
 
 
-def write_context(directory: Path, sender_id: bytes, recipient_id: bytes, secret: bytes, salt: bytes) -> None:
-    """A new aiocoap FilesystemSecurityContext directory (RFC 8613 §3.2 parameters; the default
-    AEAD AES-CCM-16-64-128 and HKDF SHA-256). Its sequence file appears on first use."""
+def write_context(
+    directory: Path,
+    sender_id: bytes,
+    recipient_id: bytes,
+    secret: bytes,
+    salt: bytes,
+    algorithm: str = DEFAULT_ALGORITHM,
+) -> None:
+    """A new aiocoap FilesystemSecurityContext directory (RFC 8613 §3.2 parameters; HKDF SHA-256).
+    Its sequence file appears on first use."""
     directory.mkdir(mode=0o700, parents=True)
     data = {
         "sender-id_hex": sender_id.hex(),
         "recipient-id_hex": recipient_id.hex(),
         "secret_hex": secret.hex(),
         "salt_hex": salt.hex(),
+        "algorithm": algorithm,
     }
     _write_atomic(directory / "secret.json", json.dumps(data, indent=1).encode())
 
@@ -245,7 +254,9 @@ class Registry:
     def _save(self, state: RegistryState) -> None:
         _write_atomic(self.file, json.dumps(state.to_json(), indent=1).encode())
 
-    def add(self, identity: Identity, out: str | os.PathLike) -> tuple[KeyEntry, ClientCredentials]:
+    def add(
+        self, identity: Identity, out: str | os.PathLike, algorithm: str = DEFAULT_ALGORITHM
+    ) -> tuple[KeyEntry, ClientCredentials]:
         """Create a key for ``identity``: the server's context in this registry, the client's
         context next to ``out``, the credentials file ``out``, and the registry entry (last, so an
         interrupted ``add`` leaves no usable half key)."""
@@ -259,16 +270,16 @@ class Registry:
                 )
         with self._editing():
             state = self.load()
-            new_state, entry = add_key(state, identity, utc_now())
+            new_state, entry = add_key(state, identity, utc_now(), algorithm)
             server_dir = self.context_dir(entry.kid)
             server_dir.parent.mkdir(mode=0o700, exist_ok=True)
             if server_dir.exists():  # left over by an interrupted add: no entry uses it
                 shutil.rmtree(server_dir)
             secret = secrets.token_bytes(MASTER_SECRET_BYTES)
             salt = secrets.token_bytes(MASTER_SALT_BYTES)
-            write_context(server_dir, SERVER_SENDER_ID, entry.kid, secret, salt)
+            write_context(server_dir, SERVER_SENDER_ID, entry.kid, secret, salt, algorithm)
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            write_context(client_dir, entry.kid, SERVER_SENDER_ID, secret, salt)
+            write_context(client_dir, entry.kid, SERVER_SENDER_ID, secret, salt, algorithm)
             creds = ClientCredentials(out_path.resolve(), identity, entry.kid, client_dir.resolve())
             _write_atomic(out_path, (json.dumps(creds.to_json(), indent=1) + "\n").encode())
             self._save(new_state)

@@ -68,6 +68,7 @@ class ServerKeyring:
         self._retiring: dict[bytes, object] = {}  # dropped while in use; released when unpinned
         self._lock: filelock.BaseFileLock | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._identities: dict[tuple, Identity | None] = {}  # claims → identity, per registry state
 
     # -- life cycle ----------------------------------------------------------------------------------
     def open(self) -> ServerKeyring:
@@ -109,6 +110,7 @@ class ServerKeyring:
             log.error("key registry unreadable, keeping the keys read before: %s", e)
             return
         self.state = state
+        self._identities.clear()
         for kid in [k for k in self._loaded if not self._active(k)]:
             self._drop(kid)
         self.counters["registry-reloads"] += 1
@@ -191,7 +193,12 @@ class ServerKeyring:
 
     # -- identity ----------------------------------------------------------------------------------
     def identity_for(self, claims) -> Identity | None:
-        return identity_from_claims(claims, self.state.entries)
+        key = tuple(claims or ())
+        try:
+            return self._identities[key]
+        except KeyError:
+            identity = self._identities[key] = identity_from_claims(key, self.state.entries)
+            return identity
 
     def identify(self, request: Message) -> Identity:
         """The authenticated identity of an (unprotected inner) request, for the SCM-S resources.

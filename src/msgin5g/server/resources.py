@@ -28,7 +28,7 @@ from aiocoap.resource import PathCapable
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
 from ..model import ModelError
 from ..problem import Problem, ProblemError
-from ..security.keys import MAX_PLAINTEXT
+from ..security.endpoint import max_plaintext
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
 
@@ -96,13 +96,14 @@ def payload_limits(remote) -> tuple[int, int]:
     An OSCORE-protected request travels inside the transport it came on, and aiocoap gives its
     address a fixed 1024-byte limit. Over UDP that is right (a 1024-byte block and OSCORE's few
     dozen bytes still fit a datagram); over TCP the connection's own (BERT-sized, RFC 8323) limit
-    applies, less OSCORE's margin and within what one protected message can hold
-    (:data:`~msgin5g.security.keys.MAX_PLAINTEXT`) — otherwise a bulk answer would be cut into
-    1 KiB blocks."""
+    applies, less OSCORE's margin and within what one message protected with that context can
+    hold (:func:`~msgin5g.security.endpoint.max_plaintext`) — otherwise a bulk answer would be cut
+    into 1 KiB blocks."""
     size, szx = remote.maximum_payload_size, remote.maximum_block_size_exp
     under = getattr(remote, "underlying_address", None)
     if under is not None and under.maximum_payload_size - OSCORE_MARGIN > size:
-        size = min(under.maximum_payload_size, MAX_PLAINTEXT) - OSCORE_MARGIN
+        limit = max_plaintext(remote.security_context)
+        size = min(under.maximum_payload_size, limit) - OSCORE_MARGIN
         szx = under.maximum_block_size_exp
     return size, szx
 
