@@ -856,3 +856,17 @@ async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme
             assert cm.stats["block2-followups"] > 0
     finally:
         await srv.close()
+
+
+def test_demo_is_secured_by_default(tmp_path):
+    """``msgin5g demo`` makes keys for every identity and runs the SCM-S with --security; every UE
+    still gets exactly its outcome. ``--insecure`` runs the lab mode (SPEC D12)."""
+    p = msgin5g("demo", "--ues", "40", "--report", str(tmp_path / "secured"), timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "OSCORE keys" in p.stdout and "INSECURE" not in p.stdout
+    logs = (tmp_path / "secured" / "logs").glob("*")
+    server_log = next(f for f in logs if f.name.startswith("server")).read_text()
+    assert "INSECURE MODE" not in server_log
+    p = msgin5g("demo", "--ues", "40", "--insecure", timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "INSECURE lab mode" in p.stdout and "OSCORE keys" not in p.stdout

@@ -33,6 +33,7 @@ from msgin5g.security.keys import (
     RegistryError,
     RegistryState,
     add_key,
+    add_keys,
     claims_for,
     identity_arg,
     identity_from_claims,
@@ -224,6 +225,17 @@ def test_one_active_key_per_identity():
         add_key(STATE, Identity(Role.UE, ME), T0)
     with pytest.raises(RegistryError):
         add_key(STATE, ANONYMOUS, T0)
+
+
+def test_keys_in_a_batch():
+    ues = [Identity(Role.UE, imei_urn(TAC, i)) for i in range(10, 13)]
+    state, made = add_keys(STATE, ues, T0)
+    assert [e.identity for e in made] == ues and state.next_number == STATE.next_number + 3
+    assert [int.from_bytes(e.kid, "big") for e in made] == [STATE.next_number + i for i in range(3)]
+    with pytest.raises(RegistryError, match="already has an active key"):
+        add_keys(STATE, [ues[0], ues[0]], T0)  # twice in one batch
+    with pytest.raises(RegistryError, match="already has an active key"):
+        add_keys(STATE, [ues[0], Identity(Role.UE, ME)], T0)  # one already in the registry
 
 
 def test_revoke():

@@ -9,6 +9,11 @@ set`` (:mod:`.plan`), then drives the UEs (:mod:`.drivers`): constrained UEs thr
 and through the gateway, unconstrained UEs directly, and one UE — an ``msgin5g ue get-config
 --observe`` process — that observes its document while the demo changes it.
 
+Secured by default (SPEC D12): every identity gets its OSCORE credentials in the temporary
+directory (:mod:`.keys`), the SCM-S runs with ``--security``, the Gateway UE with its own key
+and a registry of its UEs' keys, and every request of every UE and of the administrator is
+protected; ``--insecure`` runs the lab mode instead (identities claimed with the lab option).
+
 Every UE's outcome is checked against what the provisioning implies (:func:`.plan.expected`);
 the exit status is 0 only when each UE got exactly that. A child that dies, Ctrl-C, or SIGTERM
 stops every process the demo started (:mod:`.procs`) and says what had been done.
@@ -39,6 +44,7 @@ from ..ue.client import ScmClient
 from ..ue.outcome import Outcome
 from . import drivers
 from .drivers import UeRun
+from .keys import DemoKeys, done_with, make_keys
 from .lossy import raise_fd_limit
 from .plan import (
     GATEWAY_ID,
@@ -88,6 +94,7 @@ class DemoOptions:
     seed: int = 1
     report: FsPath | None = None
     db: str | None = None
+    insecure: bool = False
 
     def path_label(self, path: Path) -> str:
         return {
@@ -321,6 +328,7 @@ class Demo:
         self.times: dict[str, float] = {}
         self.provision_files: list[FsPath] = []
         self.aborted = False
+        self.keys: DemoKeys | None = None  # None: the insecure lab mode
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -346,10 +354,11 @@ class Demo:
     async def start_actors(self) -> dict:
         """The SCM-S and the wire, then the relay and the gateway behind their legs."""
         o = self.opts
+        security = ["--security", str(self.keys.scm_registry)] if self.keys else ["--insecure"]
         server_task = self.sup.start(
             "server",
             "the SCM-S",
-            ["server", "--insecure", "--port", "0", "--db", self.db_url],
+            ["server", *security, "--port", "0", "--db", self.db_url],
             r"listening coap://([\d.]+):(\d+)/su-uc/v1\s+listening coap\+tcp://",
         )
         wire_task = self.sup.start(
@@ -364,7 +373,7 @@ class Demo:
         scm = (server.ready_match.group(1), int(server.ready_match.group(2)))
         self.say(
             f"  started {server.label} (pid {server.pid}): {uri(scm)}/su-uc/v1 (UDP and TCP), "
-            f"store {self.db_url}"
+            f"store {self.db_url}" + ("" if self.keys else ", INSECURE lab mode")
         )
         self.wire = Wire(wire_child)
         loss = f"loses {o.loss:.0%} of the UDP datagrams" if o.loss else "loses nothing"
@@ -397,14 +406,28 @@ class Demo:
 
         async def gateway() -> tuple[Child, Child | None]:
             cm = None
+            # secured: its own key towards the SCM-S, and its UEs' keys on MSGin5G-6 (SPEC D12)
+            if self.keys is not None:
+                uu_identity = ["--credentials", str(self.keys.gateway.path)]
+            else:
+                uu_identity = ["--gateway-id", GATEWAY_ID]
             args = [
                 "gateway",
                 "--listen",
                 "127.0.0.1:0",
                 "--state",
                 str(self.workdir / "gateway-state.db"),
-                "--gateway-id",
-                GATEWAY_ID,
+                *(
+                    [
+                        "--security",
+                        str(self.keys.gateway_registry),
+                        # every UE's context stays loaded: no release and reload between request and answer
+                        "--max-open-contexts",
+                        str(max(1024, min(len(self.keys.at_gateway), self.fd_limit // 2))),
+                    ]
+                    if self.keys
+                    else []
+                ),
                 "--bulk" if o.bulk else "--no-bulk",
                 "--max-batch",
                 str(o.max_batch),
@@ -421,14 +444,13 @@ class Demo:
                         "127.0.0.1:0",
                         "--server",
                         uri(ep["uu-gateway"], gw_scheme),
-                        "--gateway-id",
-                        GATEWAY_ID,
+                        *uu_identity,
                     ],
                     r"cm-client listening on ([\d.]+):(\d+)",
                 )
                 args += ["--cm-client", uri((cm.ready_match.group(1), int(cm.ready_match.group(2))))]
             else:
-                args += ["--server", uri(ep["uu-gateway"], gw_scheme)]
+                args += ["--server", uri(ep["uu-gateway"], gw_scheme), *uu_identity]
             gw = await self.sup.start(
                 "gateway", "the Gateway UE", args, r"gateway listening on ([\d.]+):(\d+)"
             )
@@ -463,8 +485,9 @@ class Demo:
         self.provision_files = write_provisioning(self.plan, self.workdir)
         api = uri(ep["scm"])
         counts: dict[str, int] = {}
+        admin = ["--credentials", str(self.keys.admin.path)] if self.keys else []
         for f in self.provision_files:
-            rc, out = await run_command(["config", "import", str(f), "--server", api])
+            rc, out = await run_command(["config", "import", str(f), "--server", api, *admin])
             if rc != 0:
                 raise click.ClickException(f"provisioning {f.name} failed: {out}")
             imported = re.search(r"imported (\d+)", out)
@@ -499,20 +522,27 @@ class Demo:
         gw_timeout = max(drivers.ATTEMPT_TIMEOUT, 3 * o.max_wait_ms / 1000 + 30)
         scm_via_relay = uri(ep["uu-relay"])
 
+        keys = self.keys
+
+        def creds(ue: PlannedUe):
+            if keys is None:
+                return None
+            return (keys.at_gateway if ue.path is Path.GATEWAY else keys.at_scm)[ue.device]
+
         async def one(ue: PlannedUe) -> UeRun:
             if ue.path is Path.RELAY:
                 async with relay_slots:
                     run = await drivers.configure_via_relay(
-                        ep["pc5"], scm_via_relay, ue, exp[ue], loop.time() + UE_DEADLINE
+                        ep["pc5"], scm_via_relay, ue, exp[ue], loop.time() + UE_DEADLINE, creds(ue)
                     )
             elif ue.path is Path.GATEWAY:
                 async with gateway_slots:
                     run = await drivers.configure_via_gateway(
-                        ep["msgin5g-6"], ue, exp[ue], loop.time() + UE_DEADLINE, gw_timeout
+                        ep["msgin5g-6"], ue, exp[ue], loop.time() + UE_DEADLINE, gw_timeout, creds(ue)
                     )
             else:
                 run = await drivers.configure_direct(
-                    uri(ep["uu-direct"]), ue, exp[ue], loop.time() + UE_DEADLINE
+                    uri(ep["uu-direct"]), ue, exp[ue], loop.time() + UE_DEADLINE, creds(ue)
                 )
             self.runs.append(run)
             self.view.record(run)
@@ -540,8 +570,11 @@ class Demo:
                     uri(ep["uu-observer"]),
                     "--ue-uri",
                     ue.asks_for,
-                    "--identity",
-                    ue.identity,
+                    *(
+                        ["--credentials", str(self.keys.at_scm[ue.device].path)]
+                        if self.keys
+                        else ["--identity", ue.identity]
+                    ),
                     "--observe",
                     "--json",
                     "--timeout",
@@ -565,15 +598,19 @@ class Demo:
         latencies: list[float] = []
         note = ""
         if outcome is Outcome.CONFIGURED and doc_id:
-            async with ScmClient(
-                uri(ep["scm"]), SERVICE_ID
-            ) as admin:  # the administrator is not on a radio leg
-                for change in range(1, OBSERVER_CHANGES + 1):
-                    latency = await self._change_and_wait(admin, child, doc_id, 1024 + 256 * change)
-                    if latency is None:
-                        note = f"change {change} never arrived"
-                        break
-                    latencies.append(latency)
+            admin_creds = self.keys.admin if self.keys else None
+            try:
+                async with ScmClient(
+                    uri(ep["scm"]), SERVICE_ID, credentials=admin_creds
+                ) as admin:  # the administrator is not on a radio leg
+                    for change in range(1, OBSERVER_CHANGES + 1):
+                        latency = await self._change_and_wait(admin, child, doc_id, 1024 + 256 * change)
+                        if latency is None:
+                            note = f"change {change} never arrived"
+                            break
+                        latencies.append(latency)
+            finally:
+                done_with(admin_creds)
         else:
             note = f"its first answer was {first.get('code')} {first.get('outcome')}"
         await self.sup.stop(child)
@@ -617,6 +654,17 @@ class Demo:
         )
         if o.db:
             self.check_store()
+        if not o.insecure:
+            t_keys = time.monotonic()
+            self.keys = make_keys(plan, self.workdir)
+            self.say(
+                f"       secured: {self.keys.count:,} OSCORE keys ({time.monotonic() - t_keys:.1f} s) — "
+                "administrator, Gateway UE, each UE with the SCM-S (end to end) or the Gateway UE"
+            )
+        else:
+            self.say(
+                "       [bold red]INSECURE lab mode[/]: no keys; identities are claimed with the lab option"
+            )
         self.fd_limit = raise_fd_limit()  # before the children start: they inherit it
         watch = asyncio.ensure_future(self.sup.watch())
         try:
@@ -813,7 +861,8 @@ class Demo:
         return (
             f"`msgin5g demo --ues {o.ues} --relay-share {o.relay_share:g} --relay-mode {o.relay_mode} "
             f"--{'bulk' if o.bulk else 'no-bulk'} --max-batch {o.max_batch} --max-wait-ms {o.max_wait_ms} "
-            f"--transport {o.transport} --cm-client {o.cm_client} --loss {o.loss:g} --seed {o.seed}` — "
+            f"--transport {o.transport} --cm-client {o.cm_client} --loss {o.loss:g} --seed {o.seed}"
+            f"{' --insecure' if o.insecure else ''}` — "
             f"UE phase {self.times.get('ues', 0):.1f} s, total {self.times.get('total', 0):.1f} s"
         )
 
@@ -911,15 +960,33 @@ class Demo:
 @click.option(
     "--db", default=None, help="Store URL (default: SQLite in a temporary directory); must be empty."
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Lab mode: no OSCORE keys; the SCM-S runs --insecure and UEs claim their identities.",
+)
 def demo(
-    ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed, report, db
+    ues,
+    relay_share,
+    relay_mode,
+    bulk,
+    max_batch,
+    max_wait_ms,
+    transport,
+    cm_client,
+    loss,
+    seed,
+    report,
+    db,
+    insecure,
 ):
     """Run the whole topology on this machine and check that every UE gets what its provisioning
-    implies: SCM-S, Relay UE, Gateway UE (bulk), constrained and unconstrained UEs."""
+    implies: SCM-S, Relay UE, Gateway UE (bulk), constrained and unconstrained UEs — secured with
+    OSCORE keys generated for the run, unless --insecure."""
     opts = DemoOptions(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
-    opts.report, opts.db = report, db
+    opts.report, opts.db, opts.insecure = report, db, insecure
     console = make_console()
     if report is not None:
         try:

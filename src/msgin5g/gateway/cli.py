@@ -184,6 +184,13 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     help="Key registry of the constrained UEs: MSGin5G-6 requests must be OSCORE-protected.",
 )
 @click.option(
+    "--max-open-contexts",
+    type=click.IntRange(1, None),
+    default=1024,
+    show_default=True,
+    help="Constrained UEs' OSCORE contexts kept loaded at once (each holds a lock file open).",
+)
+@click.option(
     "--max-ues-per-get",
     type=click.IntRange(1, None),
     default=None,
@@ -205,6 +212,7 @@ def gateway(
     uu_endpoints,
     credentials,
     security,
+    max_open_contexts,
     max_ues_per_get,
     no_cache,
     verbose,
@@ -223,6 +231,7 @@ def gateway(
         state_path=state or default_state_path(),
         cache=not no_cache,
         security=security,
+        max_open_contexts=max_open_contexts,
     )
     where = f"SCM-S {server}" if cm_client == "collocated" else f"CM client {cm_client} (SEAL-C)"
     mode = f"bulk ≤{max_batch} UEs / {max_wait_ms} ms" if bulk else "no bulk"

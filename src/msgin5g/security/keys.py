@@ -185,17 +185,31 @@ def add_key(
 ) -> tuple[RegistryState, KeyEntry]:
     """A new key for ``identity``. Refused while it has an active one: two live keys for one
     identity are a rotation nobody planned (revoke the old one first)."""
-    if identity.role is Role.ANONYMOUS:
-        raise RegistryError("keys are for UEs, gateways and administrators")
+    state, (entry,) = add_keys(state, [identity], now, algorithm)
+    return state, entry
+
+
+def add_keys(
+    state: RegistryState, identities: list[Identity], now: str, algorithm: str = DEFAULT_ALGORITHM
+) -> tuple[RegistryState, list[KeyEntry]]:
+    """:func:`add_key` for many identities at once (each at most once, none with an active key)."""
     if algorithm not in ALGORITHMS:
         raise RegistryError(f"unknown algorithm {algorithm!r}; one of {', '.join(ALGORITHMS)}")
-    if state.active_for(identity):
-        raise RegistryError(f"{identity} already has an active key; revoke it first")
-    kid = kid_for(state.next_number, algorithm)
-    entry = KeyEntry(kid, identity, now, algorithm=algorithm)
+    active = {e.identity for e in state.entries.values() if e.active}
     entries = dict(state.entries)
-    entries[kid] = entry
-    return RegistryState(entries, state.next_number + 1), entry
+    number = state.next_number
+    made = []
+    for identity in identities:
+        if identity.role is Role.ANONYMOUS:
+            raise RegistryError("keys are for UEs, gateways and administrators")
+        if identity in active:
+            raise RegistryError(f"{identity} already has an active key; revoke it first")
+        active.add(identity)
+        entry = KeyEntry(kid_for(number, algorithm), identity, now, algorithm=algorithm)
+        entries[entry.kid] = entry
+        made.append(entry)
+        number += 1
+    return RegistryState(entries, number), made
 
 
 def revoke_keys(

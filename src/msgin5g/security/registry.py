@@ -43,7 +43,7 @@ from .keys import (
     KeyEntry,
     RegistryError,
     RegistryState,
-    add_key,
+    add_keys,
     parse_kid,
     revoke_keys,
 )
@@ -63,25 +63,34 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``path`` so that readers see the old or the new content, never a mix."""
+def _write_atomic(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write ``path`` so that readers see the old or the new content, never a mix (and, when
+    ``durable``, so that it survives a power failure once this returns). A file that is new and
+    need not be durable is simply created (nobody reads it before the registry names it)."""
+    if not durable:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    if durable:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def write_context(
@@ -91,6 +100,7 @@ def write_context(
     secret: bytes,
     salt: bytes,
     algorithm: str = DEFAULT_ALGORITHM,
+    durable: bool = True,
 ) -> None:
     """A new aiocoap FilesystemSecurityContext directory (RFC 8613 §3.2 parameters; HKDF SHA-256).
     Its sequence file appears on first use."""
@@ -102,7 +112,8 @@ def write_context(
         "salt_hex": salt.hex(),
         "algorithm": algorithm,
     }
-    _write_atomic(directory / "secret.json", json.dumps(data, indent=1).encode())
+    text = json.dumps(data, indent=1) if durable else json.dumps(data)
+    _write_atomic(directory / "secret.json", text.encode(), durable=durable)
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,13 @@ def release_context(ctx) -> None:
         ctx._destroy()
 
 
+def release_credentials(credentials: ClientCredentials) -> None:
+    """Release the context of ``credentials`` if this process has it loaded (:func:`release_context`)."""
+    ctx = _open.get(credentials.context_dir)
+    if ctx is not None:
+        release_context(ctx)
+
+
 class Registry:
     """A key registry directory (see the module docstring)."""
 
@@ -260,30 +278,56 @@ class Registry:
         """Create a key for ``identity``: the server's context in this registry, the client's
         context next to ``out``, the credentials file ``out``, and the registry entry (last, so an
         interrupted ``add`` leaves no usable half key)."""
-        out_path = Path(out)
-        client_dir = out_path.with_name(out_path.name.removesuffix(".json") + CONTEXT_SUFFIX)
-        for p in (out_path, client_dir):
-            if p.exists():
-                raise RegistryError(
-                    f"{p} exists; credentials are never overwritten (a reused OSCORE context "
-                    "would repeat sequence numbers) — remove it or choose another --out"
-                )
+        return self.add_many([(identity, out)], algorithm)[0]
+
+    def add_many(
+        self,
+        keys: list[tuple[Identity, str | os.PathLike]],
+        algorithm: str = DEFAULT_ALGORITHM,
+        *,
+        durable: bool = True,
+    ) -> list[tuple[KeyEntry, ClientCredentials]]:
+        """:meth:`add` for many identities under one lock, with one registry write (a demo fleet
+        of thousands of UEs). ``durable=False`` skips the per-file fsync of the context files; the
+        registry entry that makes them usable is still written last and durably."""
+        outs = []
+        for _, out in keys:
+            out_path = Path(out)
+            client_dir = out_path.with_name(out_path.name.removesuffix(".json") + CONTEXT_SUFFIX)
+            for p in (out_path, client_dir):
+                if p.exists():
+                    raise RegistryError(
+                        f"{p} exists; credentials are never overwritten (a reused OSCORE context "
+                        "would repeat sequence numbers) — remove it or choose another --out"
+                    )
+            outs.append((out_path, client_dir))
+        made = []
+        parents: dict[Path, Path] = {}  # each directory of credentials files: created and resolved once
         with self._editing():
-            state = self.load()
-            new_state, entry = add_key(state, identity, utc_now(), algorithm)
-            server_dir = self.context_dir(entry.kid)
-            server_dir.parent.mkdir(mode=0o700, exist_ok=True)
-            if server_dir.exists():  # left over by an interrupted add: no entry uses it
-                shutil.rmtree(server_dir)
-            secret = secrets.token_bytes(MASTER_SECRET_BYTES)
-            salt = secrets.token_bytes(MASTER_SALT_BYTES)
-            write_context(server_dir, SERVER_SENDER_ID, entry.kid, secret, salt, algorithm)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            write_context(client_dir, entry.kid, SERVER_SENDER_ID, secret, salt, algorithm)
-            creds = ClientCredentials(out_path.resolve(), identity, entry.kid, client_dir.resolve())
-            _write_atomic(out_path, (json.dumps(creds.to_json(), indent=1) + "\n").encode())
-            self._save(new_state)
-        return entry, creds
+            state, entries = add_keys(self.load(), [identity for identity, _ in keys], utc_now(), algorithm)
+            (self.path / CONTEXTS_DIR).mkdir(mode=0o700, exist_ok=True)
+            for entry, (out_path, client_dir) in zip(entries, outs, strict=True):
+                identity = entry.identity
+                server_dir = self.context_dir(entry.kid)
+                if server_dir.exists():  # left over by an interrupted add: no entry uses it
+                    shutil.rmtree(server_dir)
+                secret = secrets.token_bytes(MASTER_SECRET_BYTES)
+                salt = secrets.token_bytes(MASTER_SALT_BYTES)
+                write_context(server_dir, SERVER_SENDER_ID, entry.kid, secret, salt, algorithm, durable)
+                parent = parents.get(out_path.parent)
+                if parent is None:
+                    out_path.parent.mkdir(parents=True, exist_ok=True)
+                    parent = parents[out_path.parent] = out_path.parent.resolve()
+                write_context(client_dir, entry.kid, SERVER_SENDER_ID, secret, salt, algorithm, durable)
+                creds = ClientCredentials(
+                    parent / out_path.name, identity, entry.kid, parent / client_dir.name
+                )
+                _write_atomic(
+                    out_path, (json.dumps(creds.to_json(), indent=1) + "\n").encode(), durable=durable
+                )
+                made.append((entry, creds))
+            self._save(state)
+        return made
 
     def revoke(self, *, identity: Identity | None = None, kid: bytes | None = None) -> list[KeyEntry]:
         """Revoke keys; a running server answers them 4.01 from its next request on."""
