@@ -6,9 +6,12 @@ The constrained UE
    TS 24.554 direct link establishment) from the UDP endpoint it will use for CoAP — the relay
    knows its clients by that endpoint;
 2. sends the §3.1 GET (TS 24.538 6.2.1.2) with the recipient, the configuration management server
-   functionality, in ``Proxy-Uri`` (RFC 7252 §5.7.2; SPEC D8);
-3. handles 2.05 / 4.03 / 4.04 addressed to itself as §3.1 does, and ignores any response that is
-   not (a token it did not send; SPEC §3.3);
+   functionality, in ``Proxy-Uri`` (RFC 7252 §5.7.2; SPEC D8) — or, with its OSCORE credentials,
+   protected end to end with the recipient in ``Proxy-Scheme`` + ``Uri-Host`` + ``Uri-Port``
+   (RFC 8613 decomposes ``Proxy-Uri``; :mod:`msgin5g.security.endpoint`; SPEC D12);
+3. handles 2.05 / 4.03 / 4.04 addressed to itself as §3.1 does — with OSCORE only an answer that
+   verifies, repeating a request once for a restarted server's Echo challenge (RFC 8613
+   Appendix B.1.2) — and ignores any response that is not (a token it did not send; SPEC §3.3);
 4. releases its link when done.
 
 Link signalling and CoAP share one socket, so this module carries its own small CoAP-over-UDP
