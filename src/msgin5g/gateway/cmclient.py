@@ -68,6 +68,10 @@ API = ("su-uc", "v1")
 #: CONs one UDP context may send within EXCHANGE_LIFETIME before it is replaced (16-bit MIDs).
 MID_BUDGET = 60_000
 EXCHANGE_LIFETIME = 247.0
+#: RFC 7252 §4.8.2: how long a CON may be retransmitted. A request's time limit covers this plus
+#: the time it may wait behind others for its endpoint's NSTART slot; a shorter limit abandons
+#: exchanges that lossy links would still complete, and the bulk GET is then repeated from scratch.
+MAX_TRANSMIT_WAIT = 93.0
 #: RFC 8323 default Max-Message-Size, used until the SCM-S's CSM says otherwise.
 TCP_DEFAULT_MMS = 1152
 #: What OSCORE adds to a request (RFC 8613 §6): the OSCORE option (flags, Partial IV ≤ 5 bytes,
@@ -207,7 +211,7 @@ class ScmClient(CmClient):
         gateway_id: str | None = "gw1",
         udp_endpoints: int = 4,
         max_ues: int | None = None,
-        timeout: float = 15.0,
+        timeout: float = 2 * MAX_TRANSMIT_WAIT,
         concurrency: int = 16,
         credentials: ClientCredentials | None = None,
     ):
@@ -287,7 +291,7 @@ class ScmClient(CmClient):
 
     @staticmethod
     async def _retire(ctx: aiocoap.Context) -> None:
-        await asyncio.sleep(2 * 93.0)  # MAX_TRANSMIT_WAIT: its exchanges are over by then
+        await asyncio.sleep(2 * MAX_TRANSMIT_WAIT)  # its exchanges are over by then
         await ctx.shutdown()
 
     async def _context(self) -> tuple[aiocoap.Context, _UdpSlot | None]:
