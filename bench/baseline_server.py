@@ -1,5 +1,10 @@
 """Baseline for the benchmarks: a bare aiocoap resource answering every GET with a fixed payload of
-the size of a typical UE configuration answer. Run: python baseline_server.py PORT PAYLOAD_BYTES"""
+the size of a typical UE configuration answer.
+
+    python baseline_server.py PORT PAYLOAD_BYTES [--speedups]
+
+``--speedups`` installs the same aiocoap option-copy speed-up the SCM-S installs
+(msgin5g.security.speedups), so that the comparison can be made on equal aiocoap footing."""
 
 from __future__ import annotations
 
@@ -34,9 +39,13 @@ async def main(port: int, size: int) -> None:
     await aiocoap.Context.create_server_context(
         Everything(Fixed(b"\xa0" * size)), bind=("127.0.0.1", port), transports=["udp6"]
     )
-    print("ready", flush=True)
+    print(f"ready {port}", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
+    if "--speedups" in sys.argv[3:]:
+        from msgin5g.security import speedups
+
+        speedups.install()
     asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
