@@ -109,6 +109,41 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     return stats
 
 
+def scm_c_options(credentials_help: str):
+    """The options of the configuration management client functionality, shared by the gateway
+    (collocated CM client) and ``msgin5g cm-client`` (SPEC D10)."""
+
+    def apply(f):
+        for option in reversed(
+            (
+                click.option(
+                    "--gateway-id",
+                    default="gw1",
+                    show_default=True,
+                    help="Identity claimed to an insecure SCM-S in lab mode (option 65000, gateway:<id>).",
+                ),
+                click.option(
+                    "--uu-endpoints",
+                    type=click.IntRange(1, 256),
+                    default=4,
+                    show_default=True,
+                    help="UDP endpoints towards the SCM-S (each has its own NSTART and message-ID space).",
+                ),
+                click.option(
+                    "--max-ues-per-get",
+                    type=click.IntRange(1, None),
+                    default=None,
+                    help="UEs per bulk GET. [default: 2000 over TCP, as many as fit over UDP]",
+                ),
+                credentials_option(credentials_help),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return apply
+
+
 @click.command("gateway")
 @click.option(
     "--listen",
@@ -163,20 +198,7 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     show_default=True,
     help="'collocated', or coap[+tcp]://HOST:PORT of a separate 'msgin5g cm-client' (SEAL-C).",
 )
-@click.option(
-    "--gateway-id",
-    default="gw1",
-    show_default=True,
-    help="Identity claimed towards an insecure SCM-S in lab mode (option 65000, 'gateway:<id>').",
-)
-@click.option(
-    "--uu-endpoints",
-    type=click.IntRange(1, 256),
-    default=4,
-    show_default=True,
-    help="UDP endpoints towards the SCM-S (each has its own NSTART and message-ID space).",
-)
-@credentials_option("The gateway's OSCORE credentials with the SCM-S (collocated CM client).")
+@scm_c_options("The gateway's OSCORE credentials with the SCM-S (collocated CM client).")
 @click.option(
     "--security",
     default=None,
@@ -189,12 +211,6 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
     default=1024,
     show_default=True,
     help="Constrained UEs' OSCORE contexts kept loaded at once (each holds a lock file open).",
-)
-@click.option(
-    "--max-ues-per-get",
-    type=click.IntRange(1, None),
-    default=None,
-    help="UEs per bulk GET. [default: 2000 over TCP, as many as fit over UDP]",
 )
 @click.option("--no-cache", is_flag=True, help="Do not answer repeat requests from the cache.")
 @click.option("-v", "--verbose", count=True)
@@ -253,15 +269,7 @@ def gateway(
     callback=lambda c, p, v: _server_option(v),
     help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT.",
 )
-@click.option(
-    "--gateway-id",
-    default="gw1",
-    show_default=True,
-    help="Identity claimed towards an insecure SCM-S in lab mode (option 65000, 'gateway:<id>').",
-)
-@click.option("--uu-endpoints", type=click.IntRange(1, 256), default=4, show_default=True)
-@click.option("--max-ues-per-get", type=click.IntRange(1, None), default=None)
-@credentials_option("The gateway's OSCORE credentials with the SCM-S.")
+@scm_c_options("The gateway's OSCORE credentials with the SCM-S.")
 @click.option("-v", "--verbose", count=True)
 def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credentials, verbose) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
