@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,14 +100,16 @@ def _iter_csv(path: Path, domain: str) -> Iterator[dict]:
                 raise ProvisioningError(str(path), f"line {line}", e.field, e.detail) from None
 
 
-def load(path: str | Path, domain: str = "msgin5g.example") -> Provisioned:
-    """Read and validate a whole provisioning file (all or nothing)."""
+def iter_docs(path: str | Path, domain: str = "msgin5g.example") -> Iterator[dict]:
+    """The validated documents of a provisioning file in order — lazily for CSV, so that a large
+    file streams into one store transaction; the first problem raises ProvisioningError."""
     path = Path(path)
     name = str(path)
     try:
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            return Provisioned(list(_iter_csv(path, domain)), name)
+            yield from _iter_csv(path, domain)
+            return
         text = path.read_text(encoding="utf-8")
         if suffix == ".json":
             try:
@@ -128,5 +131,55 @@ def load(path: str | Path, domain: str = "msgin5g.example") -> Provisioned:
         data = [data]
     if not isinstance(data, list):
         raise ProvisioningError(name, "top level", "", "expected a list of UeConfigDoc")
-    docs = [_check(_normalise(doc), name, f"entry {i}") for i, doc in enumerate(data)]
-    return Provisioned(docs, name)
+    for i, doc in enumerate(data):
+        yield _check(_normalise(doc), name, f"entry {i}")
+
+
+def load(path: str | Path, domain: str = "msgin5g.example") -> Provisioned:
+    """Read and validate a whole provisioning file (all or nothing)."""
+    return Provisioned(list(iter_docs(path, domain)), str(path))
+
+
+_ERROR = "error"
+
+
+def _parse_worker(path: str, domain: str, chunk: int, queue) -> None:
+    """Child process of :func:`iter_docs_in_worker`: parse, validate and send chunks of documents."""
+    try:
+        batch: list[dict] = []
+        for doc in iter_docs(path, domain):
+            batch.append(doc)
+            if len(batch) >= chunk:
+                queue.put(batch)
+                batch = []
+        if batch:
+            queue.put(batch)
+        queue.put(None)
+    except ProvisioningError as e:
+        queue.put((_ERROR, e.file, e.where, e.field, e.detail))
+    except Exception as e:  # report anything else too, rather than leave the parent waiting
+        queue.put((_ERROR, path, "read", "", f"{type(e).__name__}: {e}"))
+
+
+def iter_docs_in_worker(
+    path: str | Path, domain: str = "msgin5g.example", chunk: int = 5_000
+) -> Iterator[dict]:
+    """:func:`iter_docs` run in a child process: parsing and JSON Schema validation use the second
+    core while this process writes to the store (offline bulk provisioning). A problem found by
+    the child is raised here as the same ProvisioningError, so the caller's transaction rolls back."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue(maxsize=8)
+    worker = ctx.Process(target=_parse_worker, args=(str(path), domain, chunk, queue), daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is None:
+                return
+            if isinstance(item, tuple) and item and item[0] == _ERROR:
+                raise ProvisioningError(*item[1:])
+            yield from item
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        worker.join()

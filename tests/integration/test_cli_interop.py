@@ -382,3 +382,30 @@ def test_aiocoap_client_interop(server_proc, fleet_files):
     )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)[0]["valUeIds"]["uris"] == [imei_urn(TAC, 7)]
+
+
+def test_direct_import_streams_and_rolls_back_on_a_late_bad_row(tmp_path):
+    """The direct import streams parsed rows into one transaction; a bad row far into the file
+    (after several chunks were written) still leaves the store empty, and is named."""
+    db = f"sqlite:///{tmp_path}/late.db"
+    rows = [f"{imei_urn(TAC, i)},ue{i}@x,coap://m.example,1024" for i in range(12_000)]
+    rows.insert(11_000, "urn:ok:1,ok@x,coap://m.example,huge")
+    (tmp_path / "late.csv").write_text(
+        "ue-uri,ueServiceId,msgin5gServerAddress,segmentSize\n" + "\n".join(rows)
+    )
+    p = run(MSGIN5G, "config", "import", str(tmp_path / "late.csv"), "--direct", "--db", db)
+    assert p.returncode != 0
+    assert "late.csv, line 11002, field ueConfigs/0/configData/segmentSize" in p.stderr
+    from msgin5g.store import open_store
+
+    store = open_store(db)
+    try:
+        assert store.count("msgin5g") == 0
+    finally:
+        store.close()
+    del rows[11_000]
+    (tmp_path / "late.csv").write_text(
+        "ue-uri,ueServiceId,msgin5gServerAddress,segmentSize\n" + "\n".join(rows)
+    )
+    p = run(MSGIN5G, "config", "import", str(tmp_path / "late.csv"), "--direct", "--db", db, check=True)
+    assert "imported 12000 documents" in p.stdout

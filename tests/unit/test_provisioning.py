@@ -78,3 +78,21 @@ def test_single_document_file_and_wrong_top_level(tmp_path):
     with pytest.raises(ProvisioningError) as e:
         load(f)
     assert e.value.where == "top level"
+
+
+def test_worker_yields_what_load_returns_and_raises_the_same_error(tmp_path):
+    from msgin5g.provisioning import iter_docs_in_worker
+
+    f = tmp_path / "w.csv"
+    rows = [f"urn:w:{i},w{i}@x,coap://m.example,{64 + i}" for i in range(23)]
+    f.write_text("ue-uri,ueServiceId,msgin5gServerAddress,segmentSize\n" + "\n".join(rows) + "\n")
+    assert list(iter_docs_in_worker(f, chunk=5)) == load(f).docs
+    f.write_text(f.read_text() + "bad uri,x,coap://m.example,\n")
+    with pytest.raises(ProvisioningError) as direct:
+        load(f)
+    with pytest.raises(ProvisioningError) as worker:
+        list(iter_docs_in_worker(f, chunk=5))
+    assert str(worker.value) == str(direct.value) and worker.value.where == "line 25"
+    with pytest.raises(ProvisioningError) as missing:
+        list(iter_docs_in_worker(tmp_path / "nope.csv"))
+    assert missing.value.where == "open"
