@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +14,8 @@ import cbor2
 import pytest
 
 from msgin5g.model import imei_urn
+
+from .procs import ServerProcess
 
 BIN = Path(sys.executable).parent
 MSGIN5G = str(BIN / "msgin5g")
@@ -27,34 +27,6 @@ def run(*args, timeout=60, check=False, **kw) -> subprocess.CompletedProcess:
     if check:
         assert p.returncode == 0, (args, p.stdout, p.stderr)
     return p
-
-
-class ServerProcess:
-    def __init__(self, db: str, *extra: str):
-        self.proc = subprocess.Popen(
-            [MSGIN5G, "server", "--insecure", "--port", "0", "--db", db, *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline()
-        m = re.match(r"listening (coap://127\.0\.0\.1:(\d+))/su-uc/v1", line)
-        assert m, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
-        self.api_root, self.port = m.group(1), int(m.group(2))
-        self.db = db
-
-    @property
-    def collection(self) -> str:
-        return f"{self.api_root}/su-uc/v1/val-services/msgin5g/ue-configurations"
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from msgin5g.ue.outcome import Outcome
 from msgin5g.ue.via_relay import ConstrainedUe, collection_uri, config_query_uri, get_config_via_relay
 
 from .conftest import DOMAIN, make_doc
+from .procs import ServerProcess
 
 BIN = Path(sys.executable).parent
 MSGIN5G = str(BIN / "msgin5g")
@@ -554,33 +553,6 @@ async def test_clean_restart_keeps_the_replay_window(tmp_path, keyset):
         await srv.close()
 
 
-class ServerProcess:
-    def __init__(self, registry: Path, db: str):
-        self.proc = subprocess.Popen(
-            [MSGIN5G, "server", "--security", str(registry), "--port", "0", "--db", db],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline()
-        m = re.match(r"listening coap://127\.0\.0\.1:(\d+)/su-uc/v1", line)
-        assert m, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
-        self.port = int(m.group(1))
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no chance to write anything back
-        self.proc.communicate(timeout=10)
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
-
-
 async def test_replay_after_kill_9_is_rejected(tmp_path):
     """After kill -9 the server's replay window is unknown: it serves nothing until the client
     proves freshness with an Echo (RFC 8613 Appendix B.1.2), so a request captured before the
@@ -600,7 +572,7 @@ async def test_replay_after_kill_9_is_rejected(tmp_path):
         m.opt.uri_host = None
         return m
 
-    proc = ServerProcess(registry.path, db)
+    proc = ServerProcess(db, "--security", str(registry.path), insecure=False)
     try:
         ue = await ConstrainedUe("127.0.0.1", proc.port).open()
         captured, binding = prot.protect(request())
@@ -611,7 +583,7 @@ async def test_replay_after_kill_9_is_rejected(tmp_path):
         proc.kill()
     sequence = json.loads((registry.context_dir(entry.kid) / "sequence.json").read_text())
     assert sequence["received"] == "unknown"  # what the crash left: the window is not trusted
-    proc = ServerProcess(registry.path, db)
+    proc = ServerProcess(db, "--security", str(registry.path), insecure=False)
     try:
         ue = await ConstrainedUe("127.0.0.1", proc.port, protection=prot).open()
         try:
@@ -651,7 +623,7 @@ def test_keys_cli_and_secured_server_end_to_end(tmp_path):
     listed = json.loads(msgin5g("keys", "list", "--registry", reg, "--json").stdout)
     assert [e["identity"] for e in listed] == [f"ue:{ue_id}", "admin:ops"]
     assert [e["role"] for e in listed] == ["ue", "admin"]
-    proc = ServerProcess(Path(reg), f"sqlite:///{tmp_path}/scm.db")
+    proc = ServerProcess(f"sqlite:///{tmp_path}/scm.db", "--security", str(reg), insecure=False)
     try:
         server = f"coap://127.0.0.1:{proc.port}"
         fleet = tmp_path / "fleet.json"
