@@ -314,7 +314,7 @@ async def test_retransmitted_con_is_relayed_once(scm_server, relays, coap):
 async def test_observe_through_the_relay_while_the_link_lives(scm_server, relays, coap):
     srv = scm_server
     doc = srv.store.create("msgin5g", make_doc(uris=[UE1], name="v1"))
-    doc_id = doc.doc_id if hasattr(doc, "doc_id") else doc["ueConfigDocId"]
+    doc_id = doc.doc_id
     doc_uri = f"{collection_uri(srv.base_uri(), 'msgin5g')}/{doc_id}"
     relay = await relays(server_uri(srv))
     ue = await ConstrainedUe(*relay.pc5_address, l2_id=9).open()
