@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 from msgin5g.model import imei_urn
-from msgin5g.ue.outcome import Outcome
+from msgin5g.outcome import Outcome
 from msgin5g.ue.via_relay import ConstrainedUe, config_query_uri, get_request, result_from_response
 
 TAC = "35209900"
@@ -268,8 +268,8 @@ def budget_simulation(offered: float, seconds: float, ues: int = 100, bucket: fl
     from aiocoap.numbers.codes import Code
     from aiocoap.numbers.types import Type
 
+    from msgin5g.pc5 import Pc5Message, Pc5Type
     from msgin5g.relay.core import RelayConfig, RelayCore, SendUplink
-    from msgin5g.relay.pc5 import Pc5Message, Pc5Type
 
     core = RelayCore(RelayConfig("127.0.0.1", max_links=ues, link_timeout=1e9))
     for i in range(ues):

@@ -15,13 +15,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .api import OPT_LAB_IDENTITY
 from .applicability import specificity
 from .model import ModelError, UeIdentity, check_uri
 from .problem import Problem
 
 #: Private-use, elective, safe-to-forward CoAP option carrying a claimed identity in lab mode:
 #: "admin", "ue:<MSGin5G UE ID>" or "gateway:<gateway id>".
-LAB_IDENTITY_OPTION = 65000
+LAB_IDENTITY_OPTION = OPT_LAB_IDENTITY
 
 
 class Role(enum.Enum):

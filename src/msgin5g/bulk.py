@@ -25,11 +25,12 @@ from typing import Any
 
 import cbor2
 
+from .api import Q_BULK_FLAG
 from .codec import decode_cbor_item
 from .model import IMEI_URN_RE, PROBLEM_KEY, ModelError, UeIdentity, validate_doc
 from .problem import CF_PROBLEM, KEY_RESPONSE_CODE, Problem, problem_from_map
 
-BULK_FLAG_PARAM = "bulk-conf-flag"
+BULK_FLAG_PARAM = Q_BULK_FLAG
 CF_CBOR = 60
 CONTENT = 0x45
 

@@ -15,7 +15,7 @@ from . import __version__
 #: subcommand → "module:attribute" of its click command/group
 SUBCOMMANDS = {
     "server": "msgin5g.server.cli:server",
-    "config": "msgin5g.server.config_cli:config",
+    "config": "msgin5g.provisioning.cli:config",
     "ue": "msgin5g.ue.cli:ue",
     "relay": "msgin5g.relay.cli:relay",
     "gateway": "msgin5g.gateway.cli:gateway",

@@ -6,9 +6,10 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import click
+
+from . import api
 
 
 def setup_logging(verbose: int) -> None:
@@ -20,24 +21,20 @@ def setup_logging(verbose: int) -> None:
 
 
 def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
-    """'HOST:PORT', 'HOST', '[v6]:PORT' → (host, port)."""
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    """'HOST:PORT', 'HOST', '[v6]:PORT' → (host, port), as a click parameter error when malformed."""
     try:
-        return host or "127.0.0.1", int(port) if port else default_port
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT") from None
+        return api.parse_hostport(value, default_port)
+    except api.ApiUriError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def split_server_uri(uri: str) -> tuple[str, str, int]:
     """'coap://HOST:PORT' → (scheme, host, port) for coap / coap+tcp / coap+ws."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("coap", "coap+tcp", "coap+ws") or not parts.hostname:
-        raise click.BadParameter(f"{uri!r} is not coap://HOST:PORT (or coap+tcp://, coap+ws://)")
-    return parts.scheme, parts.hostname, parts.port or (80 if parts.scheme == "coap+ws" else 5683)
+    try:
+        root = api.parse_api_root(uri)
+    except api.ApiUriError as e:
+        raise click.BadParameter(str(e)) from None
+    return root.scheme, root.host, root.port
 
 
 def credentials_option(help_text: str = "OSCORE credentials file (msgin5g keys add --out FILE)."):

@@ -25,7 +25,7 @@ import pytest
 
 from msgin5g.demo.plan import Path as UePath
 from msgin5g.demo.plan import expected, make_plan, provisioned_documents, write_provisioning
-from msgin5g.ue.outcome import Outcome
+from msgin5g.outcome import Outcome
 
 MSGIN5G = str(Path(sys.executable).parent / "msgin5g")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

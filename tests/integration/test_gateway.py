@@ -28,10 +28,10 @@ from msgin5g.gateway.policy import ServicePolicy
 from msgin5g.gateway.shell import GatewayConfig, GatewayUe
 from msgin5g.gateway.swarm import SwarmRequest, UeSwarm
 from msgin5g.model import imei_urn
+from msgin5g.outcome import Outcome
 from msgin5g.problem import CF_PROBLEM, decode_problem
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
-from msgin5g.ue.outcome import Outcome
 from msgin5g.ue.via_gateway import get_config_via_gateway
 
 from .conftest import DOMAIN, free_port, make_doc

@@ -25,12 +25,12 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
 
+from msgin5g import pc5
 from msgin5g.authz import LAB_IDENTITY_OPTION
 from msgin5g.model import imei_urn
-from msgin5g.relay import pc5
-from msgin5g.relay.pc5 import Pc5Cause, Pc5Message, Pc5Type
+from msgin5g.outcome import Outcome
+from msgin5g.pc5 import Pc5Cause, Pc5Message, Pc5Type
 from msgin5g.relay.shell import RelaySettings, start_relay
-from msgin5g.ue.outcome import Outcome
 from msgin5g.ue.via_relay import (
     ConstrainedUe,
     LinkRejected,

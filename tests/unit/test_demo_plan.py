@@ -28,7 +28,7 @@ from msgin5g.demo.plan import (
 )
 from msgin5g.demo.stats import PER_UE_FLOOR, UuCount, percentile, summarize_path, verdict
 from msgin5g.model import imei_urn
-from msgin5g.ue.outcome import Outcome
+from msgin5g.outcome import Outcome
 
 C, F, N = Outcome.CONFIGURED, Outcome.FORBIDDEN, Outcome.NOT_FOUND
 

@@ -10,8 +10,8 @@ from aiocoap.numbers.types import Type
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msgin5g.relay import pc5
-from msgin5g.relay.pc5 import Pc5Cause, Pc5Error, Pc5Message, Pc5Type
+from msgin5g import pc5
+from msgin5g.pc5 import Pc5Cause, Pc5Error, Pc5Message, Pc5Type
 
 SAMPLES = [
     Pc5Message(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from msgin5g.configdata import validate_doc_config_data
 from msgin5g.model import ModelError, validate_doc
-from msgin5g.provisioning import ProvisioningError, csv_doc, load
+from msgin5g.provisioning.files import ProvisioningError, csv_doc, load
 
 uris = st.sampled_from(["urn:a:1", "sip:x@y", "bad uri", "", "urn:gsma:imei:35209900-000001-9"])
 sids = st.sampled_from(["u@x", "", "x" * 300, "sensor-{tac}"])
@@ -81,7 +81,7 @@ def test_single_document_file_and_wrong_top_level(tmp_path):
 
 
 def test_worker_yields_what_load_returns_and_raises_the_same_error(tmp_path):
-    from msgin5g.provisioning import iter_docs_in_worker
+    from msgin5g.provisioning.files import iter_docs_in_worker
 
     f = tmp_path / "w.csv"
     rows = [f"urn:w:{i},w{i}@x,coap://m.example,{64 + i}" for i in range(23)]

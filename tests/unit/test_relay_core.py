@@ -16,7 +16,8 @@ from aiocoap.optiontypes import OpaqueOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msgin5g.relay import pc5
+from msgin5g import pc5
+from msgin5g.pc5 import Pc5Cause, Pc5Message, Pc5Type
 from msgin5g.relay.core import (
     MID_SPACE,
     SHARED_UPLINK,
@@ -35,7 +36,6 @@ from msgin5g.relay.core import (
     parse_datagram,
     proxy_target,
 )
-from msgin5g.relay.pc5 import Pc5Cause, Pc5Message, Pc5Type
 
 SERVER = "coap://127.0.0.1:5683/su-uc/v1/val-services/msgin5g/ue-configurations?ue-uri=urn:x:1"
 UE_A = ("127.0.0.1", 40001)

@@ -39,9 +39,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..outcome import Outcome
+from ..scmc import ScmClient
 from ..store import open_store
-from ..ue.client import ScmClient
-from ..ue.outcome import Outcome
 from . import drivers
 from .drivers import UeRun
 from .keys import DemoKeys, done_with, make_keys

@@ -5,7 +5,7 @@
   + ``Uri-Host`` + ``Uri-Port``; in the insecure lab mode in ``Proxy-Uri``), handles the answer
   addressed to itself, releases the link (TS 24.538 6.2.2.2; :mod:`msgin5g.ue.via_relay`);
 * through the Gateway UE — :func:`msgin5g.ue.via_gateway.get_config_via_gateway`;
-* directly — the SCM-C of :mod:`msgin5g.ue.client`.
+* directly — the SCM-C of :mod:`msgin5g.scmc`.
 
 A UE whose procedure ends without an answer (lost datagrams with ``--loss``, a full PC5 link
 table) starts it again after a short pause, as a device would, until its deadline; 2.05, 4.03
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from aiocoap.optiontypes import OpaqueOption
 
 from ..authz import LAB_IDENTITY_OPTION
+from ..outcome import ConfigResult, Outcome
+from ..scmc import ScmClient
 from ..security.endpoint import ClientProtection, UnprotectedResponse, forward_proxy_request
 from ..security.registry import ClientCredentials
-from ..ue.client import ScmClient
-from ..ue.outcome import ConfigResult, Outcome
 from ..ue.via_gateway import get_config_via_gateway
 from ..ue.via_relay import (
     CoapError,

@@ -37,7 +37,7 @@ from ..applicability import applicable
 from ..authz import gateway_covers
 from ..configdata import expand_doc
 from ..model import UeIdentity, imei_urn, on_network_config
-from ..ue.outcome import Outcome
+from ..outcome import Outcome
 
 SENSOR_TAC = "35209900"
 PHONE_TAC = "86000000"
@@ -297,7 +297,7 @@ def write_provisioning(plan: FleetPlan, directory) -> list:
 
     import yaml
 
-    from ..provisioning import CSV_COLUMNS
+    from ..provisioning.files import CSV_COLUMNS
 
     directory = FsPath(directory)
     fleet = directory / "fleet.yaml"
@@ -316,7 +316,7 @@ def write_provisioning(plan: FleetPlan, directory) -> list:
 
 def provisioned_documents(paths) -> list[dict]:
     """The documents of provisioning files, read and validated exactly as ``config import`` does."""
-    from ..provisioning import load
+    from ..provisioning.files import load
 
     docs: list[dict] = []
     for p in paths:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from ..ue.outcome import Outcome
+from ..outcome import Outcome
 from .drivers import UeRun
 from .plan import Path
 

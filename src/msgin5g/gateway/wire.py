@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import api
 from ..bulk import BULK_FLAG_PARAM, BulkItem, IndividualResponse, bulk_item
 from ..model import ModelError
 from ..problem import Problem
@@ -45,10 +46,10 @@ OPT_PROXY_SCHEME = 39
 OPT_SIZE1 = 60
 OPT_NO_RESPONSE = 258
 #: Private-use option claiming an identity in lab mode (msgin5g.authz.LAB_IDENTITY_OPTION).
-OPT_LAB_IDENTITY = 65000
+OPT_LAB_IDENTITY = api.OPT_LAB_IDENTITY
 #: Private-use, elective, safe-to-forward, NoCacheKey ((65020 & 0x1e) == 0x1c) option: the
 #: request is urgent and is flushed upstream at once (SPEC D9). Value: empty.
-URGENT_OPTION = 65020
+URGENT_OPTION = api.OPT_URGENT
 
 #: Options a constrained UE's GET may carry; any other critical (odd) option → 4.02.
 KNOWN_OPTIONS = frozenset(

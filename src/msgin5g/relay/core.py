@@ -54,9 +54,9 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 
+from .. import pc5
+from ..pc5 import Pc5Cause, Pc5Message, Pc5Type
 from ..problem import CF_PROBLEM, Problem, code_text
-from . import pc5
-from .pc5 import Pc5Cause, Pc5Message, Pc5Type
 
 Endpoint = tuple  # a socket address as the shell reports it, e.g. ("127.0.0.1", 40123)
 

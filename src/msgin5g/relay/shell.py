@@ -38,8 +38,7 @@ from dataclasses import dataclass
 import aiocoap
 import aiocoap.resource as resource
 
-from .. import codec
-from . import pc5
+from .. import codec, pc5
 from .core import (
     MODE_L3,
     Answer,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import api
+from ..api import SU_UC
 from ..bulk import BULK_FLAG_PARAM
 from ..codec import CF_CBOR, CF_JSON
 from ..problem import Problem, ProblemError
 
-API_NAME, API_VERSION = "su-uc", "v1"
-QUERY_PARAMS = ("ue-vendor", "ue-type", "ue-snr", "ue-uri")  # Table C.3.1.2.2.3.1-1
+API_NAME, API_VERSION = SU_UC, api.API_VERSION
+QUERY_PARAMS = api.QUERY_PARAMS  # Table C.3.1.2.2.3.1-1
 
 
 @dataclass(frozen=True)

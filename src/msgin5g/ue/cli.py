@@ -14,8 +14,8 @@ import sys
 import click
 
 from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..security.registry import CredentialsError
-from .outcome import ConfigResult, Msgin5gConfig, Outcome
 
 
 @click.group()
@@ -157,7 +157,7 @@ async def _get(
     as_json,
     **_unused,
 ) -> ConfigResult:
-    from .client import ScmClient, apply_fallback
+    from ..scmc import ScmClient, apply_fallback
 
     security = credentials.security_context() if credentials is not None else None
 
@@ -216,7 +216,7 @@ async def _get(
 
 async def _observe(client, ue_uri: str, doc_id: str, as_json: bool) -> None:
     """Re-apply the document on every notification (RFC 7641) until the server ends it or Ctrl-C."""
-    from .outcome import result_from_docs, result_from_problem
+    from ..outcome import result_from_docs, result_from_problem
 
     first = True
     try:

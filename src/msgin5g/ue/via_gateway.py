@@ -9,7 +9,7 @@ by token, and for a 2.05 naming UEs only by URI, naming this UE — as §3.1 doe
 anything else (SPEC §3.3).
 
 Urgency: a request marked urgent carries the elective private-use option
-:data:`msgin5g.gateway.wire.URGENT_OPTION` (65020, empty value); the gateway then flushes its
+:data:`msgin5g.api.OPT_URGENT` (65020, empty value); the gateway then flushes its
 batch at once instead of waiting for it to fill (SPEC D9). Being elective, the option is simply
 ignored by a node that does not know it.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from aiocoap.optiontypes import OpaqueOption
 
-from ..gateway.wire import URGENT_OPTION
+from ..api import OPT_URGENT as URGENT_OPTION
+from ..outcome import ConfigResult, Outcome
 from ..security.endpoint import ClientProtection, UnprotectedResponse
-from .outcome import ConfigResult, Outcome
 from .via_relay import (
     DEFAULT_TIMEOUT,
     CoapError,

@@ -2,7 +2,7 @@
 
 The constrained UE
 
-1. establishes its PC5 one-to-one link with the relay (:mod:`msgin5g.relay.pc5`, modelled on the
+1. establishes its PC5 one-to-one link with the relay (:mod:`msgin5g.pc5`, modelled on the
    TS 24.554 direct link establishment) from the UDP endpoint it will use for CoAP — the relay
    knows its clients by that endpoint;
 2. sends the §3.1 GET (TS 24.538 6.2.1.2) with the recipient, the configuration management server
@@ -35,10 +35,10 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
-from .. import codec
+from .. import codec, pc5
+from ..outcome import ConfigResult, Outcome, result_from_docs, result_from_problem
+from ..pc5 import Pc5Message, Pc5Type
 from ..problem import CF_PROBLEM, Problem, decode_problem
-from ..relay import pc5
-from ..relay.pc5 import Pc5Message, Pc5Type
 from ..security.endpoint import (
     ClientProtection,
     UnprotectedResponse,
@@ -46,7 +46,6 @@ from ..security.endpoint import (
     forward_proxy_request,
     is_echo_challenge,
 )
-from .outcome import ConfigResult, Outcome, result_from_docs, result_from_problem
 
 ACK_TIMEOUT = 2.0  # RFC 7252 §4.8
 ACK_RANDOM_FACTOR = 1.5

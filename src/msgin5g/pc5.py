@@ -39,7 +39,7 @@ from typing import Any
 
 import cbor2
 
-from ..codec import CodecError, decode_cbor_item
+from .codec import CodecError, decode_cbor_item
 
 PC5_DISCRIMINATOR = 0x05
 HEADER = struct.Struct("!BBH")

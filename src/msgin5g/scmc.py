@@ -20,11 +20,11 @@ import aiocoap
 from aiocoap import Message, oscore
 from aiocoap.numbers.codes import Code
 
-from ..authz import LAB_IDENTITY_OPTION
-from ..codec import CF_CBOR, decode, encode
-from ..problem import CF_PROBLEM, Problem, code_text, decode_problem
-from ..security.registry import ClientCredentials, SingleContext
+from .authz import LAB_IDENTITY_OPTION
+from .codec import CF_CBOR, decode, encode
 from .outcome import ConfigResult, Msgin5gConfig, Outcome, result_from_docs, result_from_problem
+from .problem import CF_PROBLEM, Problem, code_text, decode_problem
+from .security.registry import ClientCredentials, SingleContext
 
 
 class ScmClientError(Exception):

@@ -20,10 +20,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..clicommon import credentials_option
-from ..provisioning import ProvisioningError, iter_docs_in_worker, load
+from ..scmc import ScmClient, ScmClientError
 from ..security.registry import CredentialsError
 from ..store import default_db_url, open_store
-from ..ue.client import ScmClient, ScmClientError
+from .files import ProvisioningError, iter_docs_in_worker, load
 
 console = Console(stderr=True)
 
@@ -147,7 +147,7 @@ async def _import_coap(client: ScmClient, docs: list[dict]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True)
 def list_(server, service_id, identity, credentials, ue_uri, ue_type, ue_snr, ue_vendor, as_json) -> None:
     """List documents (admin query; with --ue-uri: what that UE would get, most specific first)."""
-    from ..ue.client import query_options
+    from ..scmc import query_options
 
     query = query_options(ue_uri, ue_type, ue_snr, ue_vendor)
     docs = call_server(server, service_id, identity, lambda client: client.list_docs(query), credentials)

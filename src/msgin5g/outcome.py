@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import on_network_config
-from ..problem import Problem
+from .model import on_network_config
+from .problem import Problem
 
 
 class Outcome(enum.Enum):

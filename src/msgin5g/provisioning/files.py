@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from .configdata import check_config_object, validate_doc_config_data
-from .model import CONFIG_TYPE_ON_NETWORK, ModelError, check_uri, validate_doc
+from ..configdata import check_config_object, validate_doc_config_data
+from ..model import CONFIG_TYPE_ON_NETWORK, ModelError, check_uri, validate_doc
 
 CSV_COLUMNS = ("ue-uri", "ueServiceId", "msgin5gServerAddress", "segmentSize")
 
