@@ -328,7 +328,7 @@ async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, 
         "--listen", f"127.0.0.1:{gw_port}",
         "--server", f"{scheme}://127.0.0.1:{tap_port}",
         "--state", str(workdir / f"gw-{transport}-{bulk}-{n}.db"),
-        "--uu-endpoints", str(args.uu_endpoints),
+        "--nstart", str(args.nstart),
         "--max-batch", str(args.max_batch),
         "--max-wait-ms", str(args.max_wait_ms),
         "--bulk" if bulk else "--no-bulk",
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transports", nargs="+", default=["udp", "tcp"], choices=["udp", "tcp"])
     ap.add_argument("--sockets", type=int, default=100, help="UDP sockets the constrained UEs share")
     ap.add_argument("--window", type=int, default=1024, help="UE requests sent but not yet acknowledged")
-    ap.add_argument("--uu-endpoints", type=int, default=8)
+    ap.add_argument("--nstart", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=2000)
     ap.add_argument("--max-wait-ms", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=600.0)

@@ -10,7 +10,7 @@ One run, loopback only, two ``msgin5g server`` processes on the same SQLite file
   answer, and a sample of them per endpoint is verified and decoded (inner 2.05, the UE's own
   UE Service ID). Insecure requests carry the same query.
 * **bulk configuration**: the Gateway UE's configuration management client (the real
-  :class:`msgin5g.gateway.cmclient.ScmClient`) fetches ``--bulk-ues`` UEs with bulk GETs over UDP
+  :class:`msgin5g.gateway.upstream.UpstreamScmc`) fetches ``--bulk-ues`` UEs with bulk GETs over UDP
   (packed per datagram, block-wise answers with follow-ups naming only the flag, SPEC D7) and
   over TCP (one GET per ``--max-ues-per-get`` UEs) — with the gateway's OSCORE key, or claiming
   the gateway's lab identity on the insecure server. Every entry is checked. Over TCP with the
@@ -47,7 +47,7 @@ from aiocoap.numbers.codes import Code  # noqa: E402
 from loadgen import LoadGenerator, LoadResult, rss_mib  # noqa: E402
 from msgin5g.authz import parse_identity  # noqa: E402
 from msgin5g.bulk import BulkItem, decode_answer  # noqa: E402
-from msgin5g.gateway.cmclient import ScmClient  # noqa: E402
+from msgin5g.gateway.upstream import UpstreamScmc  # noqa: E402
 from msgin5g.model import imei_urn  # noqa: E402
 from msgin5g.security.endpoint import ClientProtection  # noqa: E402
 from msgin5g.security.registry import Registry, release_context  # noqa: E402
@@ -205,7 +205,7 @@ async def insecure_gets(port: int, n_endpoints: int, seconds: float) -> LoadResu
 
 async def bulk_run(server: str, n: int, rounds: int, credentials=None, max_ues=None) -> tuple[float, int]:
     """UEs configured per second by bulk GETs (the best of ``rounds``), and the GETs per round."""
-    cm = ScmClient(server, gateway_id="gw1", credentials=credentials, max_ues=max_ues)
+    cm = UpstreamScmc(server, gateway_id="gw1", credentials=credentials, max_ues=max_ues)
     items = [BulkItem(ue(i)) for i in range(n)]
     best, gets = 0.0, 0
     try:

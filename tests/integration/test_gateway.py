@@ -23,10 +23,11 @@ import pytest
 
 from msgin5g.bulk import BulkItem, decode_answer, split
 from msgin5g.gateway import wire
-from msgin5g.gateway.cmclient import ScmClient, SealCClient, SealCServer
 from msgin5g.gateway.policy import ServicePolicy
+from msgin5g.gateway.sealc import SealCClient, SealCServer
 from msgin5g.gateway.shell import GatewayConfig, GatewayUe
 from msgin5g.gateway.swarm import SwarmRequest, UeSwarm
+from msgin5g.gateway.upstream import UpstreamScmc
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.problem import CF_PROBLEM, decode_problem
@@ -98,7 +99,7 @@ def check_results(results, indices=None) -> None:
 @contextlib.asynccontextmanager
 async def running_gateway(srv_uri, tmp_path, *, cm_mode="collocated", policy=None, max_ues=None, **cfg):
     """A Gateway UE with its CM client collocated, or separate behind a SEAL-C server (D10)."""
-    scm = ScmClient(srv_uri, gateway_id="gw1", max_ues=max_ues)
+    scm = UpstreamScmc(srv_uri, gateway_id="gw1", max_ues=max_ues)
     seal = None
     cm = scm
     if cm_mode == "separate":
@@ -210,13 +211,20 @@ async def test_urgent_request_flushes_at_once(scm_server, tmp_path):
 
 # -- duplicates and the cache -------------------------------------------------------------------------
 async def test_duplicate_requests_are_merged_and_repeats_come_from_the_cache(scm_server, tmp_path):
+    """Requests that ask for the same configuration in different words (an IMEI URN with or without
+    the TAC and serial it implies) are merged: fetched once, each answered. (The same query again
+    is a repeat of that UE and supersedes its request instead, SPEC D13 — test_gateway_core.)"""
     provision(scm_server)
     policy = ServicePolicy(max_batch=10_000, max_wait=0.3)
     async with running_gateway(scm_server.base_uri(), tmp_path, policy=policy) as (gw, scm):
         indices = [1, 2, 3, 1, 1, 2, 860, 860, 710, 710]
+        wording = [{}, {}, {}, {"ue_type": TAC}, {"ue_snr": "000001"}, {"ue_type": TAC}, {}, {"ue_type": TAC}]
+        wording += [{}, {"ue_type": TAC}]
+        reqs = [SwarmRequest(ue(i), **w) for i, w in zip(indices, wording, strict=True)]
         async with UeSwarm("127.0.0.1", gw.port, sockets=4, seed=6) as swarm:
-            results = await swarm.run(requests_for(indices), timeout=30)
+            results = await swarm.run(reqs, timeout=30)
         check_results(results, indices)
+        assert gw.stats["superseded"] == 0
         assert gw.stats["merged"] == 5
         assert scm_server.service.counters["bulk-ok"] == 3  # UE 1 asked three times, fetched once
         # a repeat within Max-Age: answered from the cache at once, no upstream request
@@ -506,7 +514,7 @@ async def test_tcp_bulk_answer_larger_than_max_message_size(scm_server):
     name only the bulk-conf-flag (SPEC D7 b) and the reassembled answer splits cleanly."""
     scm_server.store.import_docs("msgin5g", [make_doc(ranges=[{"tac": TAC}], service_id="s-{snr}")])
     scm_server.store.set_gateway("gw1", {"all": True})
-    scm = ScmClient(scm_server.base_uri("coap+tcp"), max_ues=6000)
+    scm = UpstreamScmc(scm_server.base_uri("coap+tcp"), max_ues=6000)
     try:
         uris = [ue(i) for i in range(6000)]
         (o,) = await scm.bulk_configure("msgin5g", [BulkItem(u) for u in uris])
@@ -536,7 +544,7 @@ async def test_bulk_get_above_server_maximum_is_split(tmp_path):
     )
     try:
         provision(srv)
-        scm = ScmClient(srv.base_uri("coap+tcp"), max_ues=1000)
+        scm = UpstreamScmc(srv.base_uri("coap+tcp"), max_ues=1000)
         try:
             outcomes = await scm.bulk_configure("msgin5g", [BulkItem(ue(i)) for i in range(1000)])
         finally:
@@ -554,7 +562,7 @@ async def test_seal_c_rejects_malformed_requests_and_reports_unreachable_cm_clie
     import aiocoap
     from aiocoap.numbers.codes import Code
 
-    seal = await SealCServer(ScmClient(scm_server.base_uri()), port=0).start()
+    seal = await SealCServer(UpstreamScmc(scm_server.base_uri()), port=0).start()
     try:
         for payload, cf in ((b"\xff\x00", 60), (cbor2.dumps({"ueRequests": "x"}), 60), (b"{}", 50)):
             msg = aiocoap.Message(

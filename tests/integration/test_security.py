@@ -673,9 +673,9 @@ def gateway_keys(tmp_path, algorithm: str = "AES-CCM-16-64-128") -> GatewayKeys:
 async def secured_gateway(
     srv, keys: GatewayKeys, tmp_path, port: int = 0, max_wait: float = 0.05, scheme: str = "coap"
 ):
-    from msgin5g.gateway.cmclient import ScmClient as GatewayScmClient
     from msgin5g.gateway.policy import ServicePolicy
     from msgin5g.gateway.shell import GatewayConfig, GatewayUe
+    from msgin5g.gateway.upstream import UpstreamScmc as GatewayScmClient
 
     cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway)
     config = GatewayConfig(
@@ -793,7 +793,7 @@ async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme
     message can hold (65,535 bytes) — comes back over OSCORE with follow-ups that name only the bulk
     configuration identifier (SPEC D7 b); each entry is the covered UE's or a 4.03."""
     from msgin5g.bulk import BulkItem, decode_answer
-    from msgin5g.gateway.cmclient import ScmClient as GatewayScmClient
+    from msgin5g.gateway.upstream import UpstreamScmc as GatewayScmClient
 
     keys = gateway_keys(tmp_path, algorithm)
     srv = await secured_server(tmp_path, keys.scm)

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import click
 
+from .. import api
 from ..authz import Role
 from ..clicommon import credentials_option, parse_hostport, setup_logging
 from ..security.keys import RegistryError
 from ..security.registry import ClientCredentials, CredentialsError
-from .cmclient import CmClient, ScmClient, SealCClient, SealCServer, parse_server_uri
 from .policy import ServicePolicy
+from .sealc import SealCClient, SealCServer
 from .shell import GatewayConfig, GatewayUe
+from .upstream import DEFAULT_NSTART, CmClient, UpstreamScmc
 
-DEFAULT_GATEWAY_PORT = 65402  # SPEC D11
-DEFAULT_SEAL_C_PORT = 65403
+DEFAULT_GATEWAY_PORT = api.GATEWAY_PORT  # SPEC D11
+DEFAULT_SEAL_C_PORT = api.SEAL_C_PORT
 
 
 def default_state_path() -> str:
@@ -33,8 +35,8 @@ def _server_option(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        parse_server_uri(value)
-    except ValueError as e:
+        api.parse_api_root(value)
+    except api.ApiUriError as e:
         raise click.BadParameter(str(e)) from None
     return value
 
@@ -43,7 +45,7 @@ def build_cm_client(
     cm_client: str,
     server: str | None,
     gateway_id: str | None,
-    uu_endpoints: int,
+    nstart: int,
     max_ues: int | None,
     credentials: ClientCredentials | None = None,
 ) -> CmClient:
@@ -51,18 +53,18 @@ def build_cm_client(
     if cm_client == "collocated":
         if not server:
             raise click.UsageError("--server is needed with a collocated CM client")
-        return ScmClient(
+        return UpstreamScmc(
             server,
             gateway_id=gateway_id,
-            udp_endpoints=uu_endpoints,
+            nstart=nstart,
             max_ues=max_ues,
             credentials=credentials,
         )
     if credentials is not None:
         raise click.UsageError("--credentials belongs to the separate cm-client, which talks to the SCM-S")
     try:
-        parse_server_uri(cm_client)
-    except ValueError as e:
+        api.parse_api_root(cm_client)
+    except api.ApiUriError as e:
         raise click.BadParameter(f"--cm-client: {e}") from None
     return SealCClient(cm_client)
 
@@ -123,11 +125,14 @@ def scm_c_options(credentials_help: str):
                     help="Identity claimed to an insecure SCM-S in lab mode (option 65000, gateway:<id>).",
                 ),
                 click.option(
+                    "--nstart",
                     "--uu-endpoints",
+                    "nstart",
                     type=click.IntRange(1, 256),
-                    default=4,
+                    default=DEFAULT_NSTART,
                     show_default=True,
-                    help="UDP endpoints towards the SCM-S (each has its own NSTART and message-ID space).",
+                    help="Exchanges outstanding towards the SCM-S at once over UDP (RFC 7252 4.7 NSTART; "
+                    "each on an endpoint of its own, so a lost datagram holds up only its own exchange).",
                 ),
                 click.option(
                     "--max-ues-per-get",
@@ -225,7 +230,7 @@ def gateway(
     state,
     cm_client,
     gateway_id,
-    uu_endpoints,
+    nstart,
     credentials,
     security,
     max_open_contexts,
@@ -237,7 +242,7 @@ def gateway(
     setup_logging(verbose)
     host, port = parse_hostport(listen, DEFAULT_GATEWAY_PORT)
     credentials = _gateway_credentials(credentials)
-    cm = build_cm_client(cm_client, server, gateway_id, uu_endpoints, max_ues_per_get, credentials)
+    cm = build_cm_client(cm_client, server, gateway_id, nstart, max_ues_per_get, credentials)
     policy = ServicePolicy(bulk=bulk, max_batch=max_batch, max_wait=max_wait_ms / 1000.0, give_up=give_up_s)
     config = GatewayConfig(
         host=host,
@@ -271,17 +276,17 @@ def gateway(
 )
 @scm_c_options("The gateway's OSCORE credentials with the SCM-S.")
 @click.option("-v", "--verbose", count=True)
-def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credentials, verbose) -> None:
+def cm_client(listen, server, gateway_id, nstart, max_ues_per_get, credentials, verbose) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
     setup_logging(verbose)
     host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
     credentials = _gateway_credentials(credentials)
 
     async def run() -> dict:
-        scm = ScmClient(
+        scm = UpstreamScmc(
             server,
             gateway_id=gateway_id,
-            udp_endpoints=uu_endpoints,
+            nstart=nstart,
             max_ues=max_ues_per_get,
             credentials=credentials,
         )

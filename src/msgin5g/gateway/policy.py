@@ -199,6 +199,19 @@ class BatchPolicy:
         decisions.extend(self._evaluate(now))
         return decisions
 
+    def supersede(self, old: int, new: int, now: float) -> bool:
+        """SPEC D13: request ``new`` (a repeat of the same UE) takes the place of ``old`` — it gets
+        the answer instead, and its give-up time counts from ``now``. False when ``old`` is not
+        waiting for an answer here (answered already, given up, unknown)."""
+        key = self._req_key.pop(old, None)
+        if key is None:
+            return False
+        entry = self._entries[key]
+        entry.req_ids[entry.req_ids.index(old)] = new
+        self._req_key[new] = key
+        self._arrivals.append((now, new))
+        return True
+
     def complete(self, key: Hashable) -> list[int]:
         """An answer for ``key`` arrived: the requests that get it (every merged one)."""
         entry = self._entries.pop(key, None)

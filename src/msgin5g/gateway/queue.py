@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS requests (
     received    REAL    NOT NULL,
     state       TEXT    NOT NULL DEFAULT 'stored',
     oscore      BLOB,
+    requester   TEXT,
     UNIQUE (host, port, mid, token)
 );
 """
@@ -64,6 +65,7 @@ class StoredRequest:
     received: float  # wall clock (time.time())
     state: str = STORED
     oscore: bytes | None = None  # OSCORE request binding its answer is protected with (SPEC D12)
+    requester: str | None = None  # authenticated identity that asked (SPEC D13: who a repeat supersedes)
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -85,6 +87,7 @@ class NewRequest:
     block_szx: int = 6
     received: float = 0.0
     oscore: bytes | None = None
+    requester: str | None = None
 
 
 class RequestQueue:
@@ -101,6 +104,8 @@ class RequestQueue:
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
         if "oscore" not in columns:  # a store written before OSCORE support
             self._db.execute("ALTER TABLE requests ADD COLUMN oscore BLOB")
+        if "requester" not in columns:  # a store written before SPEC D13
+            self._db.execute("ALTER TABLE requests ADD COLUMN requester TEXT")
         # ids are handed out here, so that a whole burst goes in with one executemany
         self._next_id = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM requests").fetchone()[0]
 
@@ -115,7 +120,7 @@ class RequestQueue:
         stored = [
             StoredRequest(
                 self._next_id + i, r.host, r.port, r.mid, r.token, r.confirmable, r.query, r.urgent,
-                r.block_num, r.block_szx, r.received or now, STORED, r.oscore,
+                r.block_num, r.block_szx, r.received or now, STORED, r.oscore, r.requester,
             )
             for i, r in enumerate(requests)
         ]  # fmt: skip
@@ -124,7 +129,7 @@ class RequestQueue:
             (
                 st.req_id, st.host, st.port, st.mid, st.token, int(st.confirmable), st.query.ue_uri,
                 st.query.ue_vendor, st.query.ue_type, st.query.ue_snr, int(st.urgent), st.block_num,
-                st.block_szx, st.received, st.oscore,
+                st.block_szx, st.received, st.oscore, st.requester,
             )
             for st in stored
         ]  # fmt: skip
@@ -134,8 +139,8 @@ class RequestQueue:
             before = self._db.total_changes
             cur.executemany(
                 "INSERT OR IGNORE INTO requests (id, host, port, mid, token, confirmable, ue_uri,"
-                " ue_vendor, ue_type, ue_snr, urgent, block_num, block_szx, received, oscore)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " ue_vendor, ue_type, ue_snr, urgent, block_num, block_szx, received, oscore, requester)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             inserted = self._db.total_changes - before
@@ -169,7 +174,7 @@ class RequestQueue:
         """Every request not yet delivered, oldest first (restart: each is answered again)."""
         rows = self._db.execute(
             "SELECT id, host, port, mid, token, confirmable, ue_uri, ue_vendor, ue_type, ue_snr, urgent,"
-            " block_num, block_szx, received, state, oscore FROM requests ORDER BY received, id"
+            " block_num, block_szx, received, state, oscore, requester FROM requests ORDER BY received, id"
         ).fetchall()
         return [
             StoredRequest(
@@ -186,6 +191,7 @@ class RequestQueue:
                 r[13],
                 r[14],
                 None if r[15] is None else bytes(r[15]),
+                r[16],
             )
             for r in rows
         ]

@@ -1,69 +1,66 @@
-"""The Gateway UE's asyncio shell (TS 24.538 6.2.2.x; SPEC D9, D10).
+"""The Gateway UE's asyncio shell (TS 24.538 6.2.2.x; SPEC D9, D10, D13).
 
-It connects the pure parts — :mod:`.wire` (MSGin5G-6 messages), :mod:`.policy` (batching),
-:mod:`msgin5g.bulk` (splitting) — to the world: a UDP endpoint towards the constrained UEs, the
-durable :mod:`.queue`, and a :class:`~.cmclient.CmClient` towards the SCM-S. It decides nothing
-itself.
+It performs what :class:`~.core.GatewayCore` decides and decides nothing itself: a UDP endpoint
+towards the constrained UEs (MSGin5G-6), the durable :mod:`.queue`, a :class:`~.upstream.CmClient`
+towards the SCM-S (collocated :class:`~.upstream.UpstreamScmc` or SEAL-C), OSCORE on MSGin5G-6 and
+one timer for the core's deadlines.
 
 Why a raw datagram endpoint rather than aiocoap's server ``Site`` on the MSGin5G-6 side: the
 gateway must (1) acknowledge a request only *after* it is stored, (2) answer it minutes later
 with a confirmable separate response (RFC 7252 §5.2.2), and (3) still answer it after a crash
 and restart, from nothing but the token and endpoint in its store. aiocoap keeps that exchange
 state in memory inside its message and token managers and cannot send a response for a request
-it did not receive in this process; a separate response for a stored token is simply a CON
-message we build and retransmit ourselves (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4, §4.8).
+it did not receive in this process.
 
-Life of a request:
-
-1. datagram in → :func:`~.wire.parse_config_request`; an invalid one gets a piggybacked error;
-   a repeat of a request answered within its Max-Age gets the cached answer piggybacked;
-2. otherwise it is staged; each receive burst is stored in one SQLite transaction, *then* the
-   empty ACKs go out and the burst is handed to the policy;
-3. the policy's flushes run as bulk (or single) operations on the CM client; answers are split
-   and sent as CON separate responses; failures go back to the policy (back-off, retry);
-4. the request leaves the store when the UE acknowledges (or rejects) its response, or when its
-   retransmissions are exhausted. After ``kill -9`` everything still in the store is restored,
-   re-fetched and answered.
+Life of a request: a receive burst goes to :meth:`~.core.GatewayCore.on_datagrams`; its
+:class:`~.core.Store` is one SQLite transaction, *then* the core acknowledges (empty ACKs) and
+hands the requests to its policy; each :class:`~.core.Fetch` runs on the CM client, whose
+outcomes come back one bulk GET at a time; answers go out as CON separate responses
+(:data:`SEND_BURST` per event-loop turn, so the UEs' ACKs are read in between); a request leaves
+the store when the UE acknowledges or rejects its answer, when its retransmissions are exhausted,
+or when a repeat of the same UE supersedes it. After ``kill -9`` everything still in the store is
+restored, re-fetched and answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
-import random
 import socket
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from .. import authz
-from ..bulk import BulkItem, IndividualResponse, answer_responses
-from ..model import ModelError, UeIdentity
-from ..problem import Problem
 from ..security.endpoint import Refused, ServerProtection, raw_options
 from ..security.registry import Registry
 from ..security.server import ServerKeyring
 from . import wire
-from .cmclient import CmClient, UpstreamOutcome
-from .policy import BatchPolicy, Flush, GatewayRequest, GiveUp, ResponseCache, ServicePolicy
-from .queue import NewRequest, RequestQueue, StoredRequest
-from .wire import ACK, CON, EMPTY, NON, RST, ConfigRequest, WireError
+from .core import (
+    Ack,
+    Action,
+    CoreConfig,
+    Fetch,
+    GatewayCore,
+    MarkAnswered,
+    Refusal,
+    Remove,
+    Reply,
+    Store,
+    Verified,
+)
+from .policy import ServicePolicy
+from .queue import RequestQueue
+from .upstream import CmClient
+from .upstream_rules import UpstreamOutcome
 
 log = logging.getLogger("msgin5g.gateway")
 
-#: What a secured MSGin5G-6 side answers to anything it cannot verify (as the SCM-S does)
-UNAUTHENTICATED_ANSWER = IndividualResponse.from_problem(authz.UNAUTHENTICATED, max_age=0)
-
-EXCHANGE_LIFETIME = 247.0  # s, RFC 7252 §4.8.2: how long message IDs are remembered
-DEFAULT_MAX_AGE = 60  # s, RFC 7252 §5.10.5
 #: Socket buffers of the MSGin5G-6 endpoint: thousands of UEs may send within milliseconds (the
 #: kernel caps the value at net.core.rmem_max / wmem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
-#: Answers sent per event-loop turn, so that the UEs' ACKs are read in between (a whole split
+#: Datagrams sent per event-loop turn, so that the UEs' ACKs are read in between (a whole split
 #: bulk answer sent at once would fill the receive buffer with their ACKs).
 SEND_BURST = 128
 #: Datagrams read per readiness event of the MSGin5G-6 socket.
@@ -90,20 +87,44 @@ class GatewayConfig:
     security: str | None = None
     max_open_contexts: int = 1024
 
+    def core(self) -> CoreConfig:
+        return CoreConfig(
+            self.service_id,
+            self.policy,
+            self.cache,
+            self.ack_timeout,
+            self.max_retransmit,
+            self.record_answers,
+        )
 
-@dataclass(slots=True)
-class _Live:
-    stored: StoredRequest
-    key: Hashable
 
+class OscoreOnMsgin5g6:
+    """The core's :class:`~.core.Security` with a key registry's contexts (SPEC D12)."""
 
-@dataclass(slots=True)
-class _Outgoing:
-    req_id: int
-    data: bytes
-    tries: int
-    timeout: float
-    due: float = 0.0
+    def __init__(self, protection: ServerProtection):
+        self.protection = protection
+
+    def verify(self, data: bytes, msg: wire.CoapMessage) -> Verified | Refusal:
+        result = self.protection.verify(data)
+        if isinstance(result, Refused):
+            log.info("refused a request: %s", result.reason)
+            ch = result.response
+            challenge = None
+            if ch is not None:
+                challenge = wire.CoapMessage(
+                    msg.mtype, int(ch.code), msg.mid, msg.token, raw_options(ch), ch.payload
+                )
+            return Refusal(result.reason, challenge)
+        p = result.plain
+        inner = wire.CoapMessage(msg.mtype, int(p.code), msg.mid, msg.token, raw_options(p), p.payload)
+        return Verified(inner, result.binding, result.identity)
+
+    def protect(self, msg: wire.CoapMessage, binding: bytes) -> wire.CoapMessage | None:
+        sealed = self.protection.protect(binding, msg.code, msg.options, msg.payload)
+        if sealed is None:
+            return None
+        code, options, payload = sealed
+        return wire.CoapMessage(msg.mtype, code, msg.mid, msg.token, options, payload)
 
 
 class DatagramEndpoint:
@@ -204,66 +225,20 @@ class DatagramEndpoint:
 
 
 class GatewayUe:
-    """The MSGin5G Gateway Client with its MSGin5G-6 endpoint (SPEC D9)."""
+    """The MSGin5G Gateway Client with its MSGin5G-6 endpoint (SPEC D9): performs the core's actions."""
 
     def __init__(self, config: GatewayConfig, cm: CmClient):
         self.config = config
         self.cm = cm
-        self.policy = BatchPolicy(config.policy)
-        self.cache: ResponseCache[Hashable, IndividualResponse] = ResponseCache()
+        self.core = GatewayCore(config.core())
         self.queue: RequestQueue | None = None
-        self.stats: dict[str, int] = dict.fromkeys(
-            (
-                "datagrams-in",
-                "garbage",
-                "requests",
-                "duplicates",
-                "rejected",
-                "cache-hits",
-                "stored",
-                "restored",
-                "merged",
-                "flush-full",
-                "flush-timer",
-                "flush-urgent",
-                "flush-retry",
-                "flush-single",
-                "bulk-operations",
-                "single-forwards",
-                "upstream-failures",
-                "answers",
-                "retransmissions",
-                "delivered",
-                "undelivered",
-                "given-up",
-                "internal-errors",
-                "unauthenticated",
-                "forbidden",
-            ),
-            0,
-        )
         self.protection: ServerProtection | None = None
-        self.answer_log: list[int] = []
         self._endpoint: DatagramEndpoint | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._requests: dict[int, _Live] = {}
-        self._staged: list[
-            tuple[tuple[str, int], wire.CoapMessage, ConfigRequest, Hashable, bytes | None]
-        ] = []
-        self._recent: dict[tuple[tuple[str, int], int], bytes | None] = {}
-        self._recent_order: deque[tuple[float, tuple[tuple[str, int], int]]] = deque()
-        self._outgoing: dict[tuple[tuple[str, int], int], _Outgoing] = {}
-        # retransmission deadlines of the CON responses: one heap and one timer for all of them
-        self._retx_heap: list[tuple[float, int, tuple[tuple[str, int], int]]] = []
-        self._retx_seq = 0
-        self._retx_timer: asyncio.TimerHandle | None = None
-        self._retx_at: float | None = None
-        self._mids: dict[tuple[str, int], int] = {}
-        self._outbox: deque[tuple[int, IndividualResponse]] = deque()
+        self._outbox: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._outbox_scheduled = False
         self._to_remove: list[int] = []
         self._to_mark: list[int] = []
-        self._flush_scheduled = False
         self._store_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -272,16 +247,32 @@ class GatewayUe:
         self._single_sem = asyncio.Semaphore(config.single_concurrency)
         self._closed = False
 
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.core.stats
+
+    @property
+    def answer_log(self) -> list[int]:
+        return self.core.answer_log
+
+    @property
+    def policy(self):
+        return self.core.policy
+
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> GatewayUe:
         self._loop = asyncio.get_running_loop()
         if self.config.security is not None:
             keyring = ServerKeyring(Registry(self.config.security), max_open=self.config.max_open_contexts)
             self.protection = ServerProtection(keyring.open())
+            self.core.security = OscoreOnMsgin5g6(self.protection)
         self.queue = RequestQueue(self.config.state_path)
         self._endpoint = DatagramEndpoint.bind(self.config.host, self.config.port, self._on_burst)
         self.config.port = self._endpoint.local_address[1]
-        self._restore()
+        pending = self.queue.pending()
+        if pending:
+            log.info("restored %d stored requests", len(pending))
+            self._perform(self.core.restore(self._loop.time(), time.time(), pending))
         return self
 
     @property
@@ -291,14 +282,12 @@ class GatewayUe:
     @property
     def unanswered(self) -> int:
         """Requests stored and not yet delivered."""
-        return len(self._requests)
+        return self.core.unanswered
 
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._retx_timer is not None:
-            self._retx_timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -313,255 +302,48 @@ class GatewayUe:
             self.protection.keyring.close()  # sequence numbers and replay windows written back
         await self.cm.close()
 
-    def _restore(self) -> None:
-        """Requests stored before a crash or stop: answer each of them (SPEC D9, "nothing lost")."""
-        assert self.queue is not None and self._loop is not None
-        pending = self.queue.pending()
-        if not pending:
-            return
-        now, wall = self._loop.time(), time.time()
-        greqs = []
-        for st in pending:
-            self._remember(st.endpoint, st.mid, wire.empty_ack(st.mid))
-            try:
-                req = ConfigRequest.of(st.query, st.urgent, st.block_num, st.block_szx)
-                key = req.key(self.config.policy.bulk)
-            except ModelError as e:
-                self._requests[st.req_id] = _Live(st, st.query)
-                self._answer(st.req_id, IndividualResponse.from_problem(Problem(0x80, str(e), e.cause)))
-                continue
-            self._requests[st.req_id] = _Live(st, key)
-            received = now - max(0.0, wall - st.received)
-            greqs.append(GatewayRequest(st.req_id, key, received, st.urgent, isinstance(key, BulkItem)))
-        self.stats["restored"] += len(pending)
-        log.info("restored %d stored requests", len(pending))
-        self._run(self.policy.on_requests(now, greqs))
-
-    # -- MSGin5G-6 side: receiving -------------------------------------------------------------------
+    # -- events into the core ----------------------------------------------------------------------
     def _on_burst(self, burst: list[tuple[bytes, tuple[str, int]]]) -> None:
-        for data, addr in burst:
-            try:
-                self.on_datagram(data, addr)
-            except Exception:  # never let one datagram stop the others
-                log.exception("datagram from %s not handled", addr)
-                self.stats["internal-errors"] += 1
-        if self._staged:
-            self._flush_staged()
-
-    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.stats["datagrams-in"] += 1
         if self._closed:
             return
-        if len(data) == 4 and data[1] == EMPTY and data[0] in (0x60, 0x70):  # empty ACK / RST: most
-            self._on_ack(addr, (data[2] << 8) | data[3])  # of the traffic, no need for the codec
-            return
-        try:
-            msg = wire.decode(data)
-        except WireError:
-            self.stats["garbage"] += 1
-            # RFC 7252 §4.2: reject a CON whose format is broken (if its MID can be read)
-            if len(data) >= 4 and data[0] >> 6 == 1 and (data[0] >> 4) & 3 == CON:
-                self._send(wire.reset(int.from_bytes(data[2:4], "big")), addr)
-            return
-        if msg.code == EMPTY:
-            if msg.mtype in (ACK, RST):
-                self._on_ack(addr, msg.mid)
-            elif msg.mtype == CON:  # CoAP ping
-                self._send(wire.reset(msg.mid), addr)
-            return
-        if not msg.is_request:
-            self.stats["garbage"] += 1
-            if msg.mtype == CON:  # a response or reserved code we do not expect
-                self._send(wire.reset(msg.mid), addr)
-            return
-        if msg.mtype not in (CON, NON):
-            self.stats["garbage"] += 1
-            return
-        self.stats["requests"] += 1
-        dedup = (addr, msg.mid)
-        if dedup in self._recent:  # a retransmission (RFC 7252 §4.5)
-            self.stats["duplicates"] += 1
-            reply = self._recent[dedup]
-            if reply is not None and msg.mtype == CON:
-                self._send(reply, addr)
-            return
-        binding = identity = None
-        if self.protection is not None:
-            verified = self._verify(data, addr, msg)
-            if verified is None:
-                return
-            msg, binding, identity = verified
-        parsed = wire.parse_config_request(msg, self.config.service_id)
-        if isinstance(parsed, IndividualResponse):
-            self.stats["rejected"] += 1
-            self._reply_now(addr, msg, parsed, 0, 6, binding=binding)
-            return
-        if self.protection is not None:
-            # a UE asks only for its own configuration (TS 24.546 6.2.1.2; SPEC D12)
-            ue = UeIdentity(uri=parsed.query.ue_uri)
-            problem = authz.authorize(identity or authz.ANONYMOUS, authz.Op.QUERY_SCOPED, ue=ue)
-            if problem is not None:
-                self.stats["forbidden"] += 1
-                self._reply_now(addr, msg, IndividualResponse.from_problem(problem), 0, 6, binding=binding)
-                return
-        key = parsed.key(self.config.policy.bulk)
-        if self.config.cache:
-            hit = self.cache.get(self._loop.time(), key)
-            if hit is not None:
-                resp, remaining = hit
-                self.stats["cache-hits"] += 1
-                self._reply_now(
-                    addr, msg, resp, parsed.block_num, parsed.block_szx, int(remaining), binding=binding
-                )
-                return
-        self._remember(addr, msg.mid, None)
-        self._staged.append((addr, msg, parsed, key, binding))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_staged)
+        self._perform(self.core.on_datagrams(self._loop.time(), time.time(), burst))
 
-    def _verify(
-        self, data: bytes, addr: tuple[str, int], msg: wire.CoapMessage
-    ) -> tuple[wire.CoapMessage, bytes, authz.Identity | None] | None:
-        """OSCORE on MSGin5G-6 (SPEC D12): the plain request, its binding and its identity — or
-        None when it was refused (and answered: the uniform unprotected 4.01, or the protected
-        Echo challenge of a gateway that lost its replay window)."""
-        assert self.protection is not None
-        result = self.protection.verify(data)
-        if isinstance(result, Refused):
-            self.stats["unauthenticated"] += 1
-            log.info("refused a request from %s: %s", addr, result.reason)
-            if result.response is None:
-                self._reply_now(addr, msg, UNAUTHENTICATED_ANSWER, 0, 6)
-            else:
-                ch = result.response
-                mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
-                out = wire.CoapMessage(mtype, int(ch.code), mid, msg.token, raw_options(ch), ch.payload)
-                self._send(wire.encode(out), addr)
-            return None
-        p = result.plain
-        inner = wire.CoapMessage(msg.mtype, int(p.code), msg.mid, msg.token, raw_options(p), p.payload)
-        return inner, result.binding, result.identity
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._on_burst([(data, addr)])
 
-    def _protected(self, out: wire.CoapMessage, binding: bytes | None) -> wire.CoapMessage:
-        """The answer as it goes out: protected for the request ``binding`` names (a fresh nonce
-        every time, so answering again after a restart is safe), or the uniform 4.01 when that
-        request's key has been revoked since."""
-        if binding is None or self.protection is None:
-            return out
-        sealed = self.protection.protect(binding, out.code, out.options, out.payload)
-        if sealed is None:
-            refused = wire.response_message(out.mtype, out.mid, out.token, UNAUTHENTICATED_ANSWER)
-            assert refused is not None
-            return refused
-        code, options, payload = sealed
-        return wire.CoapMessage(out.mtype, code, out.mid, out.token, options, payload)
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        if not self._closed:
+            self._perform(self.core.on_tick(self._loop.time()))
 
-    def _reply_now(
-        self,
-        addr: tuple[str, int],
-        msg: wire.CoapMessage,
-        resp: IndividualResponse,
-        block_num: int,
-        block_szx: int,
-        max_age: int | None = None,
-        binding: bytes | None = None,
-    ) -> None:
-        """A piggybacked answer (CON request) or an immediate NON answer (NON request)."""
-        mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
-        out = wire.response_message(mtype, mid, msg.token, resp, block_num, block_szx, max_age)
-        if out is None:
-            bad = IndividualResponse.from_problem(Problem(0x80, "Block2 beyond the end", "BAD_BLOCK2"))
-            out = wire.response_message(mtype, mid, msg.token, bad)
-        data = wire.encode(self._protected(out, binding))
-        self._send(data, addr)
-        if msg.mtype == CON:
-            self._remember(addr, msg.mid, data)
-
-    def _remember(self, addr: tuple[str, int], mid: int, reply: bytes | None) -> None:
-        key = (addr, mid)
-        now = time.monotonic()
-        if key not in self._recent:
-            self._recent_order.append((now, key))
-        self._recent[key] = reply
-        limit = now - EXCHANGE_LIFETIME
-        while self._recent_order and self._recent_order[0][0] < limit:
-            _, old = self._recent_order.popleft()
-            self._recent.pop(old, None)
-
-    def _flush_staged(self) -> None:
-        """Store a receive burst in one transaction, then acknowledge it (SPEC D9)."""
-        self._flush_scheduled = False
-        batch, self._staged = self._staged, []
-        if not batch or self._closed:
-            return
-        assert self.queue is not None and self._loop is not None
-        wall = time.time()
-        news = [
-            NewRequest(
-                addr[0],
-                addr[1],
-                msg.mid,
-                msg.token,
-                msg.mtype == CON,
-                p.query,
-                p.urgent,
-                p.block_num,
-                p.block_szx,
-                wall,
-                binding,
-            )
-            for addr, msg, p, _, binding in batch
-        ]
-        try:
-            stored = self.queue.add_many(news)
-        except sqlite3.Error as e:  # cannot promise anything we cannot store: say so at once
-            log.error("request store failed: %s", e)
-            problem = IndividualResponse.from_problem(
-                Problem(0xA3, "the gateway cannot store requests right now", "STORE_UNAVAILABLE"), max_age=5
-            )
-            for addr, msg, _, _, binding in batch:
-                self._recent.pop((addr, msg.mid), None)
-                self._reply_now(addr, msg, problem, 0, 6, binding=binding)
-            return
-        now = self._loop.time()
-        greqs = []
-        keys_seen: set[Hashable] = set()
-        for (addr, msg, p, key, _), st in zip(batch, stored, strict=True):
-            if msg.mtype == CON:
-                ack = wire.empty_ack(msg.mid)
-                self._send(ack, addr)
-                self._remember(addr, msg.mid, ack)
-            if st is None:  # stored before (retransmission across a restart)
-                continue
-            self.stats["stored"] += 1
-            if key in keys_seen or self.policy.state_of(key) is not None:
-                self.stats["merged"] += 1
-            keys_seen.add(key)
-            self._requests[st.req_id] = _Live(st, key)
-            greqs.append(GatewayRequest(st.req_id, key, now, p.urgent, isinstance(key, BulkItem)))
-        self._run(self.policy.on_requests(now, greqs))
-
-    # -- decisions ---------------------------------------------------------------------------------
-    def _run(self, decisions) -> None:
-        for d in decisions:
-            if isinstance(d, Flush):
-                self.stats[f"flush-{d.reason}"] = self.stats.get(f"flush-{d.reason}", 0) + 1
-                if d.bulk:
-                    self._spawn(self._bulk(d.keys))
-                else:
-                    self._spawn(self._single(d.keys[0]))
-            elif isinstance(d, GiveUp):
-                problem = Problem(
-                    0xA4,
-                    f"no configuration could be obtained within {self.config.policy.give_up:g} s",
-                    "GAVE_UP",
-                )
-                resp = IndividualResponse.from_problem(problem)
-                for rid in d.req_ids:
-                    self.stats["given-up"] += 1
-                    self._answer(rid, resp)
+    # -- performing actions ------------------------------------------------------------------------
+    def _perform(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, (Ack, Reply)):
+                self._send(a.data, a.addr)
+            elif isinstance(a, Store):
+                self._store(a)
+            elif isinstance(a, Fetch):
+                self._spawn(self._fetch(a))
+            elif isinstance(a, Remove):
+                self._to_remove.extend(a.req_ids)
+                self._schedule_store()
+            elif isinstance(a, MarkAnswered):
+                self._to_mark.extend(a.req_ids)
+                self._schedule_store()
         self._arm()
+
+    def _store(self, a: Store) -> None:
+        """A receive burst in one transaction; only then is it acknowledged (SPEC D9)."""
+        assert self.queue is not None
+        now = self._loop.time()
+        try:
+            stored = self.queue.add_many(a.requests)
+        except sqlite3.Error as e:
+            log.error("request store failed: %s", e)
+            self._perform(self.core.on_store_failed(now, a.batch))
+            return
+        self._perform(self.core.on_stored(now, a.batch, stored))
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -571,7 +353,7 @@ class GatewayUe:
     def _arm(self) -> None:
         if self._closed or self._loop is None:
             return
-        deadline = self.policy.next_deadline()
+        deadline = self.core.next_deadline()
         if deadline is None:
             if self._timer is not None:
                 self._timer.cancel()
@@ -584,175 +366,44 @@ class GatewayUe:
         self._timer_at = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
-    def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, None
-        if self._closed:
-            return
-        self._run(self.policy.on_tick(self._loop.time()))
+    async def _fetch(self, f: Fetch) -> None:
+        """One bulk operation (outcomes reported per bulk GET, as they complete) or single forward."""
 
-    async def _bulk(self, keys: tuple[Hashable, ...]) -> None:
-        """One bulk operation: the CM client packs and fetches, we split (6.2.2.x, last para.)."""
-        items = [k for k in keys if isinstance(k, BulkItem)]
-        self.stats["bulk-operations"] += 1
-        t0 = self._loop.time()
+        def report(o: UpstreamOutcome) -> None:
+            if not self._closed:
+                self._perform(self.core.on_outcome(self._loop.time(), f.op, o))
+
         try:
-            async with self._bulk_sem:
-                t1 = self._loop.time()
-                outcomes = await self.cm.bulk_configure(self.config.service_id, items)
-            log.debug(
-                "bulk operation for %d UEs: %d bulk GETs, waited %.3f s, fetched in %.3f s",
-                len(items), len(outcomes), t1 - t0, self._loop.time() - t1,
-            )  # fmt: skip
+            if f.bulk:
+                async with self._bulk_sem:
+                    await self.cm.bulk_configure(self.config.service_id, f.keys, report)
+            else:
+                async with self._single_sem:
+                    report(await self.cm.single_configure(self.config.service_id, f.query))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("bulk operation failed")
-            outcomes = []
-        now = self._loop.time()
-        covered: set[BulkItem] = set()
-        for o in outcomes:
-            o_items = o.items()
-            covered.update(o_items)
-            if o.retryable:
-                self.stats["upstream-failures"] += 1
-                log.info("bulk GET for %d UEs: %s — retrying later", len(o_items), o.detail or o.code)
-                self.policy.fail(now, o_items, self._retry_after(o))
-                continue
-            responses = answer_responses(o.ue_uris, o.code, o.payload, o.content_format, o.max_age)
-            for item, resp in zip(o_items, responses, strict=True):
-                self._complete(item, resp)
-        missing = [k for k in items if k not in covered]
-        if missing:
-            self.policy.fail(now, missing)
-        self._arm()
+            log.exception("upstream fetch failed")
+        if not self._closed:
+            self._perform(self.core.on_fetch_done(self._loop.time(), f.op))
 
-    async def _single(self, key: Hashable) -> None:
-        """Forward one request on its own (no bulk policy, or a request a bulk GET cannot carry)."""
-        query = key if isinstance(key, wire.UeQuery) else wire.UeQuery(key.ue_uri, key.ue_vendor, key.ue_type)
-        self.stats["single-forwards"] += 1
-        try:
-            async with self._single_sem:
-                o = await self.cm.single_configure(self.config.service_id, query)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.exception("single forward failed")
-            o = UpstreamOutcome((query.ue_uri,), False, None, detail=str(e))
-        if o.retryable:
-            self.stats["upstream-failures"] += 1
-            self.policy.fail(self._loop.time(), [key], self._retry_after(o))
-        else:
-            self._complete(key, IndividualResponse(o.code, o.payload, o.content_format, o.max_age))
-        self._arm()
-
-    @staticmethod
-    def _retry_after(o: UpstreamOutcome) -> float | None:
-        """A 5.03 / 4.29 Max-Age says when to come back (RFC 7252 §5.9.3.4, RFC 8516)."""
-        return float(o.max_age) if o.code in (0xA3, 0x9D) and o.max_age else None
-
-    def _complete(self, key: Hashable, resp: IndividualResponse) -> None:
-        if self.config.cache and resp.cacheable:
-            age = DEFAULT_MAX_AGE if resp.max_age is None else resp.max_age
-            self.cache.put(self._loop.time(), key, resp, age)
-        for rid in self.policy.complete(key):
-            self._answer(rid, resp)
-
-    # -- MSGin5G-6 side: answering -----------------------------------------------------------------
-    def _next_mid(self, addr: tuple[str, int]) -> int:
-        """Message IDs per UE endpoint (RFC 7252 §4.4), starting at a random value so that a
-        restarted gateway does not repeat recent IDs."""
-        mid = self._mids.get(addr)
-        mid = random.randrange(0x10000) if mid is None else (mid + 1) & 0xFFFF
-        self._mids[addr] = mid
-        return mid
-
-    def _answer(self, req_id: int, resp: IndividualResponse) -> None:
-        """Queue a request's answer; :meth:`_drain` sends it (SEND_BURST per loop turn)."""
-        self._outbox.append((req_id, resp))
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Queue a datagram; at most :data:`SEND_BURST` go out per event-loop turn."""
+        self._outbox.append((data, addr))
         if not self._outbox_scheduled and self._loop is not None:
             self._outbox_scheduled = True
             self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
         self._outbox_scheduled = False
-        if self._closed:
+        if self._closed or self._endpoint is None:
             return
         for _ in range(min(SEND_BURST, len(self._outbox))):
-            self._send_answer(*self._outbox.popleft())
+            data, addr = self._outbox.popleft()
+            self._endpoint.sendto(data, addr)
         if self._outbox:
             self._outbox_scheduled = True
             self._loop.call_soon(self._drain)
-
-    def _send_answer(self, req_id: int, resp: IndividualResponse) -> None:
-        """Send a request's answer as a confirmable separate response (RFC 7252 §5.2.2)."""
-        live = self._requests.get(req_id)
-        if live is None:
-            return
-        st = live.stored
-        addr = st.endpoint
-        mid = self._next_mid(addr)
-        msg = wire.response_message(CON, mid, st.token, resp, st.block_num, st.block_szx)
-        if msg is None:
-            bad = IndividualResponse.from_problem(Problem(0x80, "Block2 beyond the end", "BAD_BLOCK2"))
-            msg = wire.response_message(CON, mid, st.token, bad)
-        data = wire.encode(self._protected(msg, st.oscore))
-        self.stats["answers"] += 1
-        if self.config.record_answers:
-            self.answer_log.append(req_id)
-        timeout = self.config.ack_timeout * random.uniform(1.0, 1.5)
-        self._outgoing[(addr, mid)] = out = _Outgoing(req_id, data, 0, timeout)
-        self._schedule_retransmission((addr, mid), out)
-        self._send(data, addr)
-        self._to_mark.append(req_id)
-        self._schedule_store()
-
-    def _schedule_retransmission(self, key: tuple[tuple[str, int], int], out: _Outgoing) -> None:
-        out.due = self._loop.time() + out.timeout
-        self._retx_seq += 1
-        heapq.heappush(self._retx_heap, (out.due, self._retx_seq, key))
-        if self._retx_at is None or out.due < self._retx_at:
-            if self._retx_timer is not None:
-                self._retx_timer.cancel()
-            self._retx_at = out.due
-            self._retx_timer = self._loop.call_at(out.due, self._retransmit_due)
-
-    def _retransmit_due(self) -> None:
-        """RFC 7252 §4.2: resend unacknowledged CONs with doubling timeouts, MAX_RETRANSMIT times."""
-        self._retx_timer, self._retx_at = None, None
-        if self._closed:
-            return
-        now = self._loop.time()
-        heap = self._retx_heap
-        while heap and heap[0][0] <= now:
-            due, _, key = heapq.heappop(heap)
-            out = self._outgoing.get(key)
-            if out is None or out.due != due:  # acknowledged meanwhile, or rescheduled
-                continue
-            if out.tries >= self.config.max_retransmit:
-                del self._outgoing[key]
-                self.stats["undelivered"] += 1
-                self._done(out.req_id)
-                continue
-            out.tries += 1
-            out.timeout *= 2
-            self.stats["retransmissions"] += 1
-            self._send(out.data, key[0])
-            self._schedule_retransmission(key, out)
-        if heap and self._retx_timer is None:
-            self._retx_at = heap[0][0]
-            self._retx_timer = self._loop.call_at(self._retx_at, self._retransmit_due)
-
-    def _on_ack(self, addr: tuple[str, int], mid: int) -> None:
-        out = self._outgoing.pop((addr, mid), None)
-        if out is None:
-            return
-        self.stats["delivered"] += 1
-        self._done(out.req_id)
-
-    def _done(self, req_id: int) -> None:
-        if self._requests.pop(req_id, None) is not None:
-            self._to_remove.append(req_id)
-            self._schedule_store()
 
     def _schedule_store(self) -> None:
         if not self._store_scheduled and self._loop is not None:
@@ -760,7 +411,7 @@ class GatewayUe:
             self._loop.call_later(0.02, self._write_store)
 
     def _write_store(self) -> None:
-        """Batched state changes: answered, and delivered (removed)."""
+        """Batched state changes: answered, and finished (removed)."""
         self._store_scheduled = False
         if self.queue is None:
             return
@@ -774,15 +425,11 @@ class GatewayUe:
         except sqlite3.Error as e:  # they will be answered again after a restart: harmless
             log.error("request store update failed: %s", e)
 
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._endpoint is not None:
-            self._endpoint.sendto(data, addr)
-
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Until no stored request is left unanswered and undelivered (tests, benchmarks)."""
 
         async def _wait() -> None:
-            while self._requests or self._staged or self._outbox or self._store_scheduled:
+            while self.core.busy or self._outbox or self._store_scheduled:
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(_wait(), timeout)

@@ -1,0 +1,631 @@
+"""The Gateway Client's decisions, pure (TS 24.538 6.2.2.x, 6.2.2.2; SPEC D9, D12, D13).
+
+No asyncio, sockets, SQLite or aiocoap: the shell feeds events and performs the actions returned.
+
+Events (each takes ``now``, the shell's monotonic clock):
+
+- :meth:`GatewayCore.on_datagrams` — datagrams from constrained UEs (requests, ACKs, RSTs);
+- :meth:`GatewayCore.on_stored` / :meth:`GatewayCore.on_store_failed` — a :class:`Store` was done;
+- :meth:`GatewayCore.on_outcome` / :meth:`GatewayCore.on_fetch_done` — a :class:`Fetch` reported
+  one upstream GET's outcome / finished;
+- :meth:`GatewayCore.on_tick` — :meth:`GatewayCore.next_deadline` has passed (batching timer,
+  back-off, give-up, CON retransmission);
+- :meth:`GatewayCore.restore` — requests stored before a restart.
+
+Actions: :class:`Ack` and :class:`Reply` (datagrams to a UE), :class:`Store` (requests to store
+durably *before* they are acknowledged), :class:`Fetch` (keys to ask the SCM-S for), :class:`Remove`
+(delivered, given up or superseded requests), :class:`MarkAnswered`.
+
+Each request keeps its *key* (the configuration it asks for, computed once from its query) from
+arrival to answer: a :class:`Fetch` names the keys, outcomes are matched against the keys of that
+fetch, and the answer of a key goes to the requests the policy holds for it.
+
+SPEC D13: a repeat from the same UE — its own retry with a new message ID or token, possibly from
+a new port — *supersedes* its stored request (same requester, same query): the new exchange takes
+the old one's place, the old one is removed from the store, and the answer goes to the latest
+exchange only. Exchanges of the MSGin5G-6 side follow RFC 7252: duplicates by (endpoint, message
+ID) for EXCHANGE_LIFETIME, CON separate responses retransmitted after ACK_TIMEOUT × [1,
+ACK_RANDOM_FACTOR], doubling, MAX_RETRANSMIT times.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .. import authz
+from ..bulk import BulkItem, IndividualResponse, answer_responses
+from ..model import ModelError, UeIdentity
+from ..problem import Problem
+from . import wire
+from .policy import BatchPolicy, Flush, GatewayRequest, GiveUp, ResponseCache, ServicePolicy
+from .queue import NewRequest, StoredRequest
+from .upstream_rules import UpstreamOutcome
+from .wire import ACK, CON, EMPTY, NON, RST, ConfigRequest, WireError
+
+log = logging.getLogger("msgin5g.gateway")
+
+EXCHANGE_LIFETIME = 247.0  # s, RFC 7252 §4.8.2: how long message IDs are remembered
+ACK_RANDOM_FACTOR = 1.5  # RFC 7252 §4.8
+DEFAULT_MAX_AGE = 60  # s, RFC 7252 §5.10.5
+
+Addr = tuple[str, int]
+
+#: What a secured MSGin5G-6 side answers to anything it cannot verify (as the SCM-S does)
+UNAUTHENTICATED_ANSWER = IndividualResponse.from_problem(authz.UNAUTHENTICATED, max_age=0)
+STORE_UNAVAILABLE = IndividualResponse.from_problem(
+    Problem(0xA3, "the gateway cannot store requests right now", "STORE_UNAVAILABLE"), max_age=5
+)
+BAD_BLOCK2 = IndividualResponse.from_problem(Problem(0x80, "Block2 beyond the end", "BAD_BLOCK2"))
+
+
+# -- actions -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An empty ACK or RST (or a repeated one) to a UE endpoint."""
+
+    addr: Addr
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response datagram to a UE endpoint: piggybacked, NON, or a CON separate response of
+    request ``req_id`` (its retransmissions are Replies too)."""
+
+    addr: Addr
+    data: bytes
+    req_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Store these requests in one transaction, then call :meth:`GatewayCore.on_stored`."""
+
+    batch: int
+    requests: tuple[NewRequest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Ask the SCM-S for ``keys``: bulk GETs (``bulk``), or one single GET for ``query``."""
+
+    op: int
+    bulk: bool
+    keys: tuple[Hashable, ...]
+    query: wire.UeQuery | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """These requests are finished (delivered, rejected, given up, superseded): forget them."""
+
+    req_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkAnswered:
+    req_ids: tuple[int, ...]
+
+
+Action = Ack | Reply | Store | Fetch | Remove | MarkAnswered
+
+
+# -- OSCORE on MSGin5G-6, provided by the shell (SPEC D12) ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class Verified:
+    msg: wire.CoapMessage  # the plain request (outer type, MID and token)
+    binding: bytes  # what its answers are protected for
+    identity: authz.Identity | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    challenge: wire.CoapMessage | None = None  # an Echo challenge to send instead of the 4.01
+
+
+class Security(Protocol):
+    def verify(self, data: bytes, msg: wire.CoapMessage) -> Verified | Refusal: ...
+
+    def protect(self, msg: wire.CoapMessage, binding: bytes) -> wire.CoapMessage | None:
+        """The protected message, or None when the request's key was revoked since."""
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    service_id: str = "msgin5g"
+    policy: ServicePolicy = field(default_factory=ServicePolicy)
+    cache: bool = True
+    ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT of the CON separate responses
+    max_retransmit: int = 4
+    record_answers: bool = False
+
+
+@dataclass(slots=True)
+class _Live:
+    stored: StoredRequest
+    key: Hashable
+    requester: tuple | None  # D13 supersede key: (identity, query)
+    answer: IndividualResponse | None = None
+    out: tuple[Addr, int] | None = None  # the CON separate response in flight
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    req_id: int
+    data: bytes
+    tries: int
+    timeout: float
+    due: float
+
+
+@dataclass(slots=True)
+class _Staged:
+    addr: Addr
+    msg: wire.CoapMessage
+    request: ConfigRequest
+    key: Hashable
+    binding: bytes | None
+    requester: tuple | None
+
+
+def requester_key(identity: authz.Identity | None, query: wire.UeQuery) -> tuple:
+    """Which stored request a repeat supersedes (SPEC D13): the same authenticated requester (or,
+    unsecured, the same claimed UE) asking the same query."""
+    return (str(identity) if identity is not None else None, query)
+
+
+class GatewayCore:
+    """The MSGin5G Gateway Client's state machine (SPEC D9, D13)."""
+
+    def __init__(
+        self, config: CoreConfig, security: Security | None = None, rng: random.Random | None = None
+    ):
+        self.config = config
+        self.security = security
+        self.rng = rng or random.Random()
+        self.policy = BatchPolicy(config.policy)
+        self.cache: ResponseCache[Hashable, IndividualResponse] = ResponseCache()
+        self.stats: dict[str, int] = dict.fromkeys(
+            [
+                "datagrams-in",
+                "garbage",
+                "requests",
+                "duplicates",
+                "rejected",
+                "cache-hits",
+                "stored",
+                "restored",
+                "merged",
+                "superseded",
+                "flush-full",
+                "flush-timer",
+                "flush-urgent",
+                "flush-retry",
+                "flush-single",
+                "bulk-operations",
+                "single-forwards",
+                "upstream-failures",
+                "answers",
+                "retransmissions",
+                "delivered",
+                "undelivered",
+                "given-up",
+                "unauthenticated",
+                "forbidden",
+                "internal-errors",
+            ],
+            0,
+        )
+        self.answer_log: list[int] = []
+        self._requests: dict[int, _Live] = {}
+        self._by_requester: dict[tuple, int] = {}
+        self._recent: dict[tuple[Addr, int], bytes | None] = {}
+        self._recent_order: deque[tuple[float, tuple[Addr, int]]] = deque()
+        self._outgoing: dict[tuple[Addr, int], _Outgoing] = {}
+        self._retx: list[tuple[float, int, tuple[Addr, int]]] = []
+        self._seq = 0
+        self._mids: dict[Addr, int] = {}
+        self._batches: dict[int, list[_Staged]] = {}
+        self._ops: dict[int, set[Hashable]] = {}
+        self._next_batch = 0
+        self._next_op = 0
+
+    # -- queries -----------------------------------------------------------------------------------
+    @property
+    def unanswered(self) -> int:
+        """Requests stored and not yet delivered."""
+        return len(self._requests)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._requests or self._batches)
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self.policy.next_deadline(),) if t is not None]
+        while self._retx and self._stale(self._retx[0]):
+            heapq.heappop(self._retx)
+        if self._retx:
+            times.append(self._retx[0][0])
+        return min(times) if times else None
+
+    # -- restart -------------------------------------------------------------------------------------
+    def restore(self, now: float, wall: float, pending: Sequence[StoredRequest]) -> list[Action]:
+        """Requests stored before a crash or stop: answer each of them (SPEC D9, "nothing lost").
+        Of two stored for one requester and query (a crash between storing a repeat and removing
+        what it superseded), the later one stays."""
+        out: list[Action] = []
+        greqs = []
+        for st in pending:
+            self._remember(now, st.endpoint, st.mid, wire.empty_ack(st.mid))
+            try:
+                req = ConfigRequest.of(st.query, st.urgent, st.block_num, st.block_szx)
+                key = req.key(self.config.policy.bulk)
+            except ModelError as e:
+                self._requests[st.req_id] = _Live(st, st.query, None)
+                out += self._answer(
+                    now, st.req_id, IndividualResponse.from_problem(Problem(0x80, str(e), e.cause))
+                )
+                continue
+            rk = (st.requester, st.query)
+            old = self._by_requester.get(rk)
+            if old is not None:
+                self.stats["superseded"] += 1
+                self._requests.pop(old, None)
+                greqs = [g for g in greqs if g.req_id != old]
+                out.append(Remove((old,)))
+            self._by_requester[rk] = st.req_id
+            self._requests[st.req_id] = _Live(st, key, rk)
+            received = now - max(0.0, wall - st.received)
+            greqs.append(GatewayRequest(st.req_id, key, received, st.urgent, isinstance(key, BulkItem)))
+        self.stats["restored"] += len(pending)
+        out += self._run(now, self.policy.on_requests(now, greqs))
+        return out
+
+    # -- MSGin5G-6 side: receiving -------------------------------------------------------------------
+    def on_datagrams(self, now: float, wall: float, datagrams: Sequence[tuple[bytes, Addr]]) -> list[Action]:
+        """A receive burst. Valid new requests are collected into one :class:`Store`."""
+        out: list[Action] = []
+        staged: list[_Staged] = []
+        for data, addr in datagrams:
+            self.stats["datagrams-in"] += 1
+            try:
+                self._datagram(now, data, addr, out, staged)
+            except Exception:  # never let one datagram stop the others
+                log.exception("datagram from %s not handled", addr)
+                self.stats["internal-errors"] += 1
+        if staged:
+            batch = self._next_batch = self._next_batch + 1
+            self._batches[batch] = staged
+            out.append(Store(batch, tuple(self._new_request(s, wall) for s in staged)))
+        return out
+
+    def _datagram(
+        self, now: float, data: bytes, addr: Addr, out: list[Action], staged: list[_Staged]
+    ) -> None:
+        if len(data) == 4 and data[1] == EMPTY and data[0] in (0x60, 0x70):  # empty ACK / RST: most
+            out.extend(self.on_ack(now, addr, (data[2] << 8) | data[3]))  # of the traffic
+            return
+        try:
+            msg = wire.decode(data)
+        except WireError:
+            self.stats["garbage"] += 1
+            # RFC 7252 §4.2: reject a CON whose format is broken (if its MID can be read)
+            if len(data) >= 4 and data[0] >> 6 == 1 and (data[0] >> 4) & 3 == CON:
+                out.append(Ack(addr, wire.reset(int.from_bytes(data[2:4], "big"))))
+            return
+        if msg.code == EMPTY:
+            if msg.mtype in (ACK, RST):
+                out.extend(self.on_ack(now, addr, msg.mid))
+            elif msg.mtype == CON:  # CoAP ping
+                out.append(Ack(addr, wire.reset(msg.mid)))
+            return
+        if not msg.is_request or msg.mtype not in (CON, NON):
+            self.stats["garbage"] += 1
+            if msg.mtype == CON:  # a response or reserved code we do not expect
+                out.append(Ack(addr, wire.reset(msg.mid)))
+            return
+        self.stats["requests"] += 1
+        dedup = (addr, msg.mid)
+        if dedup in self._recent:  # a retransmission (RFC 7252 §4.5)
+            self.stats["duplicates"] += 1
+            reply = self._recent[dedup]
+            if reply is not None and msg.mtype == CON:
+                out.append(Ack(addr, reply))
+            return
+        binding = identity = None
+        if self.security is not None:
+            verified = self.security.verify(data, msg)
+            if isinstance(verified, Refusal):
+                self.stats["unauthenticated"] += 1
+                if verified.challenge is None:
+                    self._reply_now(now, addr, msg, UNAUTHENTICATED_ANSWER, out)
+                else:
+                    ch = verified.challenge
+                    mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
+                    ch = wire.CoapMessage(mtype, ch.code, mid, msg.token, ch.options, ch.payload)
+                    out.append(Reply(addr, wire.encode(ch)))
+                return
+            msg, binding, identity = verified.msg, verified.binding, verified.identity
+        parsed = wire.parse_config_request(msg, self.config.service_id)
+        if isinstance(parsed, IndividualResponse):
+            self.stats["rejected"] += 1
+            self._reply_now(now, addr, msg, parsed, out, binding=binding)
+            return
+        if self.security is not None:
+            # a UE asks only for its own configuration (TS 24.546 6.2.1.2; SPEC D12)
+            ue = UeIdentity(uri=parsed.query.ue_uri)
+            problem = authz.authorize(identity or authz.ANONYMOUS, authz.Op.QUERY_SCOPED, ue=ue)
+            if problem is not None:
+                self.stats["forbidden"] += 1
+                self._reply_now(
+                    now, addr, msg, IndividualResponse.from_problem(problem), out, binding=binding
+                )
+                return
+        key = parsed.key(self.config.policy.bulk)
+        if self.config.cache:
+            hit = self.cache.get(now, key)
+            if hit is not None:
+                resp, remaining = hit
+                self.stats["cache-hits"] += 1
+                self._reply_now(
+                    now, addr, msg, resp, out, parsed.block_num, parsed.block_szx, int(remaining), binding
+                )
+                return
+        self._remember(now, addr, msg.mid, None)
+        staged.append(_Staged(addr, msg, parsed, key, binding, requester_key(identity, parsed.query)))
+
+    @staticmethod
+    def _new_request(s: _Staged, wall: float) -> NewRequest:
+        p = s.request
+        return NewRequest(
+            s.addr[0], s.addr[1], s.msg.mid, s.msg.token, s.msg.mtype == CON, p.query, p.urgent,
+            p.block_num, p.block_szx, wall, s.binding, s.requester[0] if s.requester else None,
+        )  # fmt: skip
+
+    def on_store_failed(self, now: float, batch: int) -> list[Action]:
+        """The store refused the batch: we cannot promise anything we cannot store — say so at once."""
+        out: list[Action] = []
+        for s in self._batches.pop(batch, []):
+            self._recent.pop((s.addr, s.msg.mid), None)
+            self._reply_now(now, s.addr, s.msg, STORE_UNAVAILABLE, out, binding=s.binding)
+        return out
+
+    def on_stored(self, now: float, batch: int, stored: Sequence[StoredRequest | None]) -> list[Action]:
+        """The batch is stored: acknowledge it (SPEC D9), supersede repeats (D13), hand the rest to
+        the policy."""
+        out: list[Action] = []
+        greqs: list[GatewayRequest] = []
+        keys_seen: set[Hashable] = set()
+        for s, st in zip(self._batches.pop(batch, []), stored, strict=True):
+            if s.msg.mtype == CON:
+                ack = wire.empty_ack(s.msg.mid)
+                out.append(Ack(s.addr, ack))
+                self._remember(now, s.addr, s.msg.mid, ack)
+            if st is None:  # stored before (retransmission across a restart)
+                continue
+            self.stats["stored"] += 1
+            live = _Live(st, s.key, s.requester)
+            old_id = self._by_requester.get(s.requester)
+            self._by_requester[s.requester] = st.req_id
+            self._requests[st.req_id] = live
+            if old_id is not None and old_id in self._requests:
+                out += self._supersede(now, old_id, live)
+                continue
+            if s.key in keys_seen or self.policy.state_of(s.key) is not None:
+                self.stats["merged"] += 1
+            keys_seen.add(s.key)
+            greqs.append(GatewayRequest(st.req_id, s.key, now, s.request.urgent, isinstance(s.key, BulkItem)))
+        out += self._run(now, self.policy.on_requests(now, greqs))
+        return out
+
+    def _supersede(self, now: float, old_id: int, new: _Live) -> list[Action]:
+        """SPEC D13: ``new`` takes the place of the same UE's earlier request ``old_id``."""
+        self.stats["superseded"] += 1
+        old = self._requests.pop(old_id)
+        out: list[Action] = [Remove((old_id,))]
+        if old.out is not None:  # its answer is in flight to an exchange the UE has left
+            self._outgoing.pop(old.out, None)
+        if self.policy.supersede(old_id, new.stored.req_id, now):
+            return out
+        if old.answer is not None:  # answered already: the latest exchange gets that answer
+            return out + self._answer(now, new.stored.req_id, old.answer)
+        greq = GatewayRequest(
+            new.stored.req_id, new.key, now, new.stored.urgent, isinstance(new.key, BulkItem)
+        )
+        return out + self._run(now, self.policy.on_requests(now, [greq]))
+
+    def _reply_now(
+        self, now, addr, msg, resp, out, block_num=0, block_szx=6, max_age=None, binding=None
+    ) -> None:
+        """A piggybacked answer (CON request) or an immediate NON answer (NON request)."""
+        mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
+        reply = wire.response_message(mtype, mid, msg.token, resp, block_num, block_szx, max_age)
+        if reply is None:
+            reply = wire.response_message(mtype, mid, msg.token, BAD_BLOCK2)
+        data = wire.encode(self._protected(reply, binding))
+        out.append(Reply(addr, data))
+        if msg.mtype == CON:
+            self._remember(now, addr, msg.mid, data)
+
+    def _protected(self, msg: wire.CoapMessage, binding: bytes | None) -> wire.CoapMessage:
+        """As it goes out: protected for the request ``binding`` names (a fresh nonce every time,
+        so answering again after a restart is safe), or the uniform 4.01 when its key was revoked."""
+        if binding is None or self.security is None:
+            return msg
+        sealed = self.security.protect(msg, binding)
+        if sealed is None:
+            refused = wire.response_message(msg.mtype, msg.mid, msg.token, UNAUTHENTICATED_ANSWER)
+            assert refused is not None
+            return refused
+        return sealed
+
+    def _remember(self, now: float, addr: Addr, mid: int, reply: bytes | None) -> None:
+        key = (addr, mid)
+        if key not in self._recent:
+            self._recent_order.append((now, key))
+        self._recent[key] = reply
+        limit = now - EXCHANGE_LIFETIME
+        while self._recent_order and self._recent_order[0][0] < limit:
+            _, old = self._recent_order.popleft()
+            self._recent.pop(old, None)
+
+    # -- decisions and upstream ----------------------------------------------------------------------
+    def _run(self, now: float, decisions) -> list[Action]:
+        out: list[Action] = []
+        for d in decisions:
+            if isinstance(d, Flush):
+                self.stats[f"flush-{d.reason}"] = self.stats.get(f"flush-{d.reason}", 0) + 1
+                self._next_op += 1
+                self._ops[self._next_op] = set(d.keys)
+                if d.bulk:
+                    self.stats["bulk-operations"] += 1
+                    out.append(Fetch(self._next_op, True, tuple(d.keys)))
+                else:
+                    self.stats["single-forwards"] += 1
+                    key = d.keys[0]
+                    query = (
+                        key
+                        if isinstance(key, wire.UeQuery)
+                        else wire.UeQuery(key.ue_uri, key.ue_vendor, key.ue_type)
+                    )
+                    out.append(Fetch(self._next_op, False, (key,), query))
+            elif isinstance(d, GiveUp):
+                problem = Problem(
+                    0xA4,
+                    f"no configuration could be obtained within {self.config.policy.give_up:g} s",
+                    "GAVE_UP",
+                )
+                resp = IndividualResponse.from_problem(problem)
+                for rid in d.req_ids:
+                    self.stats["given-up"] += 1
+                    out += self._answer(now, rid, resp)
+        return out
+
+    def on_outcome(self, now: float, op: int, outcome: UpstreamOutcome) -> list[Action]:
+        """One upstream GET of fetch ``op`` is complete: answer its keys, or back off and retry."""
+        keys = self._ops.get(op)
+        if keys is None:
+            return []
+        if not outcome.bulk:
+            mine = list(keys)
+            responses = [
+                IndividualResponse(outcome.code, outcome.payload, outcome.content_format, outcome.max_age)
+            ]
+        else:
+            mine = [k for k in outcome.items() if k in keys]  # only what this fetch asked for
+            responses = []
+            if not outcome.retryable:
+                responses = answer_responses(
+                    outcome.ue_uris, outcome.code, outcome.payload, outcome.content_format, outcome.max_age
+                )
+                by_item = dict(zip(outcome.items(), responses, strict=True))
+                responses = [by_item[k] for k in mine]
+        keys.difference_update(mine)
+        if outcome.retryable:
+            self.stats["upstream-failures"] += 1
+            self.policy.fail(now, mine, outcome.retry_after)
+            return []
+        out: list[Action] = []
+        for key, resp in zip(mine, responses, strict=True):
+            out += self._complete(now, key, resp)
+        return out
+
+    def on_fetch_done(self, now: float, op: int) -> list[Action]:
+        """Fetch ``op`` has ended: what no outcome covered is retried later."""
+        keys = self._ops.pop(op, None)
+        if keys:
+            self.policy.fail(now, list(keys))
+        return []
+
+    def _complete(self, now: float, key: Hashable, resp: IndividualResponse) -> list[Action]:
+        if self.config.cache and resp.cacheable:
+            age = DEFAULT_MAX_AGE if resp.max_age is None else resp.max_age
+            self.cache.put(now, key, resp, age)
+        out: list[Action] = []
+        for rid in self.policy.complete(key):
+            out += self._answer(now, rid, resp)
+        return out
+
+    # -- MSGin5G-6 side: answering -----------------------------------------------------------------
+    def _next_mid(self, addr: Addr) -> int:
+        """Message IDs per UE endpoint (RFC 7252 §4.4), starting at a random value so that a
+        restarted gateway does not repeat recent IDs."""
+        mid = self._mids.get(addr)
+        mid = self.rng.randrange(0x10000) if mid is None else (mid + 1) & 0xFFFF
+        self._mids[addr] = mid
+        return mid
+
+    def _answer(self, now: float, req_id: int, resp: IndividualResponse) -> list[Action]:
+        """A request's answer as a confirmable separate response (RFC 7252 §5.2.2)."""
+        live = self._requests.get(req_id)
+        if live is None:
+            return []
+        st = live.stored
+        addr = st.endpoint
+        mid = self._next_mid(addr)
+        msg = wire.response_message(CON, mid, st.token, resp, st.block_num, st.block_szx)
+        if msg is None:
+            msg = wire.response_message(CON, mid, st.token, BAD_BLOCK2)
+        data = wire.encode(self._protected(msg, st.oscore))
+        self.stats["answers"] += 1
+        if self.config.record_answers:
+            self.answer_log.append(req_id)
+        live.answer, live.out = resp, (addr, mid)
+        timeout = self.config.ack_timeout * self.rng.uniform(1.0, ACK_RANDOM_FACTOR)
+        self._outgoing[(addr, mid)] = o = _Outgoing(req_id, data, 0, timeout, now + timeout)
+        self._push(o, (addr, mid))
+        return [Reply(addr, data, req_id), MarkAnswered((req_id,))]
+
+    def _push(self, o: _Outgoing, key: tuple[Addr, int]) -> None:
+        self._seq += 1
+        heapq.heappush(self._retx, (o.due, self._seq, key))
+
+    def _stale(self, item: tuple[float, int, tuple[Addr, int]]) -> bool:
+        o = self._outgoing.get(item[2])
+        return o is None or o.due != item[0]
+
+    def on_ack(self, now: float, addr: Addr, mid: int) -> list[Action]:
+        """An ACK or RST for a separate response: delivered (or rejected) — the request is done."""
+        o = self._outgoing.pop((addr, mid), None)
+        if o is None:
+            return []
+        self.stats["delivered"] += 1
+        return self._done(o.req_id)
+
+    def _done(self, req_id: int) -> list[Action]:
+        live = self._requests.pop(req_id, None)
+        if live is None:
+            return []
+        if self._by_requester.get(live.requester) == req_id:
+            del self._by_requester[live.requester]
+        return [Remove((req_id,))]
+
+    def on_tick(self, now: float) -> list[Action]:
+        """Retransmit due CONs (RFC 7252 §4.2), then the policy's timers (flush, retry, give up)."""
+        out: list[Action] = []
+        while self._retx and self._retx[0][0] <= now:
+            item = heapq.heappop(self._retx)
+            if self._stale(item):
+                continue
+            key = item[2]
+            o = self._outgoing[key]
+            if o.tries >= self.config.max_retransmit:
+                del self._outgoing[key]
+                self.stats["undelivered"] += 1
+                out += self._done(o.req_id)
+                continue
+            o.tries += 1
+            o.timeout *= 2
+            o.due = now + o.timeout
+            self.stats["retransmissions"] += 1
+            out.append(Reply(key[0], o.data, o.req_id))
+            self._push(o, key)
+        out += self._run(now, self.policy.on_tick(now))
+        return out
