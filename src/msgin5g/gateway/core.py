@@ -411,6 +411,7 @@ class GatewayCore:
             if st is None:  # stored before (retransmission across a restart)
                 continue
             self.stats["stored"] += 1
+            log.debug("stored request %d (%s) from %s", st.req_id, st.query.ue_uri, s.addr)
             live = _Live(st, s.key, s.requester)
             old_id = self._by_requester.get(s.requester)
             self._by_requester[s.requester] = st.req_id
@@ -575,6 +576,7 @@ class GatewayCore:
             msg = wire.response_message(CON, mid, st.token, BAD_BLOCK2)
         data = wire.encode(self._protected(msg, st.oscore))
         self.stats["answers"] += 1
+        log.debug("answer to request %d (%s) at %s", req_id, st.query.ue_uri, addr)
         if self.config.record_answers:
             self.answer_log.append(req_id)
         live.answer, live.out = resp, (addr, mid)

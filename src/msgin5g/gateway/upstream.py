@@ -74,6 +74,9 @@ EXCHANGE_LIFETIME = 247.0
 MAX_TRANSMIT_WAIT = 93.0
 #: Exchanges outstanding towards the SCM-S at once (RFC 7252 §4.7 NSTART), by default.
 DEFAULT_NSTART = 8
+#: s after which an unanswered bulk GET or follow-up is asked again on another endpoint (after its
+#: first two transmissions, RFC 7252 §4.2: ACK_TIMEOUT × [1, 1.5] + twice that), then again later.
+HEDGE_AFTER = (7.5, 15.0)
 #: RFC 8323 default Max-Message-Size, used until the SCM-S's CSM says otherwise.
 TCP_DEFAULT_MMS = 1152
 #: What OSCORE adds to a request (RFC 8613 §6): the OSCORE option (flags, Partial IV ≤ 5 bytes,
@@ -137,7 +140,7 @@ class UpstreamScmc(CmClient):
         # per bulk GET: over TCP bounded by the answer size (≈ 1 MiB messages, ~400 B per UE)
         self.max_ues = max_ues or (2000 if self.transport == "tcp" else 10_000)
         self.timeout = timeout
-        self._idle: asyncio.Queue[_Endpoint] | None = None
+        self._idle: asyncio.Queue[_Endpoint | None] | None = None
         self._made = 0
         self._all: list[_Endpoint] = []
         self._tcp: aiocoap.Context | None = None
@@ -152,6 +155,7 @@ class UpstreamScmc(CmClient):
             "no-answer": 0,
             "split-413": 0,
             "restart-408": 0,
+            "hedged": 0,
         }
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -189,6 +193,10 @@ class UpstreamScmc(CmClient):
                 self._all.append(ep)
                 return ep
         ep = await self._idle.get()
+        if ep is None:  # in place of a retired endpoint
+            ep = _Endpoint(await self._new_context("udp6"))
+            self._all.append(ep)
+            return ep
         now = time.monotonic()
         if now - ep.window_start > EXCHANGE_LIFETIME:
             ep.window_start, ep.sent = now, 0
@@ -216,14 +224,75 @@ class UpstreamScmc(CmClient):
                         if self._tcp is None:
                             self._tcp = await self._new_context("tcpclient")
                 return await self._request(self._tcp, msg, blockwise)
+        t0 = time.monotonic()
         ep = await self._take()
+        t1 = time.monotonic()
+        reusable = False
         try:
             ep.sent += 1
-            return await self._request(ep.ctx, msg, blockwise)
+            resp = await self._request(ep.ctx, msg, blockwise)
+            reusable = True
+            log.debug("exchange: %.2f s waiting, %.2f s to its answer", t1 - t0, time.monotonic() - t1)
+            return resp
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            reusable = True  # aiocoap ended the exchange (time-out, RST): the endpoint is free
+            raise
         finally:
-            assert self._idle is not None
-            if ep in self._all:
-                self._idle.put_nowait(ep)
+            self._give_back(ep, reusable)
+
+    def _give_back(self, ep: _Endpoint, reusable: bool) -> None:
+        """Back to the pool — or, when its exchange was abandoned (aiocoap would go on
+        retransmitting it and queue the next request behind it), retired and replaced."""
+        assert self._idle is not None
+        if ep not in self._all:
+            return
+        if reusable:
+            self._idle.put_nowait(ep)
+            return
+        self._all.remove(ep)
+        self._idle.put_nowait(None)  # the next taker makes a fresh endpoint in its place
+        task = asyncio.ensure_future(self._retire(ep.ctx))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def _idempotent(self, make: Callable[[], aiocoap.Message]) -> aiocoap.Message:
+        """A bulk GET or one of its follow-ups, asked again on another endpoint when its exchange
+        has gone unanswered for :data:`HEDGE_AFTER` (two transmissions lost), the first answer
+        taken and the other exchanges ended (SPEC D13).
+
+        Each exchange keeps RFC 7252's timers; but an exchange whose datagrams were lost a few
+        times waits 2 + 4 + 8 + ... s, and a bulk operation waits for its slowest block — at 30 %
+        loss each way one exchange in seven needs more than 17 s, one in thirty gives up after
+        93 s. These requests are safe to repeat: the SCM-S answers them from the answer it keeps
+        for the bulk configuration id (SPEC D6, D7 b). Over TCP nothing is lost: one exchange."""
+        if self.transport == "tcp":
+            return await self._exchange(make(), False)
+        waits = list(HEDGE_AFTER)
+        tasks = [asyncio.ensure_future(self._exchange(make(), False))]
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    tasks, timeout=waits[0] if waits else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:  # unanswered so far: the same request once more, elsewhere
+                    waits.pop(0)
+                    self.stats["hedged"] += 1
+                    tasks.append(asyncio.ensure_future(self._exchange(make(), False)))
+                    continue
+                error: BaseException | None = None
+                for t in done:
+                    tasks.remove(t)
+                    if t.exception() is None:
+                        return t.result()
+                    error = t.exception()
+                if not tasks:
+                    assert error is not None
+                    raise error
+        finally:
+            for t in tasks:
+                t.cancel()
 
     async def _request(self, ctx: aiocoap.Context, msg: aiocoap.Message, blockwise: bool) -> aiocoap.Message:
         req = ctx.request(msg, handle_blockwise=blockwise)
@@ -296,11 +365,15 @@ class UpstreamScmc(CmClient):
     async def _fetch_bulk(self, service_id: str, get: BulkGet) -> UpstreamOutcome:
         """One bulk GET and its Block2 follow-ups naming only the flag (SPEC D7 b)."""
         try:
-            msg = self._message(service_id, get.uri_query())
-            if self.transport == "udp":
-                msg.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(0, False, 6)
+
+            def first() -> aiocoap.Message:
+                msg = self._message(service_id, get.uri_query())
+                if self.transport == "udp":
+                    msg.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(0, False, 6)
+                return msg
+
             self.stats["bulk-gets"] += 1
-            resp = await self._exchange(msg, False)
+            resp = await self._idempotent(first)
             block2 = resp.opt.block2
             if resp.code != Code.CONTENT or block2 is None or not block2.more:
                 return bulk_outcome(
@@ -337,10 +410,13 @@ class UpstreamScmc(CmClient):
             return no_answer(get, f"no answer from the SCM-S: {type(e).__name__}: {e}")
 
     async def _followup(self, service_id: str, get: BulkGet, num: int, szx: int) -> aiocoap.Message:
-        follow = self._message(service_id, followup_query(get.flag))
-        follow.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(num, False, szx)
+        def follow() -> aiocoap.Message:
+            msg = self._message(service_id, followup_query(get.flag))
+            msg.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(num, False, szx)
+            return msg
+
         self.stats["block2-followups"] += 1
-        return await self._exchange(follow, False)
+        return await self._idempotent(follow)
 
     # -- single ------------------------------------------------------------------------------------
     async def single_configure(self, service_id: str, query: UeQuery) -> UpstreamOutcome:
