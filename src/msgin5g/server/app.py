@@ -18,6 +18,7 @@ import aiocoap
 
 from ..authz import LAB_IDENTITY_OPTION
 from ..coap import aiocoap_tweaks
+from ..coap.qblock import QBlockParams
 from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
@@ -49,6 +50,7 @@ class ServerConfig:
     security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
     max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    qblock: QBlockParams = field(default_factory=QBlockParams)  # RFC 9177 §7.2 parameters
 
 
 def _is_loopback(host: str) -> bool:
@@ -199,11 +201,11 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             if own:
                 store.close()
             raise ServerStartError(str(e)) from None
-        site = ScmSite(service, identify=keyring.identify)
+        site = ScmSite(service, identify=keyring.identify, qblock=config.qblock)
         root = SecuredSite(site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
-        site = ScmSite(service)
+        site = ScmSite(service, qblock=config.qblock)
         root = site
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
