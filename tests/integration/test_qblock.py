@@ -51,7 +51,7 @@ def qblock2_option(o: BlockOpt):
 
 
 async def qblock2_get(
-    port, query=(), *, drop=frozenset(), mtype=NON, protection=None, params=CLIENT, first_only=False
+    port, query=(), *, drop=frozenset(), mtype=NON, protection=None, params=CLIENT
 ) -> Transfer:
     """GET the collection offering Q-Block2 (NUM 0, M set); the first delivery of each block in
     ``drop`` is lost. Asks for missing blocks as the receiver decides, each request a new token."""
@@ -64,7 +64,8 @@ async def qblock2_get(
     bindings, seen = {}, set()
 
     def send(options, first=False):
-        m = Message(code=Code.GET, mtype=mtype if first else NON, uri_path=COLLECTION)
+        m = Message(code=Code.GET, uri_path=COLLECTION)
+        m.mtype = mtype if first else NON
         m.opt.uri_query = tuple(query)
         for o in options:
             m.opt.add_option(qblock2_option(o))
@@ -194,7 +195,8 @@ async def test_con_request_gets_the_first_block_piggybacked_and_the_rest_as_non(
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     try:
-        m = Message(code=Code.GET, mtype=CON, uri_path=COLLECTION)
+        m = Message(code=Code.GET, uri_path=COLLECTION)
+        m.mtype = CON
         m.opt.add_option(qblock2_option(BlockOpt(0, True, 6)))
         m.mid, m.token = 4711, b"qb"
         sock.sendto(m.encode(), ("127.0.0.1", srv.port))
@@ -250,7 +252,8 @@ async def test_block2_with_q_block2_is_refused(qserver):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     try:
-        m = Message(code=Code.GET, mtype=CON, uri_path=COLLECTION, block2=(0, False, 6))
+        m = Message(code=Code.GET, uri_path=COLLECTION, block2=(0, False, 6))
+        m.mtype = CON
         m.opt.add_option(qblock2_option(BlockOpt(0, True, 6)))
         m.mid, m.token = 9, b"x"
         sock.sendto(m.encode(), ("127.0.0.1", srv.port))
@@ -327,7 +330,8 @@ async def test_q_block1_upload_with_a_missing_block_gets_408_then_completes(qser
     sock.setblocking(False)
 
     def send_block(n, token):
-        m = Message(code=Code.POST, mtype=NON, uri_path=COLLECTION, payload=blocks[n])
+        m = Message(code=Code.POST, uri_path=COLLECTION, payload=blocks[n])
+        m.mtype = NON
         m.opt.content_format = 50
         m.opt.request_tag = (b"rt1",)
         m.opt.size1 = len(body)

@@ -173,7 +173,8 @@ class QBlockServer:
         start = num * size
         chunk = full.payload[start : start + size]
         more = start + size < len(full.payload)
-        m = Message(code=full.code, payload=chunk, mtype=NON)
+        m = Message(code=full.code, payload=chunk)
+        m.mtype = NON
         for name in _KEPT:
             value = getattr(full.opt, name)
             if value is not None:
