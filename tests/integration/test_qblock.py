@@ -366,3 +366,84 @@ async def test_q_block1_upload_with_a_missing_block_gets_408_then_completes(qser
     assert created["configName"] == doc["configName"]
     stored = srv.store.get("msgin5g", created["ueConfigDocId"])
     assert stored is not None and stored.doc["configName"] == doc["configName"]
+
+
+# -- the message layer's client (coap.qblock_client) against the real SCM-S and a bare aiocoap server --
+def _lossy_first_delivery(lost: set[int], dropped: list):
+    """A ``demux`` that drops the first delivery of the Q-Block2 blocks numbered in ``lost``."""
+    from msgin5g.coap import wire as cw
+
+    seen: set[int] = set()
+
+    def demux(data: bytes, addr) -> bool:
+        try:
+            m = cw.decode(data)
+        except cw.WireError:
+            return False
+        value = m.first(cw.OPT_Q_BLOCK2)
+        if value is None or not m.is_response:
+            return False
+        num = cw.parse_block(value)[0]
+        if num in lost and num not in seen:
+            seen.add(num)
+            dropped.append(num)
+            return True
+        return False
+
+    return demux
+
+
+def _get(path, query=()):
+    from msgin5g.coap import wire as cw
+
+    opts = [(cw.OPT_URI_PATH, p.encode()) for p in path] + [(cw.OPT_URI_QUERY, q.encode()) for q in query]
+    return cw.CoapMessage(cw.CON, cw.GET, 0, b"", opts)
+
+
+async def test_message_layer_client_recovers_lost_blocks_from_the_scm_s(qserver, coap):
+    from msgin5g.coap.qblock_client import QBlockOffer
+    from msgin5g.coap.udp import CoapEndpoint
+
+    srv = qserver
+    provision_large(srv)
+    expected = await rfc7959_body(coap, srv)
+    total = -(-len(expected) // 1024)
+    lost, dropped = {0, 4, total - 1}, []
+    ep = CoapEndpoint.connect("127.0.0.1", srv.port, demux=_lossy_first_delivery(lost, dropped))
+    try:
+        offer = QBlockOffer(params=CLIENT)
+        answer = await ep.request(_get(COLLECTION), qblock=offer, blockwise=True, timeout=30)
+    finally:
+        ep.close()
+    assert answer.code == 0x45 and answer.payload == expected
+    assert sorted(dropped) == sorted(lost)  # each was lost once and came again on request
+
+
+async def test_message_layer_client_falls_back_to_rfc7959_against_a_bare_aiocoap_server():
+    """A bare aiocoap resource ignores the (critical) Q-Block2 option and answers with Block2:
+    the client goes on with RFC 7959 follow-ups and gets the whole body."""
+    import aiocoap
+    import aiocoap.resource as resource
+
+    from msgin5g.coap.qblock_client import QBlockOffer
+    from msgin5g.coap.udp import CoapEndpoint
+
+    body = bytes(range(256)) * 13  # 3,328 bytes: four blocks
+
+    class Big(resource.Resource):
+        async def render_get(self, request):
+            return Message(payload=body)
+
+    site = resource.Site()
+    site.add_resource(["big"], Big())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port), transports=["udp6"])
+    ep = CoapEndpoint.connect("127.0.0.1", port)
+    try:
+        answer = await ep.request(_get(["big"]), qblock=QBlockOffer(), blockwise=True, timeout=30)
+    finally:
+        ep.close()
+        await ctx.shutdown()
+    assert answer.code == 0x45 and answer.payload == body
