@@ -4,7 +4,12 @@
 
 from __future__ import annotations
 
+import uuid
+
+import cbor2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from msgin5g.authz import ADMIN, ANONYMOUS, Identity, Role
 from msgin5g.model import ModelError
@@ -20,6 +25,9 @@ from msgin5g.profiles import (
     parse_val_tgt_ue,
     validate_profile_doc,
 )
+from msgin5g.server.profile_service import ProfileRequest, ProfileService
+from msgin5g.server.service import ServiceConfig
+from msgin5g.store.sqlite import SqliteStore
 
 UE = "urn:gsma:imei:35209900-000001-8"
 USER = "sip:alice@msgin5g.example"
@@ -228,3 +236,56 @@ def test_only_an_administrator_writes():
         p = authorize_write(who)
         assert p.code == 0x83 and p.cause == "ADMIN_ONLY"
     assert code(authorize_write(ANONYMOUS)) == 0x81
+
+
+# -- property: nothing of another identity ever comes back (SPEC D12, D16) ----------------------------
+IDS = (UE, USER, "urn:gsma:imei:35209900-000002-6", "sip:bob@msgin5g.example")
+KINDS = ("valUeId", "valUserId")
+
+
+@st.composite
+def scenario(draw):
+    profiles = draw(st.lists(st.tuples(st.sampled_from(KINDS), st.sampled_from(IDS)), max_size=6))
+    requester = draw(
+        st.one_of(
+            st.builds(lambda n: Identity(Role.UE, n), st.sampled_from(IDS)),
+            st.builds(lambda n: Identity(Role.GATEWAY, n), st.sampled_from(IDS)),
+        )
+    )
+    query = draw(
+        st.one_of(
+            st.sampled_from(IDS),
+            st.builds(lambda k, i: f"{k}:{i}", st.sampled_from(KINDS), st.sampled_from(IDS)),
+        )
+    )
+    return profiles, requester, query
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=scenario())
+def test_no_route_returns_another_identitys_profile(tmp_path, case):
+    """Over the service (no sockets, a real SQLite store): for any stored profiles, any non-admin
+    requester and any val-tgt-ue, every profile in a 2.05 — collection or individual — has the
+    requester's own identity as its target; a UE is answered for each of its own profiles."""
+    profiles, requester, query = case
+    store = SqliteStore(str(tmp_path / f"p{uuid.uuid4().hex}.db"))
+    try:
+        svc = ProfileService(store, ServiceConfig())
+        ids = [store.create_profile("msgin5g", doc(valTgtUe={k: i})).doc_id for k, i in profiles]
+        answers = [svc.collection_get(requester, "msgin5g", (f"val-tgt-ue={query}",), ProfileRequest())]
+        answers += [svc.doc_get(requester, "msgin5g", pid, ProfileRequest()) for pid in ids]
+        seen = []
+        for reply in answers:
+            if reply.code == 0x45:
+                body = cbor2.loads(reply.payload)
+                seen += body if isinstance(body, list) else [body]
+            else:
+                assert reply.code == 0x83
+        assert all(next(iter(d["valTgtUe"].values())) == requester.name for d in seen)
+        if requester.role is Role.UE:
+            own = [pid for pid, (_k, i) in zip(ids, profiles, strict=True) if i == requester.name]
+            assert set(own) == {d["profileDocId"] for d in seen}  # each own profile, by its GET
+        else:
+            assert seen == []
+    finally:
+        store.close()
