@@ -447,3 +447,14 @@ async def test_message_layer_client_falls_back_to_rfc7959_against_a_bare_aiocoap
         ep.close()
         await ctx.shutdown()
     assert answer.code == 0x45 and answer.payload == body
+
+
+async def test_over_tcp_q_block2_is_served_as_one_message(qserver, coap):
+    """RFC 9177 targets unreliable transports: over coap+tcp the answer comes whole (RFC 8323)."""
+    srv = qserver
+    provision_large(srv)
+    expected = await rfc7959_body(coap, srv)
+    m = Message(code=Code.GET, uri=srv.collection_uri(scheme="coap+tcp"))
+    m.opt.add_option(qblock2_option(BlockOpt(0, True, 6)))
+    r = await asyncio.wait_for(coap.request(m, handle_blockwise=False).response, 10)
+    assert r.code == Code.CONTENT and r.payload == expected and not r.opt.get_option(Q2)

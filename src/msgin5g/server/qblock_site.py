@@ -129,8 +129,10 @@ class QBlockServer:
             pipe.add_response(full, is_last=True)  # fits one message: no block option needed
             return
         if _reliable(request):
-            # RFC 9177 is for unreliable transports; over TCP/WebSockets serve as RFC 7959 would
-            pipe.add_response(self._block(full, 0, szx, size), is_last=True)
+            # RFC 9177 is for unreliable transports; over TCP/WebSockets serve as RFC 7959 would:
+            # the whole answer in one (BERT-sized) message when it fits, else the first block
+            whole = len(full.payload) <= max_payload
+            pipe.add_response(full if whole else self._block(full, 0, szx, size), is_last=True)
             return
         etag = full.opt.etag or hashlib.blake2b(full.payload, digest_size=8).digest()
         full.opt.etag = etag
