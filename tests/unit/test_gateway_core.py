@@ -262,8 +262,12 @@ def test_restart_answers_every_stored_request_on_its_stored_endpoint_and_token()
     acts = c.restore(0.0, 1000.0, pending)
     (fetch,) = of(acts, Fetch)  # waited longer than max_wait already: flushed at once
     assert set(fetch.keys) == {BulkItem(UE_A), BulkItem(UE_B)}
-    # a retransmission of a stored request after the restart: the ACK again, not a new request
-    assert c.on_datagrams(0.1, 1000.1, [(request(100, b"tA", UE_A), A1)]) == [Ack(A1, empty(ACK, 100))]
+    # a retransmission of a stored request after the restart: the store knows it (None), so it is
+    # acknowledged again and nothing else happens
+    (again,) = c.on_datagrams(0.1, 1000.1, [(request(100, b"tA", UE_A), A1)])
+    assert isinstance(again, Store)
+    assert c.on_stored(0.1, again.batch, [None]) == [Ack(A1, empty(ACK, 100))]
+    assert c.unanswered == 2
     out = c.on_outcome(0.2, fetch.op, bulk_answer((UE_A, "sid-a"), (UE_B, "sid-b")))
     replies = {r.addr: answer_of(r) for r in of(out, Reply)}
     assert replies[A1].token == b"tA" and replies[A2].token == b"tB"

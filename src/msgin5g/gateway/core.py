@@ -23,30 +23,35 @@ fetch, and the answer of a key goes to the requests the policy holds for it.
 SPEC D13: a repeat from the same UE — its own retry with a new message ID or token, possibly from
 a new port — *supersedes* its stored request (same requester, same query): the new exchange takes
 the old one's place, the old one is removed from the store, and the answer goes to the latest
-exchange only. Exchanges of the MSGin5G-6 side follow RFC 7252: duplicates by (endpoint, message
-ID) for EXCHANGE_LIFETIME, CON separate responses retransmitted after ACK_TIMEOUT × [1,
-ACK_RANDOM_FACTOR], doubling, MAX_RETRANSMIT times.
+exchange only.
+
+The MSGin5G-6 side's message layer is the project's one (:class:`msgin5g.coap.msglayer.
+MessageLayer`, pure as well, owned by the core): duplicates by (endpoint, message ID) for
+EXCHANGE_LIFETIME with the first reply replayed, message IDs, the empty ACK once a request is
+stored (``accept``), piggybacked answers and Block2 slicing (``respond``), CON separate responses
+retransmitted after ACK_TIMEOUT × [1, ACK_RANDOM_FACTOR], doubling, MAX_RETRANSMIT times
+(``respond_to`` — also for requests known only from the store after a restart).
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
-from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import authz
 from ..bulk import BulkItem, IndividualResponse, answer_responses
+from ..coap.msglayer import Confirmed, Fail, Incoming, MessageLayer, Params, Send, Serve, Unmatched
+from ..coap.wire import block_size
 from ..model import ModelError, UeIdentity
 from ..problem import Problem
 from . import wire
 from .policy import BatchPolicy, Flush, GatewayRequest, GiveUp, ResponseCache, ServicePolicy
 from .queue import NewRequest, StoredRequest
 from .upstream_rules import UpstreamOutcome
-from .wire import ACK, CON, EMPTY, NON, RST, ConfigRequest, WireError
+from .wire import CON, ConfigRequest
 
 log = logging.getLogger("msgin5g.gateway")
 
@@ -153,20 +158,12 @@ class _Live:
     key: Hashable
     requester: tuple | None  # D13 supersede key: (identity, query)
     answer: IndividualResponse | None = None
-    out: tuple[Addr, int] | None = None  # the CON separate response in flight
-
-
-@dataclass(slots=True)
-class _Outgoing:
-    req_id: int
-    data: bytes
-    tries: int
-    timeout: float
-    due: float
+    out: tuple[int, Addr, int] | None = None  # the CON separate response in flight: handle, addr, MID
 
 
 @dataclass(slots=True)
 class _Staged:
+    incoming: Incoming
     addr: Addr
     msg: wire.CoapMessage
     request: ConfigRequest
@@ -226,12 +223,12 @@ class GatewayCore:
         self.answer_log: list[int] = []
         self._requests: dict[int, _Live] = {}
         self._by_requester: dict[tuple, int] = {}
-        self._recent: dict[tuple[Addr, int], bytes | None] = {}
-        self._recent_order: deque[tuple[float, tuple[Addr, int]]] = deque()
-        self._outgoing: dict[tuple[Addr, int], _Outgoing] = {}
-        self._retx: list[tuple[float, int, tuple[Addr, int]]] = []
-        self._seq = 0
-        self._mids: dict[Addr, int] = {}
+        # the MSGin5G-6 side's message layer: duplicates, message IDs, CON retransmission, Block2
+        params = Params(
+            ack_timeout=config.ack_timeout, max_retransmit=config.max_retransmit, dedup_capacity=1 << 18
+        )
+        self.ml = MessageLayer(params, self.rng, server=True)
+        self._handles: dict[int, int] = {}  # CON separate response → its request
         self._batches: dict[int, list[_Staged]] = {}
         self._ops: dict[int, set[Hashable]] = {}
         self._next_batch = 0
@@ -248,11 +245,7 @@ class GatewayCore:
         return bool(self._requests or self._batches)
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.policy.next_deadline(),) if t is not None]
-        while self._retx and self._stale(self._retx[0]):
-            heapq.heappop(self._retx)
-        if self._retx:
-            times.append(self._retx[0][0])
+        times = [t for t in (self.policy.next_deadline(), self.ml.next_deadline()) if t is not None]
         return min(times) if times else None
 
     # -- restart -------------------------------------------------------------------------------------
@@ -263,7 +256,6 @@ class GatewayCore:
         out: list[Action] = []
         greqs = []
         for st in pending:
-            self._remember(now, st.endpoint, st.mid, wire.empty_ack(st.mid))
             try:
                 req = ConfigRequest.of(st.query, st.urgent, st.block_num, st.block_szx)
                 key = req.key(self.config.policy.bulk)
@@ -296,67 +288,61 @@ class GatewayCore:
         for data, addr in datagrams:
             self.stats["datagrams-in"] += 1
             try:
-                self._datagram(now, data, addr, out, staged)
+                for a in self.ml.on_datagram(now, data, addr):
+                    if isinstance(a, Serve):
+                        self._request(now, a.request, data, out, staged)
+                    else:
+                        self._perform_ml(a, out)
             except Exception:  # never let one datagram stop the others
                 log.exception("datagram from %s not handled", addr)
                 self.stats["internal-errors"] += 1
+        c = self.ml.counters
+        self.stats["duplicates"] = c.duplicates
+        self.stats["garbage"] = c.malformed + c.unmatched + c.rejected
         if staged:
             batch = self._next_batch = self._next_batch + 1
             self._batches[batch] = staged
             out.append(Store(batch, tuple(self._new_request(s, wall) for s in staged)))
         return out
 
-    def _datagram(
-        self, now: float, data: bytes, addr: Addr, out: list[Action], staged: list[_Staged]
+    def _perform_ml(self, a, out: list[Action]) -> None:
+        """What the message layer says: datagrams out, answers delivered or undeliverable."""
+        if isinstance(a, Send):
+            out.append(Ack(a.addr, a.data) if len(a.data) == 4 else Reply(a.addr, a.data))
+        elif isinstance(a, Confirmed):
+            req_id = self._handles.pop(a.handle, None)
+            if req_id is not None:
+                self.stats["delivered"] += 1
+                out += self._done(req_id)
+        elif isinstance(a, Fail):
+            req_id = self._handles.pop(a.handle, None)
+            if req_id is not None:
+                self.stats["undelivered" if "RST" not in a.reason else "delivered"] += 1
+                out += self._done(req_id)
+        elif isinstance(a, Unmatched):
+            pass  # counted by the layer (garbage)
+
+    def _request(
+        self, now: float, incoming: Incoming, data: bytes, out: list[Action], staged: list[_Staged]
     ) -> None:
-        if len(data) == 4 and data[1] == EMPTY and data[0] in (0x60, 0x70):  # empty ACK / RST: most
-            out.extend(self.on_ack(now, addr, (data[2] << 8) | data[3]))  # of the traffic
-            return
-        try:
-            msg = wire.decode(data)
-        except WireError:
-            self.stats["garbage"] += 1
-            # RFC 7252 §4.2: reject a CON whose format is broken (if its MID can be read)
-            if len(data) >= 4 and data[0] >> 6 == 1 and (data[0] >> 4) & 3 == CON:
-                out.append(Ack(addr, wire.reset(int.from_bytes(data[2:4], "big"))))
-            return
-        if msg.code == EMPTY:
-            if msg.mtype in (ACK, RST):
-                out.extend(self.on_ack(now, addr, msg.mid))
-            elif msg.mtype == CON:  # CoAP ping
-                out.append(Ack(addr, wire.reset(msg.mid)))
-            return
-        if not msg.is_request or msg.mtype not in (CON, NON):
-            self.stats["garbage"] += 1
-            if msg.mtype == CON:  # a response or reserved code we do not expect
-                out.append(Ack(addr, wire.reset(msg.mid)))
-            return
+        """A new request (the message layer has taken care of duplicates)."""
+        msg, addr = incoming.message, incoming.addr
         self.stats["requests"] += 1
-        dedup = (addr, msg.mid)
-        if dedup in self._recent:  # a retransmission (RFC 7252 §4.5)
-            self.stats["duplicates"] += 1
-            reply = self._recent[dedup]
-            if reply is not None and msg.mtype == CON:
-                out.append(Ack(addr, reply))
-            return
         binding = identity = None
         if self.security is not None:
             verified = self.security.verify(data, msg)
             if isinstance(verified, Refusal):
                 self.stats["unauthenticated"] += 1
                 if verified.challenge is None:
-                    self._reply_now(now, addr, msg, UNAUTHENTICATED_ANSWER, out)
+                    self._reply_now(now, incoming, UNAUTHENTICATED_ANSWER, out)
                 else:
-                    ch = verified.challenge
-                    mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
-                    ch = wire.CoapMessage(mtype, ch.code, mid, msg.token, ch.options, ch.payload)
-                    out.append(Reply(addr, wire.encode(ch)))
+                    self._send_now(now, incoming, verified.challenge, out)
                 return
             msg, binding, identity = verified.msg, verified.binding, verified.identity
         parsed = wire.parse_config_request(msg, self.config.service_id)
         if isinstance(parsed, IndividualResponse):
             self.stats["rejected"] += 1
-            self._reply_now(now, addr, msg, parsed, out, binding=binding)
+            self._reply_now(now, incoming, parsed, out, binding=binding)
             return
         if self.security is not None:
             # a UE asks only for its own configuration (TS 24.546 6.2.1.2; SPEC D12)
@@ -364,9 +350,7 @@ class GatewayCore:
             problem = authz.authorize(identity or authz.ANONYMOUS, authz.Op.QUERY_SCOPED, ue=ue)
             if problem is not None:
                 self.stats["forbidden"] += 1
-                self._reply_now(
-                    now, addr, msg, IndividualResponse.from_problem(problem), out, binding=binding
-                )
+                self._reply_now(now, incoming, IndividualResponse.from_problem(problem), out, binding=binding)
                 return
         key = parsed.key(self.config.policy.bulk)
         if self.config.cache:
@@ -375,11 +359,12 @@ class GatewayCore:
                 resp, remaining = hit
                 self.stats["cache-hits"] += 1
                 self._reply_now(
-                    now, addr, msg, resp, out, parsed.block_num, parsed.block_szx, int(remaining), binding
+                    now, incoming, resp, out, parsed.block_num, parsed.block_szx, int(remaining), binding
                 )
                 return
-        self._remember(now, addr, msg.mid, None)
-        staged.append(_Staged(addr, msg, parsed, key, binding, requester_key(identity, parsed.query)))
+        staged.append(
+            _Staged(incoming, addr, msg, parsed, key, binding, requester_key(identity, parsed.query))
+        )
 
     @staticmethod
     def _new_request(s: _Staged, wall: float) -> NewRequest:
@@ -393,8 +378,7 @@ class GatewayCore:
         """The store refused the batch: we cannot promise anything we cannot store — say so at once."""
         out: list[Action] = []
         for s in self._batches.pop(batch, []):
-            self._recent.pop((s.addr, s.msg.mid), None)
-            self._reply_now(now, s.addr, s.msg, STORE_UNAVAILABLE, out, binding=s.binding)
+            self._reply_now(now, s.incoming, STORE_UNAVAILABLE, out, binding=s.binding)
         return out
 
     def on_stored(self, now: float, batch: int, stored: Sequence[StoredRequest | None]) -> list[Action]:
@@ -404,10 +388,8 @@ class GatewayCore:
         greqs: list[GatewayRequest] = []
         keys_seen: set[Hashable] = set()
         for s, st in zip(self._batches.pop(batch, []), stored, strict=True):
-            if s.msg.mtype == CON:
-                ack = wire.empty_ack(s.msg.mid)
-                out.append(Ack(s.addr, ack))
-                self._remember(now, s.addr, s.msg.mid, ack)
+            for a in self.ml.accept(now, s.incoming):  # the empty ACK, now that it is stored
+                self._perform_ml(a, out)
             if st is None:  # stored before (retransmission across a restart)
                 continue
             self.stats["stored"] += 1
@@ -431,8 +413,10 @@ class GatewayCore:
         self.stats["superseded"] += 1
         old = self._requests.pop(old_id)
         out: list[Action] = [Remove((old_id,))]
-        if old.out is not None:  # its answer is in flight to an exchange the UE has left
-            self._outgoing.pop(old.out, None)
+        if old.out is not None:  # its answer is in flight to an exchange the UE has left: end it
+            handle, addr, mid = old.out
+            self._handles.pop(handle, None)
+            self.ml.on_message(now, wire.CoapMessage(wire.RST, wire.EMPTY, mid), addr)
         if self.policy.supersede(old_id, new.stored.req_id, now):
             return out
         if old.answer is not None:  # answered already: the latest exchange gets that answer
@@ -443,17 +427,34 @@ class GatewayCore:
         return out + self._run(now, self.policy.on_requests(now, [greq]))
 
     def _reply_now(
-        self, now, addr, msg, resp, out, block_num=0, block_szx=6, max_age=None, binding=None
+        self, now, incoming: Incoming, resp, out, block_num=0, block_szx=6, max_age=None, binding=None
     ) -> None:
-        """A piggybacked answer (CON request) or an immediate NON answer (NON request)."""
-        mtype, mid = (ACK, msg.mid) if msg.mtype == CON else (NON, self._next_mid(addr))
-        reply = wire.response_message(mtype, mid, msg.token, resp, block_num, block_szx, max_age)
+        """A piggybacked answer (CON request) or an immediate NON answer (NON request). Unsecured,
+        the message layer cuts the Block2 block the request asks for (RFC 7959 §2.3); secured, the
+        block is cut from the plain answer and protected (RFC 8613 §4.1.3.4: Block2 is inner)."""
+        if binding is None or self.security is None:
+            for a in self.ml.respond(now, incoming, wire.full_response(resp, max_age))[1]:
+                self._perform_ml(a, out)
+            return
+        reply = wire.response_message(0, 0, b"", resp, block_num, block_szx, max_age)
         if reply is None:
-            reply = wire.response_message(mtype, mid, msg.token, BAD_BLOCK2)
-        data = wire.encode(self._protected(reply, binding))
-        out.append(Reply(addr, data))
-        if msg.mtype == CON:
-            self._remember(now, addr, msg.mid, data)
+            reply = wire.response_message(0, 0, b"", BAD_BLOCK2)
+        self._send_now(now, incoming, self._protected(reply, binding), out)
+
+    def _send_now(
+        self, now: float, incoming: Incoming, response: wire.CoapMessage, out: list[Action]
+    ) -> None:
+        """An already protected (and, if need be, already cut) answer to ``incoming``, now."""
+        if len(response.payload) > block_size(6) and incoming.message.first(wire.OPT_BLOCK2) is None:
+            # a protected answer above one block: not to be cut again — a separate response
+            acts = (
+                self.ml.accept(now, incoming)
+                + self.ml.respond_to(now, incoming.addr, incoming.message.token, response)[1]
+            )
+        else:
+            acts = self.ml.respond(now, incoming, response)[1]
+        for a in acts:
+            self._perform_ml(a, out)
 
     def _protected(self, msg: wire.CoapMessage, binding: bytes | None) -> wire.CoapMessage:
         """As it goes out: protected for the request ``binding`` names (a fresh nonce every time,
@@ -466,16 +467,6 @@ class GatewayCore:
             assert refused is not None
             return refused
         return sealed
-
-    def _remember(self, now: float, addr: Addr, mid: int, reply: bytes | None) -> None:
-        key = (addr, mid)
-        if key not in self._recent:
-            self._recent_order.append((now, key))
-        self._recent[key] = reply
-        limit = now - EXCHANGE_LIFETIME
-        while self._recent_order and self._recent_order[0][0] < limit:
-            _, old = self._recent_order.popleft()
-            self._recent.pop(old, None)
 
     # -- decisions and upstream ----------------------------------------------------------------------
     def _run(self, now: float, decisions) -> list[Action]:
@@ -555,51 +546,34 @@ class GatewayCore:
         return out
 
     # -- MSGin5G-6 side: answering -----------------------------------------------------------------
-    def _next_mid(self, addr: Addr) -> int:
-        """Message IDs per UE endpoint (RFC 7252 §4.4), starting at a random value so that a
-        restarted gateway does not repeat recent IDs."""
-        mid = self._mids.get(addr)
-        mid = self.rng.randrange(0x10000) if mid is None else (mid + 1) & 0xFFFF
-        self._mids[addr] = mid
-        return mid
-
     def _answer(self, now: float, req_id: int, resp: IndividualResponse) -> list[Action]:
         """A request's answer as a confirmable separate response (RFC 7252 §5.2.2)."""
         live = self._requests.get(req_id)
         if live is None:
             return []
         st = live.stored
-        addr = st.endpoint
-        mid = self._next_mid(addr)
-        msg = wire.response_message(CON, mid, st.token, resp, st.block_num, st.block_szx)
+        msg = wire.response_message(CON, 0, st.token, resp, st.block_num, st.block_szx)
         if msg is None:
-            msg = wire.response_message(CON, mid, st.token, BAD_BLOCK2)
-        data = wire.encode(self._protected(msg, st.oscore))
+            msg = wire.response_message(CON, 0, st.token, BAD_BLOCK2)
+        msg = self._protected(msg, st.oscore)
         self.stats["answers"] += 1
-        log.debug("answer to request %d (%s) at %s", req_id, st.query.ue_uri, addr)
+        log.debug("answer to request %d (%s) at %s", req_id, st.query.ue_uri, st.endpoint)
         if self.config.record_answers:
             self.answer_log.append(req_id)
-        live.answer, live.out = resp, (addr, mid)
-        timeout = self.config.ack_timeout * self.rng.uniform(1.0, ACK_RANDOM_FACTOR)
-        self._outgoing[(addr, mid)] = o = _Outgoing(req_id, data, 0, timeout, now + timeout)
-        self._push(o, (addr, mid))
-        return [Reply(addr, data, req_id), MarkAnswered((req_id,))]
-
-    def _push(self, o: _Outgoing, key: tuple[Addr, int]) -> None:
-        self._seq += 1
-        heapq.heappush(self._retx, (o.due, self._seq, key))
-
-    def _stale(self, item: tuple[float, int, tuple[Addr, int]]) -> bool:
-        o = self._outgoing.get(item[2])
-        return o is None or o.due != item[0]
-
-    def on_ack(self, now: float, addr: Addr, mid: int) -> list[Action]:
-        """An ACK or RST for a separate response: delivered (or rejected) — the request is done."""
-        o = self._outgoing.pop((addr, mid), None)
-        if o is None:
-            return []
-        self.stats["delivered"] += 1
-        return self._done(o.req_id)
+        if live.out is not None:  # answered before (a give-up racing an answer): end that one
+            self._handles.pop(live.out[0], None)
+        handle, acts = self.ml.respond_to(now, st.endpoint, st.token, msg)
+        live.answer = resp
+        out: list[Action] = []
+        for a in acts:
+            if isinstance(a, Send):
+                out.append(Reply(a.addr, a.data, req_id))
+                if handle is not None:
+                    live.out = (handle, a.addr, int.from_bytes(a.data[2:4], "big"))
+                    self._handles[handle] = req_id
+            else:
+                self._perform_ml(a, out)
+        return [*out, MarkAnswered((req_id,))]
 
     def _done(self, req_id: int) -> list[Action]:
         live = self._requests.pop(req_id, None)
@@ -612,22 +586,11 @@ class GatewayCore:
     def on_tick(self, now: float) -> list[Action]:
         """Retransmit due CONs (RFC 7252 §4.2), then the policy's timers (flush, retry, give up)."""
         out: list[Action] = []
-        while self._retx and self._retx[0][0] <= now:
-            item = heapq.heappop(self._retx)
-            if self._stale(item):
-                continue
-            key = item[2]
-            o = self._outgoing[key]
-            if o.tries >= self.config.max_retransmit:
-                del self._outgoing[key]
-                self.stats["undelivered"] += 1
-                out += self._done(o.req_id)
-                continue
-            o.tries += 1
-            o.timeout *= 2
-            o.due = now + o.timeout
-            self.stats["retransmissions"] += 1
-            out.append(Reply(key[0], o.data, o.req_id))
-            self._push(o, key)
+        for a in self.ml.on_tick(now):
+            if isinstance(a, Send):
+                self.stats["retransmissions"] += 1
+                out.append(Reply(a.addr, a.data))
+            else:
+                self._perform_ml(a, out)
         out += self._run(now, self.policy.on_tick(now))
         return out

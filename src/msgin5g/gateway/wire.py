@@ -200,6 +200,17 @@ def parse_config_request(msg: CoapMessage, service_id: str) -> ConfigRequest | I
         return _problem(0x80, str(e), e.cause)
 
 
+def full_response(resp: IndividualResponse, max_age: int | None = None) -> CoapMessage:
+    """``resp`` as one CoAP response, uncut (type, MID and token are set by whoever sends it)."""
+    options: list[tuple[int, bytes]] = []
+    if resp.content_format is not None:
+        options.append((OPT_CONTENT_FORMAT, uint_bytes(resp.content_format)))
+    age = resp.max_age if max_age is None else max_age
+    if age is not None:
+        options.append((OPT_MAX_AGE, uint_bytes(max(0, int(age)))))
+    return CoapMessage(0, resp.code, 0, b"", options, resp.payload)
+
+
 def response_message(
     mtype: int,
     mid: int,
@@ -211,13 +222,8 @@ def response_message(
 ) -> CoapMessage | None:
     """The CoAP response carrying ``resp`` (block ``block_num`` of it when it does not fit one
     block of 2**(szx+4) bytes, RFC 7959). None when the UE asked for a block past the end."""
-    options: list[tuple[int, bytes]] = []
-    if resp.content_format is not None:
-        options.append((OPT_CONTENT_FORMAT, uint_bytes(resp.content_format)))
-    age = resp.max_age if max_age is None else max_age
-    if age is not None:
-        options.append((OPT_MAX_AGE, uint_bytes(max(0, int(age)))))
-    payload = resp.payload
+    full = full_response(resp, max_age)
+    options, payload = full.options, full.payload
     size = 1 << (block_szx + 4)
     if len(payload) > size or block_num > 0:
         start = block_num * size
@@ -228,4 +234,4 @@ def response_message(
         if block_num == 0:
             options.append((OPT_SIZE2, uint_bytes(len(payload))))
         payload = payload[start : start + size]
-    return CoapMessage(mtype, resp.code, mid, token, options, payload)
+    return CoapMessage(mtype, resp.code, mid, token, list(options), payload)
