@@ -311,7 +311,9 @@ async def test_ue_retransmission_reaches_the_server_as_a_duplicate(probe_server,
         for _ in range(3):  # the first transmission and two retransmissions (same MID)
             raw.send_raw(datagram)
             answers.append(Message.decode(await raw.recv()))
-        assert [(a.mtype, a.mid, a.token, a.code) for a in answers] == [(Type.ACK, 42, b"tk", Code.CONTENT)] * 3
+        assert [(a.mtype, a.mid, a.token, a.code) for a in answers] == [
+            (Type.ACK, 42, b"tk", Code.CONTENT)
+        ] * 3
         assert answers[0].payload == answers[1].payload == answers[2].payload
         assert len(seen) == 1  # the SCM-S handled the request once
         c = await counters(coap, relay)
