@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 
+import cbor2
 import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
@@ -213,8 +214,8 @@ class BlackholeServer:
     """A bare CoAP server that never receives UE A's request (every copy is lost on its way) and
     answers everything else at once with 2.05; it records the order of what it saw."""
 
-    def __init__(self, lost_token: bytes):
-        self.lost_token = lost_token
+    def __init__(self, lost_token: bytes | None = None):
+        self.lost_token = lost_token  # None: nothing is ever answered
         self.seen: list[tuple[bytes, int]] = []  # (token, MID) of every request datagram, in order
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
@@ -231,7 +232,7 @@ class BlackholeServer:
                 return
             req = Message.decode(data)
             self.seen.append((req.token, req.mid))
-            if req.token == self.lost_token:
+            if self.lost_token is None or req.token == self.lost_token:
                 continue
             answer = Message(code=Code.CONTENT, payload=b"ok:" + req.token)
             answer.mtype, answer.mid, answer.token = Type.ACK, req.mid, req.token
@@ -242,9 +243,9 @@ class BlackholeServer:
         self.sock.close()
 
 
-def _get(mid: int, token: bytes, port: int) -> bytes:
+def _get(mid: int, token: bytes, port: int, mtype: Type = Type.CON) -> bytes:
     m = Message(code=Code.GET, proxy_uri=f"coap://127.0.0.1:{port}/su-uc/v1/x")
-    m.mtype, m.mid, m.token = Type.CON, mid, token
+    m.mtype, m.mid, m.token = mtype, mid, token
     return m.encode()
 
 
@@ -290,6 +291,43 @@ async def test_one_ues_lost_request_does_not_hold_up_another(mode):
         for s in (a, b):
             if s is not None:
                 s.close()
+        await relay.close()
+        server.close()
+
+
+async def test_open_requests_are_bounded_with_5_03_and_max_age_and_superseded_nons_leave_no_trace():
+    """SPEC D13: ten NON requests reusing one token occupy one place, not ten; a UE with
+    ``max_exchanges`` (2) requests open gets 5.03 + Max-Age + problem details for the next."""
+    server = BlackholeServer()  # answers nothing: every exchange stays open
+    relay = await start_relay(
+        RelaySettings(
+            server_uri=f"coap://127.0.0.1:{server.port}", listen_port=0, admin_host=None, max_exchanges=2
+        )
+    )
+    loop = asyncio.get_running_loop()
+    ue = None
+    try:
+        ue = await _linked_socket(relay, 1)
+        for i in range(10):
+            ue.send(_get(300 + i, b"n", server.port, Type.NON))
+        ue.send(_get(400, b"c", server.port))
+        ue.send(_get(401, b"d", server.port))  # a third open request: refused by the relay itself
+        answer = Message.decode(await asyncio.wait_for(loop.sock_recv(ue, 2048), 5))
+        assert (answer.code, answer.mtype, answer.mid, answer.token) == (
+            Code.SERVICE_UNAVAILABLE,
+            Type.ACK,
+            401,
+            b"d",
+        )
+        assert answer.opt.content_format == 257 and 1 <= answer.opt.max_age <= 93
+        assert cbor2.loads(answer.payload)["cause"] == "TOO_MANY_OPEN_REQUESTS"
+        assert [t for t, _ in server.seen] == [b"n"] * 10 + [b"c"]  # every NON went up, "d" did not
+        snap = relay.core.snapshot()
+        assert snap["links"][0]["openExchanges"] == 2
+        assert snap["counters"]["exchanges_ended"] == {"superseded": 9}
+    finally:
+        if ue is not None:
+            ue.close()
         await relay.close()
         server.close()
 
