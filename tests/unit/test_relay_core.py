@@ -212,7 +212,7 @@ def test_recipient_is_the_cm_server_forwards_with_only_the_proxy_options_rewritt
     req.opt.proxy_uri = (
         "coap://127.0.0.1:5683/su-uc/v1/val-services/msgin5g/ue-configurations?ue-uri=a%26b&x=1"
     )
-    decision = relay_uplink(Message.decode(req.encode()), CM)
+    decision = relay_uplink(parse_datagram(req.encode()), CM)
     assert isinstance(decision, Forward)
     up = decoded(decision.datagram)
     assert (up.mtype, up.mid, up.token, up.code) == (Type.CON, 77, b"tok", Code.GET)  # the UE's own
@@ -225,7 +225,7 @@ def test_recipient_is_the_cm_server_forwards_with_only_the_proxy_options_rewritt
 
 def test_proxy_uri_with_host_name_adds_uri_host():
     server = CmServer.of("coap", "scm.example", 5683, ("127.0.0.1",))
-    m = Message.decode(request(proxy_uri="coap://SCM.example/su-uc/v1"))
+    m = parse_datagram(request(proxy_uri="coap://SCM.example/su-uc/v1"))
     up = decoded(relay_uplink(m, server).datagram)
     assert up.opt.uri_host == "scm.example" and up.opt.uri_path == ("su-uc", "v1")
 
@@ -237,7 +237,7 @@ def test_proxy_scheme_form_keeps_uri_options_and_payload_untouched():
     m.opt.uri_host = "127.0.0.1"
     m.opt.uri_port = 5683
     m.opt.add_option(OptionNumber.OSCORE.create_option(value=b"\x09\x00"))
-    up = decoded(relay_uplink(Message.decode(m.encode()), CM).datagram)
+    up = decoded(relay_uplink(parse_datagram(m.encode()), CM).datagram)
     assert up.opt.proxy_scheme is None and up.opt.uri_host == "127.0.0.1" and up.opt.uri_port == 5683
     assert up.payload == b"\x01\x02\x03" and up.code == Code.FETCH
     assert up.opt.get_option(OptionNumber.OSCORE)[0].value == b"\x09\x00"
@@ -253,7 +253,7 @@ def test_proxy_scheme_form_keeps_uri_options_and_payload_untouched():
     ],
 )
 def test_other_recipient_gets_5_05(uri):
-    problem = relay_uplink(Message.decode(request(proxy_uri=uri)), CM)
+    problem = relay_uplink(parse_datagram(request(proxy_uri=uri)), CM)
     assert (problem.code, problem.cause) == (0xA5, "RECIPIENT_NOT_CM_SERVER")
 
 
@@ -292,6 +292,7 @@ def _req_with(*options, proxy_uri=None, code=Code.GET) -> bytes:
         (_req_with(proxy_uri="coap://127.0.0.1/a b"), 0x80, "INVALID_PROXY_URI"),
         (_req_with(proxy_uri="coap://127.0.0.1/%ff"), 0x80, "INVALID_PROXY_URI"),
         (_req_with(OptionNumber.PROXY_SCHEME.create_option(value="coap")), 0x80, "MISSING_URI_HOST"),
+        (_req_with(OpaqueOption(OptionNumber.PROXY_URI, b"coap://\xff\xfe/x")), 0x80, "INVALID_PROXY_URI"),
         (_req_with(), 0x84, "NOT_A_PROXY_REQUEST"),
         (_req_with(proxy_uri=SERVER, code=Code.PUT), 0x85, "METHOD_NOT_RELAYED"),
         (_req_with(proxy_uri=SERVER, code=Code.POST), 0x85, "METHOD_NOT_RELAYED"),  # POST without OSCORE
@@ -302,22 +303,24 @@ def test_malformed_proxy_options_get_problem_details(data, code, cause):
     link(c)
     ans = only(c.on_pc5(UE_A, data, 0.0), Answer)
     assert (ans.problem.code, ans.problem.cause) == (code, cause)
-    m = ans.message
+    m = decoded(ans.datagram)
     assert (m.code, m.mtype, m.mid, m.token) == (code, Type.ACK, 3, b"x")  # piggybacked on the CON's ACK
     assert m.opt.content_format == 257 and cbor2.loads(m.payload)["cause"] == cause
     assert c.counters.relayed_up == 0 and not ups(c.on_tick(1.0))
 
 
 def test_proxy_target_none_without_proxy_options():
-    assert proxy_target(Message.decode(_req_with())) is None
+    assert proxy_target(parse_datagram(_req_with())) is None
 
 
 def test_non_request_gets_non_answer():
     c = core()
     link(c)
     ans = only(c.on_pc5(UE_A, request(mtype=Type.NON, proxy_uri="coap://10.1.1.1/x"), 0.0), Answer)
-    assert ans.message.mtype == Type.NON and ans.message.code == Code.PROXYING_NOT_SUPPORTED
-    assert ans.message.token == b"\x01\x02"
+    assert (
+        decoded(ans.datagram).mtype == Type.NON and decoded(ans.datagram).code == Code.PROXYING_NOT_SUPPORTED
+    )
+    assert decoded(ans.datagram).token == b"\x01\x02"
 
 
 # ---- the downlink discard rule (seed 6.2.2.1 second paragraph; SPEC D8) ----------------------------
@@ -381,8 +384,8 @@ def test_two_ues_with_equal_tokens_get_their_own_answers():
     assert (a.uplink, b.uplink) == (1, 2)  # separate flows: equal tokens and MIDs never meet
     to_b = only(c.on_uu(2, coap(Type.ACK, Code.CONTENT, 1, b"same", b"B"), 0.1), SendDownlink)
     to_a = only(c.on_uu(1, coap(Type.ACK, Code.CONTENT, 1, b"same", b"A"), 0.1), SendDownlink)
-    assert (to_a.endpoint, to_a.message.payload) == (UE_A, b"A")
-    assert (to_b.endpoint, to_b.message.payload) == (UE_B, b"B")
+    assert (to_a.endpoint, decoded(to_a.datagram).payload) == (UE_A, b"A")
+    assert (to_b.endpoint, decoded(to_b.datagram).payload) == (UE_B, b"B")
 
 
 # ---- one UE's loss never holds up another (SPEC D8, issue: lossy links) ----------------------------
@@ -429,7 +432,7 @@ def test_open_exchanges_are_bounded_with_5_03_and_max_age():
     c.on_pc5(UE_A, request(mid=1, token=b"1"), 0.0)
     c.on_pc5(UE_A, request(mid=2, token=b"2"), 1.0)
     ans = only(c.on_pc5(UE_A, request(mid=3, token=b"3"), 10.0), Answer)
-    m = ans.message
+    m = decoded(ans.datagram)
     assert (m.code, m.mtype, m.mid, m.token) == (Code.SERVICE_UNAVAILABLE, Type.ACK, 3, b"3")
     assert m.opt.max_age == 83  # the oldest open exchange (t = 0) expires at 93 s: 83 s from now
     assert m.opt.content_format == 257 and cbor2.loads(m.payload)["cause"] == "TOO_MANY_OPEN_REQUESTS"
@@ -507,7 +510,7 @@ def test_acked_exchange_waits_exchange_lifetime_for_its_separate_response():
 def test_ping_from_ue_gets_rst_and_refreshes_link():
     c = core(link_timeout=30.0)
     link(c, now=0.0)
-    rst = only(c.on_pc5(UE_A, coap(Type.CON, Code.EMPTY, 77), 20.0), SendDownlink).message
+    rst = decoded(only(c.on_pc5(UE_A, coap(Type.CON, Code.EMPTY, 77), 20.0), SendDownlink).datagram)
     assert (rst.mtype, rst.mid) == (Type.RST, 77)
     assert not [a for a in c.on_tick(40.0) if isinstance(a, SendPc5)]  # refreshed at 20 s
 
@@ -546,7 +549,7 @@ def test_deregistration_with_the_same_token_supersedes_the_observation():
     link(c)
     c.on_pc5(UE_A, request(mid=1, token=b"ob", observe=0), 0.0)
     c.on_uu(1, coap(Type.ACK, Code.CONTENT, 1, b"ob", b"\x80", observe=1), 0.1)
-    dereg = only(c.on_pc5(UE_A, request(mid=2, token=b"ob", observe=1), 3.0), SendUplink).message
+    dereg = decoded(only(c.on_pc5(UE_A, request(mid=2, token=b"ob", observe=1), 3.0), SendUplink).datagram)
     assert dereg.token == b"ob" and dereg.opt.observe == 1
     c.on_uu(1, coap(Type.ACK, Code.CONTENT, 2, b"ob", b"\x80"), 3.1)
     assert c.open_exchanges() == 0

@@ -47,10 +47,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiocoap.message import Message
-from aiocoap.numbers.codes import Code
-from aiocoap.numbers.types import Type
-
+from .. import api
+from ..coap import wire
+from ..coap.wire import ACK, CON, NON, RST, CoapMessage
 from ..pc5 import Pc5Cause, Pc5Message, Pc5Type
 from ..problem import CF_PROBLEM, Problem, code_text
 from .links import Endpoint, Exchange, Pc5Link, Pc5LinkTable, layer2_address
@@ -83,10 +82,6 @@ class SendUplink:
     uplink: int
     datagram: bytes
 
-    @property
-    def message(self) -> Message:
-        return Message.decode(self.datagram)
-
 
 @dataclass(frozen=True, slots=True)
 class SendDownlink:
@@ -94,10 +89,6 @@ class SendDownlink:
 
     endpoint: Endpoint
     datagram: bytes
-
-    @property
-    def message(self) -> Message:
-        return Message.decode(self.datagram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +98,6 @@ class Answer:
     endpoint: Endpoint
     datagram: bytes
     problem: Problem
-
-    @property
-    def message(self) -> Message:
-        return Message.decode(self.datagram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,14 +193,11 @@ class RelayCounters:
         return out
 
 
-def _message(mtype: Type, code: Code, mid: int, token: bytes = b"", payload: bytes = b"") -> Message:
-    m = Message(code=code, payload=payload)
-    m.mtype, m.mid, m.token = mtype, mid, token
-    return m
+_rst = wire.reset
 
 
-def _rst(mid: int) -> bytes:
-    return _message(Type.RST, Code.EMPTY, mid).encode()
+def _is_success(code: int) -> bool:
+    return code >> 5 == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,12 +259,11 @@ class RelayCore:
                 self.counters.dropped_no_link += 1
                 return [*actions, Discard("no-link", "link table full")]
         link.last_seen = now
-        code = Code(msg.code)
-        if code == Code.EMPTY:
+        if msg.is_empty:
             actions += self._on_pc5_empty(link, msg, datagram)
-        elif code.is_request():
+        elif msg.is_request:
             actions += self._on_request(link, msg, now)
-        elif msg.mtype == Type.CON:  # a UE does not answer the relay: reject (RFC 7252 §4.2)
+        elif msg.mtype == CON:  # a UE does not answer the relay: reject (RFC 7252 §4.2)
             self.counters.dropped_malformed += 1
             actions.append(SendDownlink(link.endpoint, _rst(msg.mid)))
         else:
@@ -370,12 +353,12 @@ class RelayCore:
             return []
         return [CloseUplink(link_id)]
 
-    def _on_pc5_empty(self, link: Pc5Link, msg: Message, datagram: bytes) -> list[Action]:
+    def _on_pc5_empty(self, link: Pc5Link, msg: CoapMessage, datagram: bytes) -> list[Action]:
         """Empty messages from a remote UE: ping, or its ACK/RST of the SCM-S's CON message."""
-        if msg.mtype == Type.CON:  # CoAP ping (RFC 7252 §4.3): answered by the relay, refreshes the link
+        if msg.mtype == CON:  # CoAP ping (RFC 7252 §4.3): answered by the relay, refreshes the link
             return [SendDownlink(link.endpoint, _rst(msg.mid))]
-        if msg.mtype in (Type.ACK, Type.RST):
-            if msg.mtype == Type.RST:  # the UE rejects a notification: the observation ends (RFC 7641 §3.6)
+        if msg.mtype in (ACK, RST):
+            if msg.mtype == RST:  # the UE rejects a notification: the observation ends (RFC 7641 §3.6)
                 ex = link.exchange_by_server_mid(msg.mid)
                 if ex is not None:
                     self._end(link, ex, "reset-by-ue")
@@ -385,21 +368,23 @@ class RelayCore:
 
     # ---- requests from remote UEs ---------------------------------------------------------------
 
-    def _answer(self, link: Pc5Link, req: Message, problem: Problem, max_age: int | None = None) -> Answer:
+    def _answer(
+        self, link: Pc5Link, req: CoapMessage, problem: Problem, max_age: int | None = None
+    ) -> Answer:
         """The relay's own error answer, with concise problem details (SPEC §2, D8)."""
         self.counters.answered[code_text(problem.code)] += 1
-        if req.mtype == Type.CON:  # piggybacked on the ACK
-            resp = _message(Type.ACK, Code(problem.code), req.mid, req.token, problem.encode())
-        else:
-            resp = _message(Type.NON, Code(problem.code), link.next_mid(), req.token, problem.encode())
-        resp.opt.content_format = CF_PROBLEM
+        options = [(api.OPT_CONTENT_FORMAT, wire.uint_bytes(CF_PROBLEM))]
         if max_age is not None:
-            resp.opt.max_age = max_age
-        return Answer(link.endpoint, resp.encode(), problem)
+            options.append((api.OPT_MAX_AGE, wire.uint_bytes(max_age)))
+        if req.mtype == CON:  # piggybacked on the ACK
+            resp = CoapMessage(ACK, problem.code, req.mid, req.token, options, problem.encode())
+        else:
+            resp = CoapMessage(NON, problem.code, link.next_mid(), req.token, options, problem.encode())
+        return Answer(link.endpoint, wire.encode(resp), problem)
 
-    def _on_request(self, link: Pc5Link, msg: Message, now: float) -> list[Action]:
+    def _on_request(self, link: Pc5Link, msg: CoapMessage, now: float) -> list[Action]:
         """A request from a linked remote UE: relay it uplink, or answer it (seed 6.2.2.1; SPEC D8)."""
-        if msg.mtype not in (Type.CON, Type.NON):
+        if msg.mtype not in (CON, NON):
             return self._drop_malformed("request in an ACK or RST")
         ex = link.exchanges.get(msg.token)
         if ex is not None and ex.mid == msg.mid:
@@ -425,9 +410,7 @@ class RelayCore:
                 "TOO_MANY_OPEN_REQUESTS",
             )
             return [self._answer(link, msg, problem, max_age=wait)]
-        link.exchanges[msg.token] = Exchange(
-            msg.token, msg.mid, msg.mtype == Type.CON, now, decision.datagram
-        )
+        link.exchanges[msg.token] = Exchange(msg.token, msg.mid, msg.mtype == CON, now, decision.datagram)
         self.counters.relayed_up += 1
         return [SendUplink(link.link_id, decision.datagram)]
 
@@ -444,45 +427,43 @@ class RelayCore:
             return self._drop_malformed(str(e))
         if isinstance(msg, Pc5Message):
             return self._drop_malformed("PC5 signalling on the Uu side")
-        code = Code(msg.code)
-        if code.is_request() or (code == Code.EMPTY and msg.mtype == Type.CON):
+        code = msg.code
+        if msg.is_request or (msg.is_empty and msg.mtype == CON):
             # requests and pings from the SCM-S: nothing on the relay serves them (RFC 7252 §4.2)
-            if msg.mtype == Type.CON:
+            if msg.mtype == CON:
                 return [SendUplink(uplink, _rst(msg.mid)), Discard("request-from-server")]
             return self._drop_malformed("request from the server")
-        if code == Code.EMPTY and msg.mtype == Type.NON:
+        if msg.is_empty and msg.mtype == NON:
             return self._drop_malformed("empty NON")
-        if not code.is_response() and code != Code.EMPTY:
-            return self._drop_malformed("neither request nor response")
         if not relay_downlink(link, self.links):
             # the discard rule: the recipient has no established PC5 link (any more)
             actions: list[Action] = [
                 self._discard("link-released", f"{code_text(code)} for Layer-2 ID {link.l2id:06x}")
             ]
-            if code.is_response() and msg.mtype in (Type.CON, Type.NON):
+            if msg.is_response and msg.mtype in (CON, NON):
                 actions.append(SendUplink(uplink, _rst(msg.mid)))  # stop retransmissions / observation
             return actions
-        if code == Code.EMPTY:  # the SCM-S's ACK or RST of the UE's request
+        if msg.is_empty:  # the SCM-S's ACK or RST of the UE's request
             ex = link.exchange_by_mid(msg.mid)
             if ex is not None:
-                if msg.mtype == Type.RST:
+                if msg.mtype == RST:
                     self._end(link, ex, "reset-by-server")
                 else:
                     ex.acked = True
             self.counters.acks_down += 1
             return [SendDownlink(link.endpoint, datagram)]
-        self._on_response(link, msg, code)
+        self._on_response(link, msg)
         self.counters.relayed_down += 1
         return [SendDownlink(link.endpoint, datagram)]
 
-    def _on_response(self, link: Pc5Link, msg: Message, code: Code) -> None:
+    def _on_response(self, link: Pc5Link, msg: CoapMessage) -> None:
         """Book-keeping for a response relayed down: its exchange ends unless it starts an observation."""
         ex = link.exchanges.get(msg.token)
-        if ex is None or (msg.mtype == Type.ACK and ex.mid != msg.mid):
+        if ex is None or (msg.mtype == ACK and ex.mid != msg.mid):
             return  # a late or repeated answer: relayed all the same (the UE matches it, SPEC §3.3)
-        if msg.mtype != Type.ACK:
+        if msg.mtype != ACK:
             ex.server_mid = msg.mid
-        if msg.opt.observe is not None and code.is_successful():
+        if msg.first(api.OPT_OBSERVE) is not None and _is_success(msg.code):
             ex.observing = True
         else:
             self._end(link, ex, "answered")

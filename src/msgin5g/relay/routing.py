@@ -18,7 +18,8 @@ Two rules of the seed, each a pure function:
   upstream flow it arrives on (SPEC D8: each remote UE has a flow of its own), and within that
   flow it answers the request with the same token.
 
-Plus :func:`parse_datagram`, which tells PC5 signalling from CoAP and refuses garbage.
+Plus :func:`parse_datagram`, which tells PC5 signalling from CoAP and refuses garbage. CoAP is
+read and written with the project's one codec, :mod:`msgin5g.coap.wire`.
 """
 
 from __future__ import annotations
@@ -29,26 +30,32 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from aiocoap.message import Message
-from aiocoap.numbers.codes import Code
-from aiocoap.numbers.optionnumbers import OptionNumber
-
-from .. import pc5
+from .. import api, pc5
+from ..coap import wire
+from ..coap.wire import CoapMessage, WireError
 from ..pc5 import Pc5Message
 from ..problem import Problem
 from .links import Pc5Link, Pc5LinkTable
 
-DEFAULT_PORT = 5683
+DEFAULT_PORT = api.SCM_PORT  # coap:// default port (RFC 7252 §6.1)
 MAX_PROXY_URI = 1034  # RFC 7252 §5.10 option length limit
 
-PROXY_URI = OptionNumber.PROXY_URI
-PROXY_SCHEME = OptionNumber.PROXY_SCHEME
-URI_HOST = OptionNumber.URI_HOST
-URI_PORT = OptionNumber.URI_PORT
-URI_PATH = OptionNumber.URI_PATH
-URI_QUERY = OptionNumber.URI_QUERY
-OSCORE = OptionNumber.OSCORE
-NOT_REPEATABLE = (PROXY_URI, PROXY_SCHEME, URI_HOST, URI_PORT)
+PROXY_URI = api.OPT_PROXY_URI
+PROXY_SCHEME = api.OPT_PROXY_SCHEME
+URI_HOST = api.OPT_URI_HOST
+URI_PORT = api.OPT_URI_PORT
+URI_PATH = api.OPT_URI_PATH
+URI_QUERY = api.OPT_URI_QUERY
+OSCORE = api.OPT_OSCORE
+NOT_REPEATABLE = {
+    PROXY_URI: "Proxy-Uri",
+    PROXY_SCHEME: "Proxy-Scheme",
+    URI_HOST: "Uri-Host",
+    URI_PORT: "Uri-Port",
+}
+OPTION_NAMES = {**NOT_REPEATABLE, URI_PATH: "Uri-Path", URI_QUERY: "Uri-Query"}
+#: code classes 1, 6 and 7 are reserved (RFC 7252 §12.1)
+_RESERVED_CLASSES = frozenset({1, 6, 7})
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,7 +66,7 @@ class MalformedDatagram(ValueError):
     pass
 
 
-def parse_datagram(data: bytes) -> Message | Pc5Message:
+def parse_datagram(data: bytes) -> CoapMessage | Pc5Message:
     """PC5 signalling or CoAP (by the first octet, see :mod:`msgin5g.pc5`); raises MalformedDatagram."""
     if pc5.is_pc5(data):
         try:
@@ -67,17 +74,20 @@ def parse_datagram(data: bytes) -> Message | Pc5Message:
         except pc5.Pc5Error as e:
             raise MalformedDatagram(str(e)) from None
     try:
-        msg = Message.decode(data)
-    except Exception as e:  # aiocoap raises several types for garbage (struct, unicode, value errors)
+        msg = wire.decode(data)
+    except WireError as e:
         raise MalformedDatagram(f"not a CoAP message: {e}") from None
-    tkl = data[0] & 0x0F
-    if tkl > 8 or len(msg.token) != tkl:  # TKL 9-15 are reserved (RFC 7252 §3); or the token is cut off
-        raise MalformedDatagram("bad token length")
-    try:
-        Code(msg.code)
-    except ValueError:
-        raise MalformedDatagram(f"unknown code {msg.code}") from None
+    if msg.code >> 5 in _RESERVED_CLASSES:
+        raise MalformedDatagram(f"reserved code {wire.code_text(msg.code)}")
     return msg
+
+
+def _text(value: bytes) -> str | None:
+    """A string option's value (RFC 7252 §3.2: UTF-8), None when it is not UTF-8."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +142,7 @@ class CmServer:
 _NOT_URI_CHAR = re.compile(r"[^\x21-\x7e]")  # RFC 3986: anything else must be percent-encoded
 
 
-def proxy_target(msg: Message) -> tuple[Recipient, tuple] | Problem | None:
+def proxy_target(msg: CoapMessage) -> tuple[Recipient, tuple] | Problem | None:
     """Read the recipient of a request from its forward-proxy options (SPEC D8; RFC 7252 §5.7.2).
 
     Returns ``(recipient, extra options for the uplink request)``, a :class:`Problem` (4.00 /
@@ -141,15 +151,16 @@ def proxy_target(msg: Message) -> tuple[Recipient, tuple] | Problem | None:
     names, not IP literals), Uri-Path and Uri-Query per RFC 7252 §6.4; with ``Proxy-Scheme`` the
     Uri-* options already present travel on unchanged (this is the form OSCORE uses).
     """
-    opt = msg.opt
-    for number in NOT_REPEATABLE:
-        if len(opt.get_option(number)) > 1:
-            return Problem(0x82, f"option {number.name} repeated", "REPEATED_OPTION")
-    proxy_uri = opt.proxy_uri
-    proxy_scheme = opt.proxy_scheme
+    for number, name in NOT_REPEATABLE.items():
+        if len(msg.values(number)) > 1:
+            return Problem(0x82, f"option {name} repeated", "REPEATED_OPTION")
+    proxy_uri = msg.first(PROXY_URI)
+    proxy_scheme = msg.first(PROXY_SCHEME)
     if proxy_uri is not None:
         conflicting = [
-            n.name for n in (PROXY_SCHEME, URI_HOST, URI_PORT, URI_PATH, URI_QUERY) if opt.get_option(n)
+            OPTION_NAMES[n]
+            for n in (PROXY_SCHEME, URI_HOST, URI_PORT, URI_PATH, URI_QUERY)
+            if msg.first(n) is not None
         ]
         if conflicting:
             return Problem(
@@ -157,18 +168,25 @@ def proxy_target(msg: Message) -> tuple[Recipient, tuple] | Problem | None:
                 f"Proxy-Uri must not be combined with {', '.join(conflicting)} (RFC 7252 §5.10.2)",
                 "CONFLICTING_PROXY_OPTIONS",
             )
-        return _parse_proxy_uri(proxy_uri)
+        uri = _text(proxy_uri)
+        if uri is None:
+            return _bad_uri("Proxy-Uri is not UTF-8")
+        return _parse_proxy_uri(uri)
     if proxy_scheme is not None:
-        host = opt.uri_host
+        scheme = _text(proxy_scheme)
+        host = _text(msg.first(URI_HOST) or b"")
+        if scheme is None or host is None:
+            return Problem(0x80, "Proxy-Scheme or Uri-Host is not UTF-8", "INVALID_PROXY_OPTIONS")
         if not host:
             detail = "Proxy-Scheme without Uri-Host: the recipient is unknown"
             return Problem(0x80, detail, "MISSING_URI_HOST")
-        port = opt.uri_port
+        scheme = scheme.lower()
+        port = msg.uint(URI_PORT)
         if port is None:
-            port = DEFAULT_PORT
-        if not isinstance(port, int) or not 0 < port <= 0xFFFF:
-            return Problem(0x80, f"Uri-Port {port!r} out of range", "INVALID_URI_PORT")
-        return Recipient(proxy_scheme.lower(), norm_host(host), port), ()
+            port = api.DEFAULT_PORTS.get(scheme, DEFAULT_PORT)
+        if not 0 < port <= 0xFFFF:
+            return Problem(0x80, f"Uri-Port {port} out of range", "INVALID_URI_PORT")
+        return Recipient(scheme, norm_host(host), port), ()
     return None
 
 
@@ -207,37 +225,37 @@ def _parse_proxy_uri(uri: str) -> tuple[Recipient, tuple] | Problem:
     if parts.path and not parts.path.startswith("/"):
         return _bad_uri("Proxy-Uri path must be absolute")
     host = norm_host(parts.hostname)
-    extra = []
+    extra: list[tuple[int, bytes]] = []
     if not _is_ip_literal(parts.hostname):
-        extra.append(URI_HOST.create_option(value=host))
-    extra.extend(URI_PATH.create_option(value=p) for p in path)
-    extra.extend(URI_QUERY.create_option(value=q) for q in query)
-    return Recipient(parts.scheme.lower(), host, port if port is not None else DEFAULT_PORT), tuple(extra)
+        extra.append((URI_HOST, host.encode()))
+    extra.extend((URI_PATH, p.encode()) for p in path)
+    extra.extend((URI_QUERY, q.encode()) for q in query)
+    scheme = parts.scheme.lower()
+    return Recipient(
+        scheme, host, port if port is not None else api.DEFAULT_PORTS.get(scheme, DEFAULT_PORT)
+    ), tuple(extra)
 
 
-def uplink_request(msg: Message, extra: tuple) -> Message:
+def uplink_request(msg: CoapMessage, extra: tuple) -> CoapMessage:
     """The request as it goes uplink: proxy options removed (and Proxy-Uri decomposed), all else kept.
 
     Type, message ID and token stay the UE's: the upstream flow is that UE's alone (SPEC D8)."""
-    up = Message(code=msg.code, payload=msg.payload)
-    up.mtype, up.mid, up.token = msg.mtype, msg.mid, msg.token
-    for o in msg.opt.option_list():
-        if o.number not in (PROXY_URI, PROXY_SCHEME):
-            up.opt.add_option(o)
-    for o in extra:
-        up.opt.add_option(o)
-    return up
+    options = msg.without(PROXY_URI, PROXY_SCHEME) + list(extra)
+    return CoapMessage(msg.mtype, msg.code, msg.mid, msg.token, options, msg.payload)
 
 
-def forwardable_method(msg: Message) -> bool:
+def forwardable_method(msg: CoapMessage) -> bool:
     """GET (seed 6.2.2.1); POST/FETCH only as the outer code of an OSCORE request (RFC 8613 §4.2)."""
-    if msg.code == Code.GET:
+    if msg.code == wire.GET:
         return True
-    return msg.code in (Code.POST, Code.FETCH) and bool(msg.opt.get_option(OSCORE))
+    return msg.code in (wire.POST, wire.FETCH) and msg.first(OSCORE) is not None
 
 
 # --------------------------------------------------------------------------------------------
 # The two rules of 6.2.2.1
+
+
+_METHODS = {wire.GET: "GET", wire.POST: "POST", wire.PUT: "PUT", wire.DELETE: "DELETE", wire.FETCH: "FETCH"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,17 +265,14 @@ class Forward:
     datagram: bytes
 
 
-def relay_uplink(msg: Message, server: CmServer) -> Forward | Problem:
+def relay_uplink(msg: CoapMessage, server: CmServer) -> Forward | Problem:
     """The uplink forwarding decision of TS 24.538 6.2.2.1 (SPEC D8) for one CoAP request.
 
     Recipient = the configured configuration management server → :class:`Forward`; another
     recipient → 5.05; malformed proxy options → 4.00 / 4.02; no proxy options → 4.04; a method
     the seed does not relay → 4.05.
     """
-    try:
-        target = proxy_target(msg)
-    except Exception as e:  # option values the decoder accepted but that make no sense
-        return Problem(0x80, f"unusable proxy options: {e}", "INVALID_PROXY_OPTIONS")
+    target = proxy_target(msg)
     if target is None:
         return Problem(
             0x84,
@@ -276,15 +291,11 @@ def relay_uplink(msg: Message, server: CmServer) -> Forward | Problem:
             "RECIPIENT_NOT_CM_SERVER",
         )
     if not forwardable_method(msg):
+        method = _METHODS.get(msg.code, wire.code_text(msg.code))
         return Problem(
-            0x85,
-            f"the relay forwards GET only (seed 6.2.2.1), not {Code(msg.code).name_printable}",
-            "METHOD_NOT_RELAYED",
+            0x85, f"the relay forwards GET only (seed 6.2.2.1), not {method}", "METHOD_NOT_RELAYED"
         )
-    try:
-        return Forward(uplink_request(msg, extra).encode())
-    except Exception as e:  # an option the encoder refuses (e.g. a decomposed path segment too long)
-        return Problem(0x80, f"the request cannot be relayed: {e}", "INVALID_PROXY_OPTIONS")
+    return Forward(wire.encode(uplink_request(msg, extra)))
 
 
 def relay_downlink(link: Pc5Link | None, links: Pc5LinkTable) -> bool:
