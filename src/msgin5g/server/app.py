@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
@@ -21,6 +22,7 @@ from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
+from .changefeed import ChangeWatcher
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
 
@@ -78,6 +80,23 @@ def compact_duplicate_cache(ctx: aiocoap.Context) -> bool:
     return False
 
 
+async def _follow_changes(running: RunningServer, config: ServerConfig) -> None:
+    """Store calls off the event loop (a thread pool, for PostgreSQL by default) and the change feed
+    that notifies this process's observers of changes made through any process or node (SPEC D14)."""
+    pg_url = running.store.listen_url
+    offload = config.offload if config.offload is not None else running.store.networked
+    site = running.site
+    site.loop = asyncio.get_running_loop()
+    if offload:
+        running.executor = ThreadPoolExecutor(config.store_threads, thread_name_prefix="msgin5g-store")
+        site.executor = running.executor
+    running.feed = ChangeWatcher(
+        running.store, site.observed, site.feed_change, running.executor, config.feed_poll, pg_url
+    )
+    site.feed = running.feed
+    await running.feed.start()
+
+
 class ServerStartError(RuntimeError):
     """The server cannot start (port taken, insecure mode refused, bad configuration)."""
 
@@ -96,6 +115,11 @@ class ServerConfig:
     security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
     max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    # Scale-out (SPEC D14)
+    shared_port: bool = False  # a worker of --workers N: the port is bound by its siblings too
+    offload: bool | None = None  # store calls on a thread pool; None → for PostgreSQL only
+    store_threads: int = 4
+    feed_poll: float = 0.05  # s between reads of the change feed on SQLite
 
 
 def _is_loopback(host: str) -> bool:
@@ -158,6 +182,8 @@ class RunningServer:
     root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
     _own_store: bool = True
     _watch: asyncio.Task | None = None
+    feed: ChangeWatcher | None = None
+    executor: ThreadPoolExecutor | None = None
 
     @property
     def secured(self) -> bool:
@@ -185,6 +211,9 @@ class RunningServer:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
         for ctx in self.contexts:
             try:
                 await ctx.shutdown()
@@ -194,6 +223,9 @@ class RunningServer:
         if self.keyring is not None:
             self.keyring.close()  # sequence numbers and replay windows written back
             self.keyring = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self._own_store:
             self.store.close()
 
@@ -226,7 +258,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         )
     host = config.host
     port = config.port or pick_port(host, config.tcp)
-    if config.port:
+    if config.port and not config.shared_port:
         check_port(host, port, config.tcp)
     if config.ws_port is not None and config.ws_port <= AIOCOAP_WS_PORT_OFFSET:
         raise ServerStartError(f"--ws-port must be above {AIOCOAP_WS_PORT_OFFSET}")
@@ -257,6 +289,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     if keyring is not None:
         running._watch = asyncio.ensure_future(keyring.watch())
     try:
+        await _follow_changes(running, config)
         udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
         if not compact_duplicate_cache(udp):
