@@ -23,6 +23,8 @@ from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
 from .changefeed import ChangeWatcher
+from .profile_service import ProfileService
+from .profiles import ProfileSite
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
 
@@ -283,6 +285,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     else:
         site = ScmSite(service)
         root = site
+    site.apis.append(ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix))
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )

@@ -144,6 +144,7 @@ class ScmSite(ObservableResource, PathCapable):
         self.executor: Executor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.feed = None  # the ChangeWatcher told about this process's own changes
+        self.apis: list = []  # further APIs under the same apiRoot: su-up (server.profiles, SPEC D16)
 
     @property
     def insecure(self) -> bool:
@@ -170,7 +171,7 @@ class ScmSite(ObservableResource, PathCapable):
 
     def _is_bulk(self, request: Message) -> bool:
         return request.code == Code.GET and any(
-            q.startswith("bulk-conf-flag=") for q in request.opt.uri_query
+            q.startswith(("bulk-conf-flag=", "bulkConfFlag=")) for q in request.opt.uri_query
         )
 
     async def render_to_pipe(self, pipe) -> None:
@@ -223,6 +224,9 @@ class ScmSite(ObservableResource, PathCapable):
 
     async def add_observation(self, request: Message, serverobservation) -> None:
         """Accept Observe on an individual document the requester may read (RFC 7641)."""
+        for sub in self.apis:
+            if sub.handles(request.opt.uri_path):
+                return await sub.add_observation(request, serverobservation, self.identity_of)
         target = parse_path(request.opt.uri_path, self.prefix)
         if request.code != Code.GET or target is None or target.doc_id is None:
             return
@@ -292,7 +296,7 @@ class ScmSite(ObservableResource, PathCapable):
                 if not still_authenticated(identity):
                     obs.trigger()
                     n += 1
-        return n
+        return n + sum(sub.recheck_observers(still_authenticated) for sub in self.apis)
 
     async def render(self, request: Message) -> Message:
         return await self._offload(self._render_now, request)
@@ -320,6 +324,9 @@ class ScmSite(ObservableResource, PathCapable):
         path = request.opt.uri_path
         if path == (".well-known", "core"):
             return self._well_known_core(request)
+        for sub in self.apis:
+            if sub.handles(path):
+                return sub.dispatch(request, self.identity_of(request))
         target = parse_path(path, self.prefix)
         if target is None:
             raise ProblemError(Problem(0x84, f"no resource at /{'/'.join(path)}", "NO_SUCH_RESOURCE"))
@@ -347,8 +354,9 @@ class ScmSite(ObservableResource, PathCapable):
             return to_message(svc.doc_get(identity, target.service_id, target.doc_id, accept, etags))
         if_match = tuple(request.opt.if_match)
         if code == Code.PUT:
+            inm = bool(request.opt.if_none_match)  # RFC 7252 §5.10.8.2
             reply, new = svc.doc_put(
-                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match
+                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match, inm
             )
             if new is not None:
                 self.changed(target.service_id, target.doc_id, new.version, False)

@@ -167,5 +167,30 @@ class Store(ABC):
     def get_bulk_answer(self, requester: str, flag: str, now: float) -> tuple[bytes, bytes] | None:
         """(qhash, reply) kept for (requester, flag) and not expired at ``now``, else None."""
 
+    # -- VAL user profiles (TS 24.546 C.2; SPEC D16): implemented once, for both back ends, by
+    # msgin5g.store.profiles.ProfileStoreMixin ------------------------------------------------------
+    def create_profile(self, service_id: str, doc: dict) -> StoredDoc:
+        raise NotImplementedError
+
+    def get_profile(self, service_id: str, doc_id: str) -> StoredDoc | None:
+        raise NotImplementedError
+
+    def replace_profile(
+        self, service_id: str, doc_id: str, doc: dict, expected_version: int | None = None
+    ) -> StoredDoc:
+        raise NotImplementedError
+
+    def delete_profile(self, service_id: str, doc_id: str, expected_version: int | None = None) -> StoredDoc:
+        raise NotImplementedError
+
+    def profiles_for(self, service_id: str, ident: str, kind: str | None = None) -> list[StoredDoc]:
+        raise NotImplementedError
+
+    def count_profiles(self, service_id: str) -> int:
+        raise NotImplementedError
+
+    def iter_profiles(self, service_id: str) -> Iterator[StoredDoc]:
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
