@@ -220,3 +220,34 @@ def test_workers_refuse_a_secured_server_with_a_clear_message(tmp_path):
     )
     assert p.returncode == 1
     assert "--workers above 1 needs --insecure" in p.stderr and "Traceback" not in p.stderr
+
+
+async def test_a_user_profile_observer_is_notified_of_a_change_made_through_another_process(
+    two_processes, ctx
+):
+    """su-up (TS 24.546 C.2.1.2.3; SPEC D16) shares the change feed with su-uc."""
+    a, b = two_processes
+    coll = lambda srv: f"{srv.api_root}/su-up/v1/val-services/msgin5g/user-profiles"  # noqa: E731
+
+    def profile(name: str) -> bytes:
+        return cbor2.dumps(
+            {
+                "profileInformation": {
+                    "profileName": name,
+                    "status": True,
+                    "profileConfigs": [{"configType": "COMMON", "configData": "x"}],
+                },
+                "valTgtUe": {"valUeId": "urn:x:p1"},
+            }
+        )
+
+    made = await _request(ctx, Code.POST, coll(a), profile("one"))
+    assert made.code == Code.CREATED
+    pid = made.opt.location_path[-1]
+    request = ctx.request(Message(code=Code.GET, uri=f"{coll(a)}/{pid}", observe=0))
+    first = await asyncio.wait_for(request.response, WAIT)
+    assert cbor2.loads(first.payload)["profileInformation"]["profileName"] == "one"
+    it = request.observation.__aiter__()
+    assert (await _request(ctx, Code.PUT, f"{coll(b)}/{pid}", profile("two"))).code == Code.CHANGED
+    n = await asyncio.wait_for(it.__anext__(), WAIT)
+    assert cbor2.loads(n.payload)["profileInformation"]["profileName"] == "two"

@@ -8,11 +8,11 @@ from msgin5g.server.changefeed import mark_seen, plan_notifications
 from msgin5g.server.workers import MAX_QUICK_RESTARTS, GiveUp, Restart, restart_decision, worker_count
 from msgin5g.store.shared import DocChange
 
-A, B = ("msgin5g", "a"), ("msgin5g", "b")
+A, B = ("su-uc", "msgin5g", "a"), ("su-up", "msgin5g", "b")
 
 
 def ch(seq, key, version, deleted=False):
-    return DocChange(seq, key[0], key[1], version, deleted)
+    return DocChange(seq, *key, version, deleted)
 
 
 def test_only_observed_documents_are_notified():

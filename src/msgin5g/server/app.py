@@ -285,7 +285,9 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     else:
         site = ScmSite(service)
         root = site
-    site.apis.append(ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix))
+    profiles = ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix)
+    profiles.changed = site.changed  # its changes reach observers of every process (SPEC D14)
+    site.apis.append(profiles)
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )

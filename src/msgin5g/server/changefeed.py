@@ -29,7 +29,7 @@ from ..store.shared import KEEP_CHANGES, NOTIFY_CHANNEL, DocChange
 
 log = logging.getLogger("msgin5g.server.changefeed")
 
-DocKey = tuple[str, str]  # (valServiceId, ueConfigDocId)
+DocKey = tuple[str, str, str]  # (API name "su-uc"/"su-up", valServiceId, document id)
 Seen = dict[DocKey, tuple[int, bool]]  # newest (version, deleted) notified per observed document
 
 
@@ -53,7 +53,7 @@ def plan_notifications(
         del seen[key]
     out: dict[DocKey, bool] = {}
     for c in changes:
-        key = (c.service_id, c.doc_id)
+        key = (c.api, c.service_id, c.doc_id)
         if key in observed and mark_seen(seen, key, c.version, c.deleted):
             out[key] = c.deleted
     return list(out.items())
@@ -117,7 +117,7 @@ class ChangeWatcher:
                 try:
                     self.notify(key, deleted)
                 except Exception:  # one observer's failure must not stop the feed
-                    log.exception("notifying observers of %s/%s failed", *key)
+                    log.exception("notifying observers of %s %s/%s failed", *key)
             if self.cursor % 1000 < len(changes) and self.cursor > KEEP_CHANGES:
                 await self._call(self.store.prune_changes, self.cursor - KEEP_CHANGES)
 

@@ -27,6 +27,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import PathCapable
 
+from ..api import SU_UC
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
 from ..model import ModelError
 from ..problem import Problem, ProblemError
@@ -251,26 +252,36 @@ class ScmSite(ObservableResource, PathCapable):
     def observer_count(self, service_id: str, doc_id: str) -> int:
         return len(self._observers.get((service_id, doc_id), ()))
 
-    def observed(self) -> set[tuple[str, str]]:
-        """The documents this process has observers for (for the change feed, SPEC D14)."""
-        return set(self._observers)
+    def observed(self) -> set[tuple[str, str, str]]:
+        """The documents this process has observers for, as (API, service, document) — for the
+        change feed (SPEC D14)."""
+        keys = {(SU_UC, *key) for key in self._observers}
+        for sub in self.apis:
+            keys.update((sub.api, *key) for key in sub.observed())
+        return keys
 
-    def changed(self, service_id: str, doc_id: str, version: int, deleted: bool) -> None:
+    def changed(self, api: str, service_id: str, doc_id: str, version: int, deleted: bool) -> None:
         """A change committed through this process: notify its observers at once, and tell the
         change feed so that it does not notify them again (other processes learn of the change
         from the feed). Safe to call from the store thread pool."""
         if self.loop is not None and not self._on_loop():
-            self.loop.call_soon_threadsafe(self.changed, service_id, doc_id, version, deleted)
+            self.loop.call_soon_threadsafe(self.changed, api, service_id, doc_id, version, deleted)
             return
         if self.feed is not None:
-            self.feed.local_change((service_id, doc_id), version, deleted)
-        self.feed_change((service_id, doc_id), deleted)
+            self.feed.local_change((api, service_id, doc_id), version, deleted)
+        self.feed_change((api, service_id, doc_id), deleted)
 
-    def feed_change(self, key: tuple[str, str], deleted: bool) -> None:
+    def feed_change(self, key: tuple[str, str, str], deleted: bool) -> None:
         """Notify the observers of one changed document (RFC 7641 §4.2); a deleted one ends them
         with 4.04 (RFC 7641 §3.2)."""
+        api, service_id, doc_id = key
+        if api != SU_UC:
+            for sub in self.apis:
+                if sub.api == api:
+                    sub.feed_change(service_id, doc_id, deleted)
+            return
         gone = Problem(0x84, "the document was deleted", "DOCUMENT_DELETED")
-        self.notify(*key, final=problem_message(gone) if deleted else None)
+        self.notify(service_id, doc_id, final=problem_message(gone) if deleted else None)
 
     def _on_loop(self) -> bool:
         try:
@@ -359,12 +370,12 @@ class ScmSite(ObservableResource, PathCapable):
                 identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match, inm
             )
             if new is not None:
-                self.changed(target.service_id, target.doc_id, new.version, False)
+                self.changed(SU_UC, target.service_id, target.doc_id, new.version, False)
             return to_message(reply)
         if code == Code.DELETE:
             reply, gone = svc.doc_delete(identity, target.service_id, target.doc_id, if_match)
             if gone is not None:
-                self.changed(target.service_id, target.doc_id, gone.version, True)
+                self.changed(SU_UC, target.service_id, target.doc_id, gone.version, True)
             return to_message(reply)
         raise self._not_allowed(code, "GET, PUT, DELETE")
 

@@ -142,7 +142,7 @@ class PostgresStore(ProfileStoreMixin, Store):
     def _create_schema(self) -> None:
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for stmt in (*_SCHEMA, *shared.POSTGRES_SCHEMA, *POSTGRES_DDL):
+            for stmt in (*_SCHEMA, *POSTGRES_DDL, *shared.POSTGRES_SCHEMA):
                 cur.execute(stmt)
             row = cur.execute("SELECT max(version) FROM msgin5g_schema").fetchone()
             version = row[0] if row and row[0] is not None else 0

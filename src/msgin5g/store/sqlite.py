@@ -199,7 +199,7 @@ class SqliteStore(ProfileStoreMixin, Store):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
-            for stmt in (*shared.SQLITE_SCHEMA, *SQLITE_DDL):
+            for stmt in (*SQLITE_DDL, *shared.SQLITE_SCHEMA):
                 db.execute(stmt)
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
