@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from msgin5g.demo.drivers import UeRun
+from msgin5g.demo.drive import UeRun
 from msgin5g.demo.lossy import LossModel, TcpFramer
+from msgin5g.demo.oracle import Expectation, expected
 from msgin5g.demo.plan import (
     ALICE,
     BOB,
@@ -18,13 +19,9 @@ from msgin5g.demo.plan import (
     MALLORY,
     PHONE_TAC,
     SENSOR_TAC,
-    Expectation,
     Path,
     PlannedUe,
-    expected,
     make_plan,
-    provisioned_documents,
-    write_provisioning,
 )
 from msgin5g.demo.stats import PER_UE_FLOOR, UuCount, percentile, summarize_path, verdict
 from msgin5g.model import imei_urn
@@ -34,7 +31,7 @@ C, F, N = Outcome.CONFIGURED, Outcome.FORBIDDEN, Outcome.NOT_FOUND
 
 
 def oracle(plan, tmp_path):
-    docs = provisioned_documents(write_provisioning(plan, tmp_path))
+    docs = plan.all_documents()
     return {u: expected(u, docs, plan.gateway_coverage) for u in plan.ues}
 
 
@@ -99,7 +96,7 @@ def test_gateway_set_args_describe_the_coverage():
 @pytest.fixture
 def docs_and_coverage(tmp_path):
     plan = make_plan(100, 0.2, seed=3)
-    return plan, provisioned_documents(write_provisioning(plan, tmp_path)), plan.gateway_coverage
+    return plan, plan.all_documents(), plan.gateway_coverage
 
 
 def ue(device, path, asks_for=None, identity=None):
