@@ -422,7 +422,7 @@ class Demo:
     default=0.0,
     show_default=True,
     type=click.FloatRange(0.0, 0.9),
-    help="Share of UDP datagrams lost on the PC5, MSGin5G-6 and Uu legs.",
+    help="Share of UDP datagrams lost on every PC5, MSGin5G-6 and Uu leg, each way (seeded by --seed).",
 )
 @click.option("--seed", default=1, show_default=True, help="Fleet layout and loss pattern.")
 @click.option(

@@ -195,7 +195,9 @@ async def start_topology(
         f"store {db_url}" + ("" if keys else ", INSECURE lab mode")
     )
     wire = Wire(wire_child)
-    loss = f"loses {o.loss:.0%} of the UDP datagrams, both ways" if o.loss else "loses nothing"
+    loss = f"loses {o.loss:.0%} of the UDP datagrams on every leg, both ways" if o.loss else "loses nothing"
+    if o.loss and o.transport == "tcp":
+        loss += " (the gateway's Uu leg is TCP: reliable)"
     say(f"  started {wire_child.label} (pid {wire_child.pid}): counts every leg, {loss}")
     ep: dict = {"scm": scm}
     for leg in ("uu-relay", "uu-direct", "uu-observer"):
