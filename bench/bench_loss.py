@@ -106,7 +106,24 @@ def print_uu(runs: list[dict]) -> None:
                 mark = "" if r is None or r["status"] == 0 else "*"
                 line += f"{'-' if value is None else f'{value:.2f}{mark}':>12}"
             print(line)
-    print("  * the run was not all correct (see above)")
+    print("  * the run was not all correct (see below)")
+    for transport in ("udp", "tcp"):
+        for loss in losses:
+            pair = [
+                next(
+                    (x for x in runs if (x["loss"], x["bulk"], x["transport"]) == (loss, b, transport)), None
+                )
+                for b in (True, False)
+            ]
+            gws = [r and r["paths"].get("gateway") for r in pair]
+            if all(g and g["uu_messages"] for g in gws):
+                bulk, single = gws
+                msgs = single["uu_messages"] / bulk["uu_messages"]
+                octets = single["uu_bytes"] / max(1, bulk["uu_bytes"])
+                print(
+                    f"  {transport.upper()}, loss {loss:g}: per-UE sends {msgs:.1f}× the Uu messages of bulk "
+                    f"({octets:.2f}× the bytes)"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
