@@ -21,7 +21,7 @@ from collections import Counter
 
 import pytest
 
-from msgin5g.demo.lossy import LossModel, UdpLeg
+from msgin5g.demo.lossy import UdpLeg
 from msgin5g.gateway.policy import ServicePolicy
 from msgin5g.gateway.shell import GatewayConfig, GatewayUe
 from msgin5g.gateway.upstream import UpstreamScmc
@@ -75,7 +75,7 @@ async def configure(addr: tuple[str, int], i: int) -> tuple[Outcome, str | None,
 
 @contextlib.asynccontextmanager
 async def lossy_leg(name: str, target: tuple[str, int], seed: int):
-    leg = UdpLeg(name, target, LossModel(LOSS, seed))
+    leg = UdpLeg(name, target, LOSS, seed)
     try:
         yield leg
     finally:
