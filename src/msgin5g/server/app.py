@@ -17,10 +17,12 @@ from ipaddress import ip_address
 import aiocoap
 
 from ..authz import LAB_IDENTITY_OPTION
+from ..coap import aiocoap_hardening
 from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
+from .admission import Admission, AdmissionConfig
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
 
@@ -95,6 +97,8 @@ class ServerConfig:
     insecure_anywhere: bool = False
     security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
     max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
+    max_exchanges: int = 100_000  # UDP message IDs remembered for deduplication (oldest shed beyond)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # 5.03 / 4.29 policy
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
@@ -156,6 +160,7 @@ class RunningServer:
     contexts: list = field(default_factory=list)
     keyring: ServerKeyring | None = None
     root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
+    hardening: aiocoap_hardening.Hardening | None = None  # UDP guard and bounded deduplication
     _own_store: bool = True
     _watch: asyncio.Task | None = None
 
@@ -245,11 +250,11 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             if own:
                 store.close()
             raise ServerStartError(str(e)) from None
-        site = ScmSite(service, identify=keyring.identify)
+        site = ScmSite(service, identify=keyring.identify, admission=Admission(config.admission))
         root = SecuredSite(site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
-        site = ScmSite(service)
+        site = ScmSite(service, admission=Admission(config.admission))
         root = site
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
@@ -261,6 +266,10 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         running.contexts.append(udp)
         if not compact_duplicate_cache(udp):
             log.warning("aiocoap's duplicate cache has an unexpected shape; keeping full messages")
+        try:
+            running.hardening = aiocoap_hardening.install(udp, max_exchanges=config.max_exchanges)
+        except RuntimeError as e:
+            raise ServerStartError(str(e)) from None
         if config.tcp:
             running.contexts.append(
                 await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["tcpserver"])

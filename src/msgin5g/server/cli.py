@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..clicommon import run_until_signal, setup_logging
+from .admission import AdmissionConfig
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
 
@@ -63,6 +64,27 @@ from .service import ServiceConfig
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
+@click.option(
+    "--max-exchanges",
+    default=100_000,
+    show_default=True,
+    help="UDP message IDs remembered for duplicate detection (RFC 7252 §4.5); the oldest are shed beyond.",
+)
+@click.option(
+    "--client-rate",
+    default=0.0,
+    show_default=True,
+    help="Requests per second one client endpoint may send (4.29 + Max-Age beyond); 0 = no limit.",
+)
+@click.option(
+    "--client-burst", default=0, show_default=True, help="Burst of --client-rate (0: twice the rate)."
+)
+@click.option(
+    "--overload-delay",
+    default=2.0,
+    show_default=True,
+    help="Seconds a request may wait in the queue before it is shed with 5.03 + Max-Age; 0 = never.",
+)
 @click.option("-v", "--verbose", count=True)
 def server(
     host,
@@ -80,6 +102,10 @@ def server(
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    max_exchanges,
+    client_rate,
+    client_burst,
+    overload_delay,
     verbose,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
@@ -105,6 +131,10 @@ def server(
         insecure_anywhere=insecure_anywhere,
         security=security,
         max_open_contexts=max_open_contexts,
+        max_exchanges=max_exchanges,
+        admission=AdmissionConfig(
+            client_rate=client_rate, client_burst=client_burst, overload_delay=overload_delay
+        ),
         service=ServiceConfig(
             max_age=max_age,
             max_body=max_body,

@@ -14,21 +14,24 @@ DELETE ends observations with a 4.04 notification (RFC 7641 §3.2).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from aiocoap import Message
 from aiocoap import error as coap_error
-from aiocoap.blockwise import Block1Spool, Block2Cache
+from aiocoap.blockwise import Block1Spool, Block2Cache, IncompleteException
 from aiocoap.interfaces import ObservableResource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import PathCapable
 
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
+from ..coap.aiocoap_hardening import arrival_time
 from ..model import ModelError
 from ..problem import Problem, ProblemError
 from ..security.endpoint import max_plaintext
+from .admission import Admission
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
 
@@ -77,6 +80,10 @@ def to_message(reply: Reply) -> Message:
     return m
 
 
+def _no_cancellation() -> None:
+    """Cancellation callback of a declined observation (nothing was registered)."""
+
+
 async def _ready(message: Message) -> Message:
     return message
 
@@ -108,6 +115,27 @@ def payload_limits(remote) -> tuple[int, int]:
     return size, szx
 
 
+class ScmBlock1Spool(Block1Spool):
+    """aiocoap's Block1 reassembly, with a gap or overlap in the blocks answered 4.08 Request
+    Entity Incomplete (RFC 7959 §2.9.2) — aiocoap raises a bare ValueError for it (a 5.00)."""
+
+    def feed_and_take(self, req: Message) -> Message:
+        try:
+            return super().feed_and_take(req)
+        except ValueError:  # a block that does not continue the assembled body
+            raise IncompleteException("a Block1 block is missing or overlaps (RFC 7959 §2.9.2)") from None
+
+
+#: Causes of the problem details made from aiocoap's own error answers, by response code.
+AIOCOAP_CAUSES = {
+    0x80: "BAD_REQUEST",
+    0x88: "REQUEST_ENTITY_INCOMPLETE",
+    0x8D: "REQUEST_TOO_LARGE",
+    0x85: "METHOD_NOT_ALLOWED",
+    0x84: "NO_SUCH_RESOURCE",
+}
+
+
 def slice_block2(full: Message, request: Message) -> Message:
     """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
     if not full.code.is_successful():
@@ -130,12 +158,19 @@ class ScmSite(ObservableResource, PathCapable):
     """The SCM-S resource tree under ``{apiRoot}/su-uc/v1``:
     ``/val-services/{valServiceId}/ue-configurations[/{ueConfigDocId}]``."""
 
-    def __init__(self, service: ScmService, *, identify: Callable[[Message], Identity] | None = None):
+    def __init__(
+        self,
+        service: ScmService,
+        *,
+        identify: Callable[[Message], Identity] | None = None,
+        admission: Admission | None = None,
+    ):
         super().__init__()
         self.service = service
         self.identify = identify
+        self.admission = admission or Admission()
         self.prefix = tuple(service.config.api_prefix)
-        self._block1 = Block1Spool()
+        self._block1 = ScmBlock1Spool()
         self._block2 = Block2Cache()
         self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
 
@@ -167,8 +202,27 @@ class ScmSite(ObservableResource, PathCapable):
             q.startswith("bulk-conf-flag=") for q in request.opt.uri_query
         )
 
+    def admit(self, request: Message) -> Message | None:
+        """None to serve ``request``, or the 5.03 / 4.29 (+ Max-Age) to answer it with instead
+        (:mod:`msgin5g.server.admission`). Called by whichever site receives the request first."""
+        remote = request.remote
+        client = getattr(remote, "underlying_address", None) or remote
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        arrived = arrival_time(request)
+        verdict = self.admission.admit(client, now, None if arrived is None else now - arrived)
+        if verdict is None:
+            return None
+        problem, max_age = verdict
+        return to_message(Reply.from_problem(problem, max_age=max_age))
+
     async def render_to_pipe(self, pipe) -> None:
         """Like aiocoap's, but every failure — also in its block-wise layers — becomes problem details."""
+        if self.insecure:
+            refused = self.admit(pipe.request)
+            if refused is not None:
+                pipe.add_response(refused, is_last=True)
+                return
         too_large = self._too_large(pipe.request)
         if too_large is not None:
             pipe.add_response(too_large, is_last=True)
@@ -213,19 +267,23 @@ class ScmSite(ObservableResource, PathCapable):
         if m.code.is_successful():  # e.g. 2.31 Continue of a Block1 transfer: not an error
             return m
         detail = m.payload.decode("utf-8", "replace") or type(e).__name__
-        return problem_message(Problem(int(m.code), detail, type(e).__name__.upper()))
+        cause = AIOCOAP_CAUSES.get(int(m.code), type(e).__name__.upper())
+        return problem_message(Problem(int(m.code), detail, cause))
 
     async def add_observation(self, request: Message, serverobservation) -> None:
-        """Accept Observe on an individual document the requester may read (RFC 7641)."""
+        """Accept Observe on an individual document the requester may read (RFC 7641).
+
+        Anything else (a collection, a foreign or missing document, a bad identity) is declined
+        the way aiocoap's interface provides for: accept, then deregister before the first
+        response, which is then sent as an ordinary answer without Observe (RFC 7641 §4.1) —
+        never left unaccepted, which aiocoap cannot finish cleanly."""
+        if not self._observable(request):
+            serverobservation.accept(_no_cancellation)
+            serverobservation.deregister()
+            return
         target = parse_path(request.opt.uri_path, self.prefix)
-        if request.code != Code.GET or target is None or target.doc_id is None:
-            return
-        try:
-            identity = self.identity_of(request)
-        except ProblemError:
-            return
-        if not self.service.may_observe(identity, target.service_id, target.doc_id):
-            return
+        assert target is not None and target.doc_id is not None
+        identity = self.identity_of(request)
         key = (target.service_id, target.doc_id)
         self._observers.setdefault(key, {})[serverobservation] = identity
 
@@ -237,6 +295,16 @@ class ScmSite(ObservableResource, PathCapable):
                     del self._observers[key]
 
         serverobservation.accept(cancel)
+
+    def _observable(self, request: Message) -> bool:
+        target = parse_path(request.opt.uri_path, self.prefix)
+        if request.code != Code.GET or target is None or target.doc_id is None:
+            return False
+        try:
+            identity = self.identity_of(request)
+        except ProblemError:
+            return False
+        return self.service.may_observe(identity, target.service_id, target.doc_id)
 
     def observer_count(self, service_id: str, doc_id: str) -> int:
         return len(self._observers.get((service_id, doc_id), ()))
