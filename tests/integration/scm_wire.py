@@ -75,14 +75,22 @@ class UdpClient:
         data, _ = self.sock.recvfrom(65536)
         return Message.decode(data)
 
-    def exchange(self, datagram: bytes, timeout: float = 10) -> Message:
-        """Send and return the answer with the same token (skipping stale answers)."""
+    def exchange(self, datagram: bytes, timeout: float = 10, retransmit: int = 0) -> Message:
+        """Send and return the answer with the same token (skipping stale answers); with
+        ``retransmit``, resend after each ``timeout`` like a CoAP client (RFC 7252 §4.2) — for
+        when the server's socket buffer may have been full."""
         token = datagram[4 : 4 + (datagram[0] & 0x0F)]
-        self.send(datagram)
-        while True:
-            m = self.recv(timeout)
-            if m.token == token or (not token and m.mid == int.from_bytes(datagram[2:4], "big")):
-                return m
+        for attempt in range(retransmit + 1):
+            self.send(datagram)
+            try:
+                while True:
+                    m = self.recv(timeout)
+                    if m.token == token or (not token and m.mid == int.from_bytes(datagram[2:4], "big")):
+                        return m
+            except TimeoutError:
+                if attempt == retransmit:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.sock.close()
