@@ -54,7 +54,7 @@ def check_value(value: Any, depth: int = 0) -> None:
     simple values, byte strings, NaN and infinities, lone surrogates, bignums, deeper nesting.
     A stored document therefore always has a CBOR *and* a JSON representation.
     """
-    if depth > MAX_DEPTH:
+    if depth >= MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
         _text_ok(value, "a text string")
