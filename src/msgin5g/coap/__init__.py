@@ -1,1 +1,7 @@
-"""The CoAP layer shared by the actors (RFC 7252 and its extensions, over aiocoap)."""
+"""The one CoAP message layer of the project's datagram actors (RFC 7252, RFC 7959).
+
+* :mod:`.wire` — the RFC 7252 §3 codec (and the conversion to aiocoap messages at the OSCORE boundary);
+* :mod:`.msglayer` — pure message layer: message IDs, duplicate detection, CON retransmission,
+  requests and separate responses, Block2 (no sockets, no clocks);
+* :mod:`.udp` — the asyncio datagram shell that performs the message layer's actions.
+"""
