@@ -41,33 +41,20 @@ from dataclasses import dataclass, field
 
 import cbor2
 
+from .wire import ACK, CON, NON, OPT_CONTENT_FORMAT, OPT_SIZE1, CoapMessage, encode, reset, uint_bytes
+
 log = logging.getLogger("msgin5g.coap")
 
 LOG_INTERVAL = 10.0  # s between summary log lines of the guard and the cache
 CF_PROBLEM = 257
 _ARRIVAL_ATTR = "_msgin5g_arrival"
 
-# CoAP header fields (RFC 7252 §3)
-CON, NON, ACK, RST = 0, 1, 2, 3
 BAD_REQUEST, BAD_OPTION, REQUEST_ENTITY_TOO_LARGE = 0x80, 0x82, 0x8D
 _TITLES = {
     BAD_REQUEST: "Bad Request",
     BAD_OPTION: "Bad Option",
     REQUEST_ENTITY_TOO_LARGE: "Request Entity Too Large",
 }
-OPT_CONTENT_FORMAT, OPT_SIZE1 = 12, 60
-
-
-def _uint(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b""
-
-
-def _option(delta: int, value: bytes) -> bytes:
-    """One option with a delta < 269 and a value shorter than 13 bytes (all this module sends)."""
-    assert len(value) < 13
-    if delta < 13:
-        return bytes([(delta << 4) | len(value)]) + value
-    return bytes([(13 << 4) | len(value), delta - 13]) + value
 
 
 @dataclass(frozen=True)
@@ -105,17 +92,16 @@ def problem_answer(
         mtype, mid = ACK, header.mid
     else:
         mtype, mid = NON, (mid if mid is not None else int.from_bytes(os.urandom(2), "big"))
-    opts = _option(OPT_CONTENT_FORMAT, _uint(CF_PROBLEM))
+    opts = [(OPT_CONTENT_FORMAT, uint_bytes(CF_PROBLEM))]
     if size1 is not None:
-        opts += _option(OPT_SIZE1 - OPT_CONTENT_FORMAT, _uint(size1))
+        opts.append((OPT_SIZE1, uint_bytes(size1)))
     body = cbor2.dumps({-1: _TITLES[code], -2: detail, -4: code, "cause": cause})
-    first = (1 << 6) | (mtype << 4) | len(header.token)
-    return struct.pack("!BBH", first, code, mid) + header.token + opts + b"\xff" + body
+    return encode(CoapMessage(mtype, code, mid, header.token, opts, body))
 
 
 def reset_for(header: Header) -> bytes:
     """RST for a confirmable message the server cannot process (RFC 7252 §4.2)."""
-    return struct.pack("!BBH", (1 << 6) | (RST << 4), 0, header.mid)
+    return reset(header.mid)
 
 
 @dataclass

@@ -9,21 +9,15 @@ seed gives the same datagrams.
 from __future__ import annotations
 
 import random
-import struct
 from collections.abc import Iterable, Iterator
 
-CON, NON, ACK, RST = 0, 1, 2, 3
-GET, POST, PUT, DELETE = 1, 2, 3, 4
+from ..coap.wire import ACK, CON, DELETE, GET, NON, POST, PUT, RST, CoapMessage, encode
+from ..coap.wire import uint_bytes as uint
+
+__all__ = ["ACK", "CON", "DELETE", "GET", "NON", "POST", "PUT", "RST", "Mutator", "encode_message", "uint"]
+
 OPT_OBSERVE, OPT_URI_PATH, OPT_CONTENT_FORMAT, OPT_URI_QUERY = 6, 11, 12, 15
 OPT_ACCEPT, OPT_BLOCK2, OPT_BLOCK1, OPT_SIZE1 = 17, 23, 27, 60
-
-
-def _ext(value: int) -> tuple[int, bytes]:
-    if value < 13:
-        return value, b""
-    if value < 269:
-        return 13, bytes([value - 13])
-    return 14, struct.pack("!H", value - 269)
 
 
 def encode_message(
@@ -34,24 +28,9 @@ def encode_message(
     options: Iterable[tuple[int, bytes]] = (),
     payload: bytes = b"",
 ) -> bytes:
-    """One CoAP datagram (RFC 7252 §3) from raw parts; options are sorted by number (stable), values
-    are sent as given."""
-    out = bytearray(struct.pack("!BBH", (1 << 6) | (mtype << 4) | len(token), code, mid))
-    out += token
-    last = 0
-    for number, value in sorted(options, key=lambda o: o[0]):
-        delta, dext = _ext(number - last)
-        length, lext = _ext(len(value))
-        out.append((delta << 4) | length)
-        out += dext + lext + value
-        last = number
-    if payload:
-        out += b"\xff" + payload
-    return bytes(out)
-
-
-def uint(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b""
+    """One CoAP datagram (RFC 7252 §3) from raw parts with the project's codec, which writes option
+    values as given — also ones no CoAP library would accept (invalid UTF-8, wrong lengths)."""
+    return encode(CoapMessage(mtype, code, mid & 0xFFFF, token, list(options), payload))
 
 
 def path_options(path: str) -> list[tuple[int, bytes]]:
