@@ -44,7 +44,7 @@ def _text_ok(text: str, what: str) -> None:
         raise CodecError(f"{what} is not valid Unicode (lone surrogate)") from None
 
 
-def check_value(value: Any, depth: int = 0) -> None:
+def check_value(value: Any, depth: int = 0, *, model: bool = True) -> None:
     """Admit only values of the data model: what has an RFC 8949 §4.2 deterministic encoding
     without tags *and* a JSON form (RFC 8949 §6.1; the media type's JSON mapping, SPEC D1).
 
@@ -53,6 +53,10 @@ def check_value(value: Any, depth: int = 0) -> None:
     most :data:`MAX_DEPTH` levels deep. Refused (CodecError → 4.00): tags, undefined and other
     simple values, byte strings, NaN and infinities, lone surrogates, bignums, deeper nesting.
     A stored document therefore always has a CBOR *and* a JSON representation.
+
+    ``model=False`` checks only the structure every body of the project has (text map keys,
+    Unicode text, no tags or undefined, bounded nesting) and admits byte strings, bignums and
+    non-finite floats — for CBOR messages that are not UeConfigDocs (e.g. SEAL-C outcomes).
     """
     if depth >= MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH} levels")
@@ -61,21 +65,23 @@ def check_value(value: Any, depth: int = 0) -> None:
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
-        if not INT_MIN <= value <= INT_MAX:
+        if model and not INT_MIN <= value <= INT_MAX:
             raise CodecError("an integer outside -2**64 .. 2**64-1 (no bignums; RFC 8949 §3.4.3)")
     elif isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
+        if model and (math.isnan(value) or math.isinf(value)):
             raise CodecError("NaN and infinities have no JSON representation")
     elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CodecError(f"map key {k!r} is not a text string")
             _text_ok(k, "a map key")
-            check_value(v, depth + 1)
+            check_value(v, depth + 1, model=model)
     elif isinstance(value, list):
         for v in value:
-            check_value(v, depth + 1)
+            check_value(v, depth + 1, model=model)
     elif isinstance(value, bytes):
+        if not model:
+            return
         raise CodecError("byte strings have no place in the data model (not JSON-representable)")
     else:
         raise CodecError(f"unsupported CBOR item {type(value).__name__}")
@@ -85,7 +91,7 @@ def _no_constant(name: str) -> Any:
     raise CodecError(f"{name} is not JSON (RFC 8259)")
 
 
-def loads_json(text: str | bytes) -> Any:
+def loads_json(text: str | bytes, *, model: bool = True) -> Any:
     """Strict JSON (RFC 8259): no NaN/Infinity; nesting beyond the parser's recursion limit is a
     CodecError like any other malformation. Values are then checked with :func:`check_value`."""
     try:
@@ -96,7 +102,7 @@ def loads_json(text: str | bytes) -> Any:
         if isinstance(e, CodecError):
             raise
         raise CodecError(f"malformed JSON: {e}") from None
-    check_value(value)
+    check_value(value, model=model)
     return value
 
 
@@ -117,8 +123,9 @@ def decode_cbor_item(payload: bytes) -> Any:
     return value
 
 
-def decode(payload: bytes, content_format: int = CF_CBOR) -> Any:
-    """Decode one data item of the data model; raises CodecError on anything malformed."""
+def decode(payload: bytes, content_format: int = CF_CBOR, *, model: bool = False) -> Any:
+    """Decode one data item; raises CodecError on anything malformed. With ``model``, also on
+    anything outside the data model (:func:`check_value`) — what a UeConfigDoc body must meet."""
     if content_format == CF_CBOR:
         value = decode_cbor_item(payload)
     elif content_format == CF_JSON:
@@ -126,8 +133,8 @@ def decode(payload: bytes, content_format: int = CF_CBOR) -> Any:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as e:
             raise CodecError(f"malformed JSON: {e}") from None
-        return loads_json(text)
+        return loads_json(text, model=model)
     else:
         raise CodecError(f"unsupported content format {content_format}")
-    check_value(value)
+    check_value(value, model=model)
     return value

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ..codec import CodecError, check_value
 from ..configdata import check_config_object, validate_doc_config_data
 from ..model import CONFIG_TYPE_ON_NETWORK, ModelError, check_uri, validate_doc
 
@@ -55,11 +56,15 @@ def _normalise(doc: object) -> object:
 
 
 def _check(doc: object, file: str, where: str) -> dict:
+    """The same checks as a POST (data model, admitted values, configData schema)."""
     try:
         validate_doc(doc)
+        check_value(doc)  # e.g. YAML's .nan or !!binary, JSON's NaN: not storable (docs/hardening.md)
         validate_doc_config_data(doc)  # type: ignore[arg-type]
     except ModelError as e:
         raise ProvisioningError(file, where, e.field, e.detail) from None
+    except CodecError as e:
+        raise ProvisioningError(file, where, "", str(e)) from None
     return doc  # type: ignore[return-value]
 
 

@@ -151,7 +151,7 @@ class ScmService:
             )
         fmt = body_format(content_format, self.config.seal_cf)
         try:
-            doc = decode(body, fmt)
+            doc = decode(body, fmt, model=True)
         except CodecError as e:
             raise ProblemError(Problem(0x80, str(e), "MALFORMED_BODY")) from None
         try:
