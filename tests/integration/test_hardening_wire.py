@@ -146,6 +146,9 @@ def test_observe_on_a_collection_is_answered_without_observe_and_without_a_false
     m = cli.exchange(request(GET, f"{COLLECTION}/no-such-doc", options=[(OPT_OBSERVE, b"")], **ids()))
     problem_of(m, 0x84, "NO_SUCH_DOCUMENT")
     assert m.opt.observe is None
+    profiles = "su-up/v1/val-services/msgin5g/user-profiles"
+    m = cli.exchange(request(GET, f"{profiles}/no-such-profile", options=[(OPT_OBSERVE, b"")], **ids()))
+    assert int(m.code) >> 5 == 4 and int(m.opt.content_format) == 257 and m.opt.observe is None
     log = srv.log()
     assert "_cancellation_callback" not in log
     no_tracebacks(log)

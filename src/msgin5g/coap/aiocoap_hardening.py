@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import cbor2
 
+from .aiocoap_tweaks import EncodedResponse
 from .wire import ACK, CON, NON, OPT_CONTENT_FORMAT, OPT_SIZE1, CoapMessage, encode, reset, uint_bytes
 
 log = logging.getLogger("msgin5g.coap")
@@ -173,19 +174,6 @@ class _Summary:
 
 
 # -- duplicate detection -----------------------------------------------------------------------------
-class _Sent:
-    """A sent non-confirmable-type response kept only as its bytes and remote (what a resend needs)."""
-
-    __slots__ = ("_bytes", "mid", "mtype", "remote")
-
-    def __init__(self, message):
-        self._bytes = message.encode()
-        self.mtype, self.mid, self.remote = message.mtype, message.mid, message.remote
-
-    def encode(self) -> bytes:
-        return self._bytes
-
-
 @dataclass
 class DuplicateCache:
     """Message IDs seen in the last ``lifetime`` seconds and the response sent to each (RFC 7252
@@ -287,7 +275,7 @@ def _install_cache(mm, cache: DuplicateCache, shed_log: _Summary) -> None:
     def store(message) -> None:
         key = (message.remote, message.mid)
         if key in cache:
-            cache[key] = _Sent(message) if message.mtype is not AIO_CON else message
+            cache[key] = EncodedResponse(message) if message.mtype is not AIO_CON else message
 
     mm._recent_messages = cache
     mm._deduplicate_message = deduplicate

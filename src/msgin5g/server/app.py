@@ -11,18 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 import aiocoap
 
 from ..authz import LAB_IDENTITY_OPTION
-from ..coap import aiocoap_hardening
+from ..coap import aiocoap_hardening, aiocoap_tweaks
+from ..coap.qblock import QBlockParams
 from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
 from .admission import Admission, AdmissionConfig
+from .changefeed import ChangeWatcher
+from .profile_service import ProfileService
+from .profiles import ProfileSite
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
 
@@ -32,52 +37,21 @@ log = logging.getLogger("msgin5g.server")
 AIOCOAP_WS_PORT_OFFSET = 3000
 
 
-class EncodedResponse:
-    """A sent response kept only as its bytes, for aiocoap's duplicate detection.
-
-    aiocoap keeps every answered confirmable request's response for EXCHANGE_LIFETIME (247 s) so
-    that a retransmitted request is answered with the same message. It keeps the full Message
-    (options, remote, and the request it answers): about 4 KiB per exchange, i.e. gigabytes at a
-    few thousand requests per second. Resending needs only the encoded bytes and the remote.
-    """
-
-    __slots__ = ("_bytes", "mid", "mtype", "remote")
-
-    def __init__(self, message):
-        self._bytes = message.encode()
-        self.mtype, self.mid, self.remote = message.mtype, message.mid, message.remote
-
-    def encode(self) -> bytes:
-        return self._bytes
-
-    def __repr__(self) -> str:
-        return f"<EncodedResponse MID {self.mid} to {self.remote}, {len(self._bytes)} bytes>"
-
-
-def compact_duplicate_cache(ctx: aiocoap.Context) -> bool:
-    """Make the UDP message layer of ``ctx`` keep sent responses as :class:`EncodedResponse`.
-
-    Installed only when aiocoap's message manager has the expected shape (it is internal API);
-    returns whether it was installed.
-    """
-    from aiocoap.numbers.types import CON
-
-    for ri in getattr(ctx, "request_interfaces", ()):
-        mm = getattr(ri, "token_interface", None)
-        recent = getattr(mm, "_recent_messages", None)
-        if not isinstance(recent, dict) or not hasattr(mm, "_store_response_for_duplicates"):
-            continue
-
-        def store(message, recent=recent):
-            key = (message.remote, message.mid)
-            if key in recent and message.mtype is not CON:  # separate CON responses keep the Message
-                recent[key] = EncodedResponse(message)
-            elif key in recent:
-                recent[key] = message
-
-        mm._store_response_for_duplicates = store
-        return True
-    return False
+async def _follow_changes(running: RunningServer, config: ServerConfig) -> None:
+    """Store calls off the event loop (a thread pool, for PostgreSQL by default) and the change feed
+    that notifies this process's observers of changes made through any process or node (SPEC D14)."""
+    pg_url = running.store.listen_url
+    offload = config.offload if config.offload is not None else running.store.networked
+    site = running.site
+    site.loop = asyncio.get_running_loop()
+    if offload:
+        running.executor = ThreadPoolExecutor(config.store_threads, thread_name_prefix="msgin5g-store")
+        site.executor = running.executor
+    running.feed = ChangeWatcher(
+        running.store, site.observed, site.feed_change, running.executor, config.feed_poll, pg_url
+    )
+    site.feed = running.feed
+    await running.feed.start()
 
 
 class ServerStartError(RuntimeError):
@@ -100,6 +74,12 @@ class ServerConfig:
     max_exchanges: int = 100_000  # UDP message IDs remembered for deduplication (oldest shed beyond)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # 5.03 / 4.29 policy
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    # Scale-out (SPEC D14)
+    shared_port: bool = False  # a worker of --workers N: the port is bound by its siblings too
+    offload: bool | None = None  # store calls on a thread pool; None → for PostgreSQL only
+    store_threads: int = 4
+    feed_poll: float = 0.05  # s between reads of the change feed on SQLite
+    qblock: QBlockParams = field(default_factory=QBlockParams)  # RFC 9177 §7.2 parameters
 
 
 def _is_loopback(host: str) -> bool:
@@ -163,6 +143,8 @@ class RunningServer:
     hardening: aiocoap_hardening.Hardening | None = None  # UDP guard and bounded deduplication
     _own_store: bool = True
     _watch: asyncio.Task | None = None
+    feed: ChangeWatcher | None = None
+    executor: ThreadPoolExecutor | None = None
 
     @property
     def secured(self) -> bool:
@@ -190,6 +172,9 @@ class RunningServer:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
         for ctx in self.contexts:
             try:
                 await ctx.shutdown()
@@ -199,6 +184,9 @@ class RunningServer:
         if self.keyring is not None:
             self.keyring.close()  # sequence numbers and replay windows written back
             self.keyring = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self._own_store:
             self.store.close()
 
@@ -229,9 +217,10 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             "unless it claims a lab identity (option %d)",
             LAB_IDENTITY_OPTION,
         )
+    aiocoap_tweaks.install_process_tweaks()
     host = config.host
     port = config.port or pick_port(host, config.tcp)
-    if config.port:
+    if config.port and not config.shared_port:
         check_port(host, port, config.tcp)
     if config.ws_port is not None and config.ws_port <= AIOCOAP_WS_PORT_OFFSET:
         raise ServerStartError(f"--ws-port must be above {AIOCOAP_WS_PORT_OFFSET}")
@@ -250,23 +239,28 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             if own:
                 store.close()
             raise ServerStartError(str(e)) from None
-        site = ScmSite(service, identify=keyring.identify, admission=Admission(config.admission))
+        site = ScmSite(
+            service, identify=keyring.identify, qblock=config.qblock, admission=Admission(config.admission)
+        )
         root = SecuredSite(site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
-        site = ScmSite(service, admission=Admission(config.admission))
+        site = ScmSite(service, qblock=config.qblock, admission=Admission(config.admission))
         root = site
+    profiles = ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix)
+    profiles.changed = site.changed  # its changes reach observers of every process (SPEC D14)
+    site.apis.append(profiles)
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )
     if keyring is not None:
         running._watch = asyncio.ensure_future(keyring.watch())
     try:
+        await _follow_changes(running, config)
         udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
-        if not compact_duplicate_cache(udp):
-            log.warning("aiocoap's duplicate cache has an unexpected shape; keeping full messages")
-        try:
+        aiocoap_tweaks.install_compact_duplicate_cache(udp)
+        try:  # after the tweaks: the bounded cache takes over duplicate detection, compact as well
             running.hardening = aiocoap_hardening.install(udp, max_exchanges=config.max_exchanges)
         except RuntimeError as e:
             raise ServerStartError(str(e)) from None

@@ -10,6 +10,22 @@ from ..clicommon import run_until_signal, setup_logging
 from .admission import AdmissionConfig
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
+from .workers import run_supervised, worker_count
+
+#: Content-Formats the SCM-S already gives a meaning (link-format, JSON, CBOR, problem details)
+TAKEN_CONTENT_FORMATS = (40, 50, 60, 257)
+
+
+def _seal_cf(param, value):
+    """The SEAL media types have no registered CoAP number (digest §2.5, §10.7): the operator names
+    one, which must not be one the server already uses for something else."""
+    if value in TAKEN_CONTENT_FORMATS:
+        raise click.BadParameter(
+            f"{value} is already a Content-Format of this server; pick an unused number "
+            "(e.g. from the experimental range 65000-65535)",
+            param=param,
+        )
+    return value
 
 
 @click.command()
@@ -46,6 +62,22 @@ from .service import ServiceConfig
 )
 @click.option(
     "--bulk-max-ues", default=10_000, show_default=True, help="Most UEs in one bulk GET (policy maximum)."
+)
+@click.option(
+    "--seal-content-format",
+    "seal_cf",
+    type=click.IntRange(0, 65535),
+    callback=lambda ctx, p, v: _seal_cf(p, v),
+    default=None,
+    help="Content-Format number of application/vnd.3gpp.seal-ue-config-info+cbor (60 still accepted).",
+)
+@click.option(
+    "--seal-profile-content-format",
+    "seal_profile_cf",
+    type=click.IntRange(0, 65535),
+    callback=lambda ctx, p, v: _seal_cf(p, v),
+    default=None,
+    help="The same for application/vnd.3gpp.seal-user-profile-info+cbor (su-up).",
 )
 @click.option(
     "--security",
@@ -85,6 +117,12 @@ from .service import ServiceConfig
     show_default=True,
     help="Seconds a request may wait in the queue before it is shed with 5.03 + Max-Age; 0 = never.",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Server processes sharing the port (SO_REUSEPORT; UDP flows stay on one); 'auto': one per core.",
+)
 @click.option("-v", "--verbose", count=True)
 def server(
     host,
@@ -98,6 +136,8 @@ def server(
     max_age,
     max_body,
     bulk_max_ues,
+    seal_cf,
+    seal_profile_cf,
     security,
     max_open_contexts,
     insecure,
@@ -106,6 +146,7 @@ def server(
     client_rate,
     client_burst,
     overload_delay,
+    workers,
     verbose,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
@@ -139,9 +180,22 @@ def server(
             max_age=max_age,
             max_body=max_body,
             bulk_max_ues=bulk_max_ues,
+            seal_cf=seal_cf,
+            seal_profile_cf=seal_profile_cf,
             service_domains={sid: service_domain for sid in service_ids},
         ),
     )
+
+    try:
+        n_workers = worker_count(workers)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workers") from None
+    if n_workers > 1:
+        try:
+            run_supervised(cfg, n_workers, lambda uri: click.echo(f"listening {uri}"))
+        except ServerStartError as e:
+            raise click.ClickException(str(e)) from None
+        return
 
     async def start() -> RunningServer:
         running = await start_server(cfg)

@@ -12,6 +12,7 @@ Layout (schema version in ``PRAGMA user_version``):
   document by its integer ``seq`` (creation order), which keeps the index small and bulk inserts
   append-only.
 - ``gateways(gateway_id, coverage)`` — the gateway registry (SPEC D6, D12), coverage as CBOR.
+- ``profiles`` — VAL user profiles (TS 24.546 C.2; SPEC D16), see :mod:`msgin5g.store.profiles`.
 
 Several SCM-S processes may share one file: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE``
 for every write, so writers queue instead of failing. Inside one process a single connection is
@@ -30,6 +31,7 @@ import cbor2
 
 from ..applicability import matches_any
 from ..model import VENDOR_KEY, UeIdentity
+from . import shared
 from .base import (
     DocNotFound,
     Store,
@@ -40,6 +42,7 @@ from .base import (
     new_doc_id,
     with_id,
 )
+from .profiles import SQLITE_DDL, ProfileStoreMixin
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS gateways (
 );
 """
 
+_SHARED = shared.sql("?")
 _INSERT_DOC = "INSERT INTO docs (seq, service_id, doc_id, version, vendor, body) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_KEY = "INSERT INTO doc_keys (service_id, kind, key, wide, lo, hi, seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -161,8 +165,10 @@ SELECT q.i, k.seq FROM q CROSS JOIN doc_keys AS k
 """
 
 
-class SqliteStore(Store):
-    """UeConfigDoc store in one SQLite file (TS 24.546 C.3; SPEC D4, D6, D12)."""
+class SqliteStore(ProfileStoreMixin, Store):
+    """UeConfigDoc and ProfileDoc store in one SQLite file (TS 24.546 C.2, C.3; SPEC D4, D6, D12, D16)."""
+
+    _mark = "?"
 
     def __init__(self, path: str):
         self.path = path
@@ -193,6 +199,8 @@ class SqliteStore(Store):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            for stmt in (*SQLITE_DDL, *shared.SQLITE_SCHEMA):
+                db.execute(stmt)
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -210,6 +218,9 @@ class SqliteStore(Store):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    def _profile_tx(self, write: bool):
+        return self._tx(write=write)
 
     def _select(self, sql: str, args) -> list:
         """One SELECT under the process lock. In autocommit mode a single statement is its own
@@ -410,6 +421,26 @@ class SqliteStore(Store):
     def delete_gateway(self, gateway_id: str) -> bool:
         with self._tx(write=True) as db:
             return db.execute("DELETE FROM gateways WHERE gateway_id = ?", (gateway_id,)).rowcount > 0
+
+    # -- shared state (SPEC D14; :mod:`.shared`) ------------------------------------------------------
+    def change_cursor(self) -> int:
+        return self._select(_SHARED["cursor"], ())[0][0]
+
+    def changes_since(self, cursor: int, limit: int = 1000) -> list[shared.DocChange]:
+        return [shared.change_of(r) for r in self._select(_SHARED["since"], (cursor, limit))]
+
+    def prune_changes(self, upto: int) -> None:
+        with self._tx(write=True) as db:
+            db.execute(_SHARED["prune"], (upto,))
+
+    def put_bulk_answer(self, requester: str, flag: str, qhash: bytes, reply: bytes, expires: float) -> None:
+        with self._tx(write=True) as db:
+            db.execute(_SHARED["expire_answers"], (expires - 3600,))  # stale rows never pile up
+            db.execute(_SHARED["put_answer"], (requester, flag, qhash, reply, expires))
+
+    def get_bulk_answer(self, requester: str, flag: str, now: float) -> tuple[bytes, bytes] | None:
+        rows = self._select(_SHARED["get_answer"], (requester, flag, now))
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def close(self) -> None:
         with self._lock:

@@ -108,8 +108,9 @@ class Mutator:
 
 def scm_corpus(service_id: str = "msgin5g", prefix: str = "") -> list[bytes]:
     """Valid SU_UeConfig requests (TS 24.546 C.3) to mutate: collection and individual GETs,
-    Observe, a bulk GET, a block-wise POST block, PUT and DELETE."""
+    Observe, a bulk GET, a block-wise POST block, PUT and DELETE; and SU_UserProfile GETs (C.2)."""
     base = f"{prefix.strip('/')}/su-uc/v1/val-services/{service_id}/ue-configurations".strip("/")
+    profiles = f"{prefix.strip('/')}/su-up/v1/val-services/{service_id}/user-profiles".strip("/")
     urn = "urn:gsma:imei:35209900-000001-8"
     body = b"\xa1pvalServiceDomainofuzz.example"
     return [
@@ -124,4 +125,6 @@ def scm_corpus(service_id: str = "msgin5g", prefix: str = "") -> list[bytes]:
         request(PUT, f"{base}/abc", options=[(OPT_CONTENT_FORMAT, uint(50))], payload=b'{"a":1}'),
         request(DELETE, f"{base}/abc"),
         request(GET, ".well-known/core"),
+        request(GET, profiles, query=[f"val-tgt-ue={urn}"]),
+        request(GET, f"{profiles}/p1", options=[(OPT_OBSERVE, b"")]),
     ]
