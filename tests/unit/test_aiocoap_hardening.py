@@ -141,6 +141,7 @@ def test_duplicate_cache_expires_sheds_and_tolerates_late_pops():
     assert c.add(3, now=3.0) == 1 and 0 not in c and c.shed == 1  # oldest shed when full
     c.expire(11.5)  # entries 1 (expires 11) gone, 2 (12) and 3 (13) kept
     assert 1 not in c and 2 in c and len(c) == 2
+    assert list(c) == [2, 3] and dict(c.items()) == {2: None, 3: None}
     assert c.pop("never-there") is None and c.pop(2) is None and len(c) == 1
 
 

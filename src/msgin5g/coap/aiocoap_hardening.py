@@ -218,6 +218,13 @@ class DuplicateCache:
         if item is not None:
             item[1] = response
 
+    def __iter__(self):
+        return iter(self._entries)
+
+    def items(self):
+        """(key, response sent or None) in arrival order, like the dict aiocoap keeps."""
+        return ((key, item[1]) for key, item in self._entries.items())
+
     def pop(self, key, default=None):
         item = self._entries.pop(key, None)
         return default if item is None else item[1]
