@@ -54,14 +54,15 @@ def check_value(value: Any, depth: int = 0, *, model: bool = True) -> None:
     simple values, byte strings, NaN and infinities, lone surrogates, bignums, deeper nesting.
     A stored document therefore always has a CBOR *and* a JSON representation.
 
-    ``model=False`` checks only the structure every body of the project has (text map keys,
-    Unicode text, no tags or undefined, bounded nesting) and admits byte strings, bignums and
-    non-finite floats — for CBOR messages that are not UeConfigDocs (e.g. SEAL-C outcomes).
+    ``model=False`` checks only the structure every body of the project has (text map keys, no
+    tags or undefined, bounded nesting) and leaves the values to the caller — for messages that are
+    not UeConfigDocs (SEAL-C outcomes carry byte strings; su-up checks its own values).
     """
     if depth >= MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
-        _text_ok(value, "a text string")
+        if model:
+            _text_ok(value, "a text string")
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int):
@@ -74,7 +75,8 @@ def check_value(value: Any, depth: int = 0, *, model: bool = True) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CodecError(f"map key {k!r} is not a text string")
-            _text_ok(k, "a map key")
+            if model:
+                _text_ok(k, "a map key")
             check_value(v, depth + 1, model=model)
     elif isinstance(value, list):
         for v in value:
@@ -92,10 +94,11 @@ def _no_constant(name: str) -> Any:
 
 
 def loads_json(text: str | bytes, *, model: bool = True) -> Any:
-    """Strict JSON (RFC 8259): no NaN/Infinity; nesting beyond the parser's recursion limit is a
-    CodecError like any other malformation. Values are then checked with :func:`check_value`."""
+    """JSON whose nesting beyond the parser's recursion limit is a CodecError like any other
+    malformation; with ``model`` strict RFC 8259 (no NaN/Infinity) and values checked with
+    :func:`check_value`."""
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant) if model else json.loads(text)
     except RecursionError:
         raise CodecError(f"malformed JSON: nesting deeper than {MAX_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
