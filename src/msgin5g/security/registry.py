@@ -139,8 +139,19 @@ class ClientCredentials:
         return open_context(self.context_dir)
 
 
-def load_credentials(path: str | os.PathLike) -> ClientCredentials:
-    """Read a credentials file (``--credentials FILE``); raises CredentialsError with the reason."""
+def load_credentials(path: str | os.PathLike):
+    """Read ``--credentials FILE``: a key file or a bundle (:mod:`.credentials`; a bundle of several
+    keys comes back as a :class:`~.credentials.KeyBundle` to choose from), or a credentials file of
+    a gateway's registry. Raises CredentialsError with the reason."""
+    from . import credentials as _keyfiles
+
+    if _keyfiles.is_key_file(path):
+        try:
+            if _keyfiles.bundle_size(path) > 1:
+                return _keyfiles.KeyBundle(Path(path).resolve())
+            return _keyfiles.load_key(path)
+        except (_keyfiles.CredentialsError, OSError) as e:
+            raise CredentialsError(str(e)) from None
     p = Path(path)
     try:
         m = json.loads(p.read_text(encoding="utf-8"))
@@ -221,6 +232,10 @@ def release_context(ctx) -> None:
 
 def release_credentials(credentials: ClientCredentials) -> None:
     """Release the context of ``credentials`` if this process has it loaded (:func:`release_context`)."""
+    release = getattr(credentials, "release", None)
+    if release is not None:  # a key file's context: nothing to write back
+        release()
+        return
     ctx = _open.get(credentials.context_dir)
     if ctx is not None:
         release_context(ctx)
