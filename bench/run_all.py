@@ -14,6 +14,7 @@ BENCHES = [
     "bench_relay.py",
     "bench_gateway.py",
     "bench_security.py",
+    "bench_keys.py",
     "bench_demo.py",
 ]
 

@@ -33,7 +33,6 @@ KEY_VERSION = 1
 STATE_SUFFIX = ".state"
 
 
-
 def key_json(identity: str, kid: bytes, secret: bytes, salt: bytes, algorithm: str) -> str:
     """One key file / bundle line."""
     return json.dumps(
