@@ -365,6 +365,41 @@ async def test_two_servers_on_one_store_accept_a_request_once(tmp_path, store_ur
         await b.close()
 
 
+async def test_secured_workers_serve_protected_requests_once(tmp_path, keyset):
+    """``msgin5g server --workers 2`` secured (SPEC D12, D14): requests from many UDP endpoints —
+    spread over the workers by the kernel — are each served, protected, and a captured request
+    replayed from another endpoint gets 4.01 whichever worker it reaches."""
+    provisioner = await secured_server(tmp_path, keyset)
+    provision(provisioner)
+    await provisioner.close()
+    proc = ServerProcess(f"sqlite:///{keyset.db}", "--workers", "2", insecure=False)
+    try:
+        prot = ClientProtection(keyset.creds["ue"].security_context())
+        query = config_query_uri("coap://127.0.0.1", "msgin5g", ME)
+        captured = None
+        for _ in range(8):
+            ue = await ConstrainedUe("127.0.0.1", proc.port).open()  # a new source port each time
+            try:
+                plain = Message(code=Code.GET, uri=query)
+                plain.opt.uri_host = None
+                outer, binding = prot.protect(plain)
+                answer = prot.verify(await ue.exchange(outer), binding)
+                assert answer.code == Code.CONTENT and SECRET[ME].encode() in answer.payload
+                captured = captured or outer
+            finally:
+                await ue.close(release=False)
+        for _ in range(4):
+            ue = await ConstrainedUe("127.0.0.1", proc.port).open()
+            try:
+                replay = await ue.exchange(captured)
+                assert replay.code == Code.UNAUTHORIZED and replay.payload == UNAUTH_BODY
+            finally:
+                await ue.close(release=False)
+    finally:
+        err = proc.stop()
+    assert "Traceback" not in err
+
+
 async def test_server_sequence_numbers_are_leased_apart(tmp_path, keyset):
     """Two servers that protect with their own sequence numbers (notifications) never use the same
     one: each leases its block in the store first (RFC 8613 App. B.1.1)."""

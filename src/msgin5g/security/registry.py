@@ -1,7 +1,8 @@
 """Key registry directories and credentials files (TS 24.546 6.2.1.2; SPEC D12; format in docs/security.md).
 
-A **registry** is the server side of a set of keys (``msgin5g server --security DIR``, and the
-Gateway UE's MSGin5G-6 side)::
+A **registry** is the server side of a Gateway UE's keys for its constrained UEs (``msgin5g
+gateway --security DIR``, the MSGin5G-6 side; the SCM-S's keys are in its store,
+:mod:`msgin5g.store.keys`)::
 
     DIR/registry.json         entries: kid, identity, created, revoked (see :mod:`.keys`)
     DIR/contexts/<kid>/       the server's OSCORE context for that kid (aiocoap

@@ -266,7 +266,7 @@ class SecuredSite(interfaces.Resource):
             pipe.add_response(m, is_last=True)
             return
         kid = bag.get(oscore.COSE_KID)
-        sc = None if bag.get(oscore.COSE_KID_CONTEXT) is not None else self.keyring.find(kid)
+        sc = None if bag.get(oscore.COSE_KID_CONTEXT) is not None else await self.keyring.find_async(kid)
         if sc is None:
             self._refuse(pipe, "key unknown or revoked on this server")
             return

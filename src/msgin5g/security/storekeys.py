@@ -37,7 +37,6 @@ from ..store.keys import KeyStoreError, NewKey
 from .credentials import key_json
 from .keys import (
     ALGORITHMS,
-    CLAIM_PREFIX,
     DEFAULT_ALGORITHM,
     MASTER_SALT_BYTES,
     MASTER_SECRET_BYTES,
@@ -45,7 +44,6 @@ from .keys import (
     RegistryError,
     claims_for,
     kid_for,
-    parse_kid,
 )
 
 log = logging.getLogger("msgin5g.security")
@@ -121,6 +119,7 @@ class StoreKeyring:
         self._contexts: OrderedDict[int, LeasedSecurityContext] = OrderedDict()
         self._identities: dict[int, Identity] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._revoked_identities: set[Identity] = set()
 
     def open(self) -> StoreKeyring:
         return self
@@ -135,17 +134,40 @@ class StoreKeyring:
     # -- contexts ------------------------------------------------------------------------------------
     def find(self, kid: object) -> LeasedSecurityContext | None:
         """The context of an active key ``kid``, or None (unknown or revoked on this server)."""
+        number = self._number(kid)
+        if number is None:
+            return None
+        ctx = self._cached(number)
+        return ctx if ctx is not None else self._install(kid, number, self.store.get_key(number))
+
+    async def find_async(self, kid: object) -> LeasedSecurityContext | None:
+        """:meth:`find`, reading a key not yet in memory off the event loop (SPEC D14)."""
+        number = self._number(kid)
+        if number is None:
+            return None
+        ctx = self._cached(number)
+        if ctx is not None:
+            return ctx
+        return self._install(kid, number, await asyncio.to_thread(self.store.get_key, number))
+
+    @staticmethod
+    def _number(kid: object) -> int | None:
         if not isinstance(kid, bytes) or not kid or len(kid) > 7:
             return None
-        number = kid_number(kid)
+        return kid_number(kid)
+
+    def _cached(self, number: int) -> LeasedSecurityContext | None:
         ctx = self._contexts.get(number)
         if ctx is not None:
             self._contexts.move_to_end(number)
-            return ctx
-        row = self.store.get_key(number)
+        return ctx
+
+    def _install(self, kid: bytes, number: int, row) -> LeasedSecurityContext | None:
         if row is None or not row.active or kid_for(number, row.algorithm) != kid:
             self.counters["unknown-or-revoked"] += 1
             return None
+        if number in self._contexts:  # built meanwhile by a concurrent request
+            return self._contexts[number]
         try:
             identity = parse_identity(row.identity)
         except ModelError:
@@ -161,6 +183,9 @@ class StoreKeyring:
             window=(row.rw_index, row.rw_bits),
             claims=claims_for(kid),
         )
+        self._revoked_identities.discard(identity)  # a new key of an identity revoked before
+        ctx.key_identity = identity  # read by identify(), even after the context left the cache
+        ctx.key_revoked = False
         self._contexts[number] = ctx
         self._identities[number] = identity
         self.counters["contexts-loaded"] += 1
@@ -199,7 +224,11 @@ class StoreKeyring:
         return await asyncio.to_thread(self.claim_now, ctx, seqno)
 
     def _revoked(self, number: int) -> None:
+        ctx = self._contexts.get(number)
+        if ctx is not None:
+            ctx.key_revoked = True
         if number in self._identities:
+            self._revoked_identities.add(self._identities[number])
             self._forget(number)
             self.counters["revoked-seen"] += 1
             for cb in self._listeners:
@@ -209,21 +238,6 @@ class StoreKeyring:
                     log.exception("key change listener failed")
 
     # -- identity ------------------------------------------------------------------------------------
-    def identity_for(self, claims) -> Identity | None:
-        found = None
-        for claim in claims or ():
-            if not isinstance(claim, str) or not claim.startswith(CLAIM_PREFIX):
-                continue
-            try:
-                number = kid_number(parse_kid(claim[len(CLAIM_PREFIX) :]))
-            except RegistryError:
-                return None
-            identity = self._identities.get(number)
-            if identity is None or (found is not None and found != identity):
-                return None
-            found = identity
-        return found
-
     def identify(self, request) -> Identity:
         """The authenticated identity of an inner request, for the SCM-S resources. The lab
         identity option is refused on a secured server."""
@@ -231,11 +245,15 @@ class StoreKeyring:
 
         if request.opt.get_option(LAB_IDENTITY_OPTION):
             raise ProblemError(LAB_IDENTITY_REFUSED)
-        identity = self.identity_for(getattr(request.remote, "authenticated_claims", None))
-        return identity if identity is not None else ANONYMOUS
+        ctx = getattr(request.remote, "security_context", None)
+        identity = getattr(ctx, "key_identity", None)
+        if identity is None or getattr(ctx, "key_revoked", True):
+            return ANONYMOUS
+        return identity
 
     def is_active(self, identity: Identity) -> bool:
-        return identity in self._identities.values()
+        """False once a key of ``identity`` was seen revoked by this process (ends observations)."""
+        return identity not in self._revoked_identities
 
     async def watch(self, interval: float = 1.0) -> None:
         """Notice revocations of loaded keys that send nothing new (ends their observations)."""

@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 import aiocoap
 
 from ..authz import LAB_IDENTITY_OPTION
+from ..coap import aiocoap_tweaks
+from ..coap.qblock import QBlockParams
 from ..security.server import SecuredSite
 from ..security.storekeys import StoreKeyring
 from ..store import Store, default_db_url, open_store
+from .changefeed import ChangeWatcher
 from .profile_service import ProfileService
 from .profiles import ProfileSite
 from .resources import ScmSite
@@ -31,52 +35,21 @@ log = logging.getLogger("msgin5g.server")
 AIOCOAP_WS_PORT_OFFSET = 3000
 
 
-class EncodedResponse:
-    """A sent response kept only as its bytes, for aiocoap's duplicate detection.
-
-    aiocoap keeps every answered confirmable request's response for EXCHANGE_LIFETIME (247 s) so
-    that a retransmitted request is answered with the same message. It keeps the full Message
-    (options, remote, and the request it answers): about 4 KiB per exchange, i.e. gigabytes at a
-    few thousand requests per second. Resending needs only the encoded bytes and the remote.
-    """
-
-    __slots__ = ("_bytes", "mid", "mtype", "remote")
-
-    def __init__(self, message):
-        self._bytes = message.encode()
-        self.mtype, self.mid, self.remote = message.mtype, message.mid, message.remote
-
-    def encode(self) -> bytes:
-        return self._bytes
-
-    def __repr__(self) -> str:
-        return f"<EncodedResponse MID {self.mid} to {self.remote}, {len(self._bytes)} bytes>"
-
-
-def compact_duplicate_cache(ctx: aiocoap.Context) -> bool:
-    """Make the UDP message layer of ``ctx`` keep sent responses as :class:`EncodedResponse`.
-
-    Installed only when aiocoap's message manager has the expected shape (it is internal API);
-    returns whether it was installed.
-    """
-    from aiocoap.numbers.types import CON
-
-    for ri in getattr(ctx, "request_interfaces", ()):
-        mm = getattr(ri, "token_interface", None)
-        recent = getattr(mm, "_recent_messages", None)
-        if not isinstance(recent, dict) or not hasattr(mm, "_store_response_for_duplicates"):
-            continue
-
-        def store(message, recent=recent):
-            key = (message.remote, message.mid)
-            if key in recent and message.mtype is not CON:  # separate CON responses keep the Message
-                recent[key] = EncodedResponse(message)
-            elif key in recent:
-                recent[key] = message
-
-        mm._store_response_for_duplicates = store
-        return True
-    return False
+async def _follow_changes(running: RunningServer, config: ServerConfig) -> None:
+    """Store calls off the event loop (a thread pool, for PostgreSQL by default) and the change feed
+    that notifies this process's observers of changes made through any process or node (SPEC D14)."""
+    pg_url = running.store.listen_url
+    offload = config.offload if config.offload is not None else running.store.networked
+    site = running.site
+    site.loop = asyncio.get_running_loop()
+    if offload:
+        running.executor = ThreadPoolExecutor(config.store_threads, thread_name_prefix="msgin5g-store")
+        site.executor = running.executor
+    running.feed = ChangeWatcher(
+        running.store, site.observed, site.feed_change, running.executor, config.feed_poll, pg_url
+    )
+    site.feed = running.feed
+    await running.feed.start()
 
 
 class ServerStartError(RuntimeError):
@@ -96,6 +69,12 @@ class ServerConfig:
     insecure_anywhere: bool = False
     max_open_contexts: int = 65536  # OSCORE contexts kept in memory at once (their state is in the store)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    # Scale-out (SPEC D14)
+    shared_port: bool = False  # a worker of --workers N: the port is bound by its siblings too
+    offload: bool | None = None  # store calls on a thread pool; None → for PostgreSQL only
+    store_threads: int = 4
+    feed_poll: float = 0.05  # s between reads of the change feed on SQLite
+    qblock: QBlockParams = field(default_factory=QBlockParams)  # RFC 9177 §7.2 parameters
 
 
 def _is_loopback(host: str) -> bool:
@@ -158,6 +137,8 @@ class RunningServer:
     root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
     _own_store: bool = True
     _watch: asyncio.Task | None = None
+    feed: ChangeWatcher | None = None
+    executor: ThreadPoolExecutor | None = None
 
     @property
     def secured(self) -> bool:
@@ -185,6 +166,9 @@ class RunningServer:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
         for ctx in self.contexts:
             try:
                 await ctx.shutdown()
@@ -194,6 +178,9 @@ class RunningServer:
         if self.keyring is not None:
             self.keyring.close()
             self.keyring = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self._own_store:
             self.store.close()
 
@@ -217,9 +204,10 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             "unless it claims a lab identity (option %d)",
             LAB_IDENTITY_OPTION,
         )
+    aiocoap_tweaks.install_process_tweaks()
     host = config.host
     port = config.port or pick_port(host, config.tcp)
-    if config.port:
+    if config.port and not config.shared_port:
         check_port(host, port, config.tcp)
     if config.ws_port is not None and config.ws_port <= AIOCOAP_WS_PORT_OFFSET:
         raise ServerStartError(f"--ws-port must be above {AIOCOAP_WS_PORT_OFFSET}")
@@ -234,23 +222,25 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         keyring = StoreKeyring(store, max_open=config.max_open_contexts)
         if not store.count_keys():
             log.warning("secured, and the store has no active key yet: add keys with 'msgin5g keys add'")
-        site = ScmSite(service, identify=keyring.identify)
+        site = ScmSite(service, identify=keyring.identify, qblock=config.qblock)
         root = SecuredSite(site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
-        site = ScmSite(service)
+        site = ScmSite(service, qblock=config.qblock)
         root = site
-    site.apis.append(ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix))
+    profiles = ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix)
+    profiles.changed = site.changed  # its changes reach observers of every process (SPEC D14)
+    site.apis.append(profiles)
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )
     if keyring is not None:
         running._watch = asyncio.ensure_future(keyring.watch())
     try:
+        await _follow_changes(running, config)
         udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
-        if not compact_duplicate_cache(udp):
-            log.warning("aiocoap's duplicate cache has an unexpected shape; keeping full messages")
+        aiocoap_tweaks.install_compact_duplicate_cache(udp)
         if config.tcp:
             running.contexts.append(
                 await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["tcpserver"])

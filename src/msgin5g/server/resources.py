@@ -14,8 +14,10 @@ DELETE ends observations with a 4.04 notification (RFC 7641 §3.2).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from aiocoap import Message
 from aiocoap import error as coap_error
@@ -25,18 +27,20 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import PathCapable
 
+from ..api import SU_UC
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
+from ..coap.qblock import QBlockParams
 from ..model import ModelError
 from ..problem import Problem, ProblemError
 from ..security.endpoint import max_plaintext
+from .qblock_site import QBlockServer, has_qblock
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
 
 log = logging.getLogger("msgin5g.server")
 
 #: Options the SCM-S understands; any other *critical* option gets 4.02 (RFC 7252 §5.4.1).
-#: Q-Block1/Q-Block2 (RFC 9177) are not among them: aiocoap does not implement them, so a
-#: request using them is told so with 4.02, as RFC 9177 §4 prescribes for servers without support.
+#: Q-Block1/Q-Block2 (RFC 9177, TS 24.546 clause 5) are served by :mod:`.qblock_site`.
 KNOWN_OPTIONS = {
     OptionNumber.IF_MATCH,
     OptionNumber.URI_HOST,
@@ -57,6 +61,8 @@ KNOWN_OPTIONS = {
     OptionNumber.NO_RESPONSE,
     OptionNumber.ECHO,
     OptionNumber.REQUEST_TAG,
+    OptionNumber.Q_BLOCK1,
+    OptionNumber.Q_BLOCK2,
     LAB_IDENTITY_OPTION,
 }
 PROXY_OPTIONS = {OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME}
@@ -110,8 +116,8 @@ def payload_limits(remote) -> tuple[int, int]:
 
 def slice_block2(full: Message, request: Message) -> Message:
     """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
-    if not full.code.is_successful():
-        return full  # errors are small and never block-wise
+    if not full.code.is_successful() or request.opt.get_option(OptionNumber.Q_BLOCK2):
+        return full  # errors are small and never block-wise; Q-Block2 slices the whole (qblock_site)
     b2 = request.opt.block2
     max_payload, max_szx = payload_limits(request.remote)
     if b2 is None and len(full.payload) <= max_payload:
@@ -130,14 +136,25 @@ class ScmSite(ObservableResource, PathCapable):
     """The SCM-S resource tree under ``{apiRoot}/su-uc/v1``:
     ``/val-services/{valServiceId}/ue-configurations[/{ueConfigDocId}]``."""
 
-    def __init__(self, service: ScmService, *, identify: Callable[[Message], Identity] | None = None):
+    def __init__(
+        self,
+        service: ScmService,
+        *,
+        identify: Callable[[Message], Identity] | None = None,
+        qblock: QBlockParams | None = None,
+    ):
         super().__init__()
+        self.qblock = QBlockServer(self.render, payload_limits, service.config.max_body, qblock)
         self.service = service
         self.identify = identify
         self.prefix = tuple(service.config.api_prefix)
         self._block1 = Block1Spool()
         self._block2 = Block2Cache()
         self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
+        # Store calls run here when set, so the event loop never waits on the database (SPEC D14)
+        self.executor: Executor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.feed = None  # the ChangeWatcher told about this process's own changes
         self.apis: list = []  # further APIs under the same apiRoot: su-up (server.profiles, SPEC D16)
 
     @property
@@ -176,7 +193,9 @@ class ScmSite(ObservableResource, PathCapable):
             return
         try:
             request = pipe.request
-            if request.opt.block1 is None and request.opt.block2 is None and request.opt.observe is None:
+            if has_qblock(request):  # RFC 9177 (TS 24.546 clause 5)
+                await self.qblock.render_to_pipe(pipe)
+            elif request.opt.block1 is None and request.opt.block2 is None and request.opt.observe is None:
                 # Fast path for the common single-message exchange: render at once and only pay for
                 # aiocoap's Block2 cache key when the answer turns out to need blocks (its own
                 # _render_to_pipe computes that key for every request).
@@ -186,6 +205,8 @@ class ScmSite(ObservableResource, PathCapable):
                 pipe.add_response(response, is_last=True)
             else:
                 await ObservableResource._render_to_pipe(self, pipe)
+        except ProblemError as e:
+            pipe.add_response(problem_message(e.problem), is_last=True)
         except coap_error.RenderableError as e:
             pipe.add_response(self._problem_from_aiocoap(e), is_last=True)
         except Exception:  # never let a request crash the server; report it
@@ -228,7 +249,7 @@ class ScmSite(ObservableResource, PathCapable):
             identity = self.identity_of(request)
         except ProblemError:
             return
-        if not self.service.may_observe(identity, target.service_id, target.doc_id):
+        if not await self._offload(self.service.may_observe, identity, target.service_id, target.doc_id):
             return
         key = (target.service_id, target.doc_id)
         self._observers.setdefault(key, {})[serverobservation] = identity
@@ -244,6 +265,48 @@ class ScmSite(ObservableResource, PathCapable):
 
     def observer_count(self, service_id: str, doc_id: str) -> int:
         return len(self._observers.get((service_id, doc_id), ()))
+
+    def observed(self) -> set[tuple[str, str, str]]:
+        """The documents this process has observers for, as (API, service, document) — for the
+        change feed (SPEC D14)."""
+        keys = {(SU_UC, *key) for key in self._observers}
+        for sub in self.apis:
+            keys.update((sub.api, *key) for key in sub.observed())
+        return keys
+
+    def changed(self, api: str, service_id: str, doc_id: str, version: int, deleted: bool) -> None:
+        """A change committed through this process: notify its observers at once, and tell the
+        change feed so that it does not notify them again (other processes learn of the change
+        from the feed). Safe to call from the store thread pool."""
+        if self.loop is not None and not self._on_loop():
+            self.loop.call_soon_threadsafe(self.changed, api, service_id, doc_id, version, deleted)
+            return
+        if self.feed is not None:
+            self.feed.local_change((api, service_id, doc_id), version, deleted)
+        self.feed_change((api, service_id, doc_id), deleted)
+
+    def feed_change(self, key: tuple[str, str, str], deleted: bool) -> None:
+        """Notify the observers of one changed document (RFC 7641 §4.2); a deleted one ends them
+        with 4.04 (RFC 7641 §3.2)."""
+        api, service_id, doc_id = key
+        if api != SU_UC:
+            for sub in self.apis:
+                if sub.api == api:
+                    sub.feed_change(service_id, doc_id, deleted)
+            return
+        gone = Problem(0x84, "the document was deleted", "DOCUMENT_DELETED")
+        self.notify(service_id, doc_id, final=problem_message(gone) if deleted else None)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    async def _offload(self, fn, *args):
+        if self.executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def notify(self, service_id: str, doc_id: str, final: Message | None = None) -> None:
         for obs in list(self._observers.get((service_id, doc_id), ())):
@@ -261,6 +324,9 @@ class ScmSite(ObservableResource, PathCapable):
         return n + sum(sub.recheck_observers(still_authenticated) for sub in self.apis)
 
     async def render(self, request: Message) -> Message:
+        return await self._offload(self._render_now, request)
+
+    def _render_now(self, request: Message) -> Message:
         try:
             return self._dispatch(request)
         except ProblemError as e:
@@ -318,16 +384,12 @@ class ScmSite(ObservableResource, PathCapable):
                 identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match, inm
             )
             if new is not None:
-                self.notify(target.service_id, target.doc_id)
+                self.changed(SU_UC, target.service_id, target.doc_id, new.version, False)
             return to_message(reply)
         if code == Code.DELETE:
             reply, gone = svc.doc_delete(identity, target.service_id, target.doc_id, if_match)
             if gone is not None:
-                self.notify(
-                    target.service_id,
-                    target.doc_id,
-                    problem_message(Problem(0x84, "the document was deleted", "DOCUMENT_DELETED")),
-                )
+                self.changed(SU_UC, target.service_id, target.doc_id, gone.version, True)
             return to_message(reply)
         raise self._not_allowed(code, "GET, PUT, DELETE")
 

@@ -14,6 +14,7 @@ import sys
 import click
 
 from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..coap import aiocoap_tweaks
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..security.registry import CredentialsError
 
@@ -134,6 +135,7 @@ def get_config(
     if identity is not None and credentials is not None:
         raise click.UsageError("--identity (lab mode) and --credentials exclude each other")
     params = dict(click.get_current_context().params, pre=_load_preconfigured(preconfigured))
+    aiocoap_tweaks.install_process_tweaks()
     try:
         if hasattr(credentials, "select"):  # a bundle: this UE's entry (SPEC D12)
             params["credentials"] = credentials.select(key_identity or f"ue:{ue_uri}")
