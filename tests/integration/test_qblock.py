@@ -509,3 +509,27 @@ async def test_message_layer_client_at_30_percent_loss_both_ways_gets_the_bulk_a
     assert [json.loads(e["ueConfigs"][0]["configData"])["ueServiceId"] for e in entries] == [
         f"s-{i:06d}-" + "y" * 300 for i in range(30)
     ]
+
+
+async def test_server_cli_sets_max_payloads(tmp_path):
+    """``msgin5g server --qblock-max-payloads 2``: sets of two blocks, each ended by a Continue
+    (NON_TIMEOUT set long so that the Continue, not the timer, moves the server on)."""
+    from msgin5g.store import open_store
+
+    from .procs import ServerProcess
+
+    db = f"sqlite:///{tmp_path}/cli.db"
+    store = open_store(db)
+    store.import_docs(
+        "msgin5g", [make_doc(uris=[imei_urn(TAC, i)], name=f"d{i}-" + "x" * 400) for i in range(8)]
+    )
+    store.close()
+    proc = ServerProcess(db, "--qblock-max-payloads", "2", "--qblock-non-timeout", "30")
+    try:
+        t = await qblock2_get(proc.port, params=QBlockParams(max_payloads=2, non_receive_timeout=20))
+    finally:
+        proc.stop()
+    total = -(-len(t.body) // 1024)
+    assert total >= 4 and len(cbor2.loads(t.body)) == 8
+    assert t.asks == [[BlockOpt(k, True, 6)] for k in range(2, total, 2)]
+    assert sorted(n for _, n in t.received) == list(range(total))
