@@ -10,6 +10,7 @@ from ..clicommon import run_until_signal, setup_logging
 from ..coap.qblock import QBlockParams
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
+from .workers import run_supervised, worker_count
 
 #: Content-Formats the SCM-S already gives a meaning (link-format, JSON, CBOR, problem details)
 TAKEN_CONTENT_FORMATS = (40, 50, 60, 257)
@@ -109,6 +110,12 @@ def _seal_cf(param, value):
     show_default=True,
     help="RFC 9177 NON_TIMEOUT (s): pause between two Q-Block2 sets without a Continue.",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Server processes sharing the port (SO_REUSEPORT; UDP flows stay on one); 'auto': one per core.",
+)
 @click.option("-v", "--verbose", count=True)
 def server(
     host,
@@ -130,6 +137,7 @@ def server(
     insecure_anywhere,
     qblock_max_payloads,
     qblock_non_timeout,
+    workers,
     verbose,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
@@ -165,6 +173,17 @@ def server(
             service_domains={sid: service_domain for sid in service_ids},
         ),
     )
+
+    try:
+        n_workers = worker_count(workers)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workers") from None
+    if n_workers > 1:
+        try:
+            run_supervised(cfg, n_workers, lambda uri: click.echo(f"listening {uri}"))
+        except ServerStartError as e:
+            raise click.ClickException(str(e)) from None
+        return
 
     async def start() -> RunningServer:
         running = await start_server(cfg)
