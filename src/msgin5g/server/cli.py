@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -171,6 +172,10 @@ def server(
         running = await start_server(cfg)
         for uri in running.listeners:
             click.echo(f"listening {uri}", err=False)
+        # one machine-readable line for supervisors (msgin5g demo): scheme → base URI
+        click.echo(
+            json.dumps({"ready": "scm-s", "listen": {u.split("://")[0]: u for u in running.listeners}})
+        )
         sys.stdout.flush()
         return running
 
