@@ -1,5 +1,5 @@
 """The authorization leaks of secured mode, probed exactly as reported, with OSCORE keys made by the
-key registry (RFC 8613; TS 24.546 6.2.1.2; SPEC D3, D12).
+keys in the store (RFC 8613; TS 24.546 6.2.1.2; SPEC D3, D12).
 
 1. A UE whose ID is not an IMEI URN, with its own valid key, asks ``ue-uri=<itself>&ue-type=<TAC>&
    ue-snr=000043``: it must not receive the IMEI-range document expanded for serial 000043.
@@ -16,10 +16,8 @@ import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
-from msgin5g.authz import parse_identity
-from msgin5g.security.registry import Registry
-
 from .conftest import make_doc
+from .keyhelp import store_keys
 from .test_security import client, secured_server, send
 
 TAC = "35209900"
@@ -30,14 +28,12 @@ RANGE_DOC = make_doc(
 )
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    base = tmp_path_factory.mktemp("d3keys")
-    registry = Registry(base / "scm-keys")
-    creds = {}
-    for name, identity in {"plain": f"ue:{PLAIN_UE}", "gw": "gateway:gw-tac"}.items():
-        _, creds[name] = registry.add(parse_identity(identity), base / f"{name}.json")
-    return registry, creds
+@pytest.fixture
+def keys(tmp_path):
+    """The keys of a non-IMEI UE and of a gateway, in the test's store (scm.db)."""
+    (tmp_path / "creds").mkdir()
+    identities = {"plain": f"ue:{PLAIN_UE}", "gw": "gateway:gw-tac"}
+    return store_keys(tmp_path / "scm.db", identities, tmp_path / "creds")
 
 
 def service_ids(payload: bytes) -> list[str]:
@@ -49,8 +45,8 @@ def service_ids(payload: bytes) -> list[str]:
 
 
 async def test_a_non_imei_ue_claiming_a_tac_and_serial_gets_no_range_document(tmp_path, keys):
-    registry, creds = keys
-    srv = await secured_server(tmp_path, registry)
+    creds = keys
+    srv = await secured_server(tmp_path)
     try:
         srv.store.import_docs("msgin5g", [RANGE_DOC])
         async with client(creds["plain"]) as ctx:
@@ -66,8 +62,8 @@ async def test_a_non_imei_ue_claiming_a_tac_and_serial_gets_no_range_document(tm
 
 
 async def test_a_gateway_claiming_a_tac_for_a_ue_outside_its_registry_gets_nothing(tmp_path, keys):
-    registry, creds = keys
-    srv = await secured_server(tmp_path, registry)
+    creds = keys
+    srv = await secured_server(tmp_path)
     try:
         srv.store.import_docs("msgin5g", [RANGE_DOC, make_doc(uris=[OUTSIDE], service_id="outside-secret")])
         srv.store.set_gateway("gw-tac", {"imeiRanges": [{"tac": TAC}]})

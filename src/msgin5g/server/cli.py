@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
 from ..clicommon import run_until_signal, setup_logging
+from ..coap.qblock import QBlockParams
 from .admission import AdmissionConfig
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
@@ -80,17 +82,10 @@ def _seal_cf(param, value):
     help="The same for application/vnd.3gpp.seal-user-profile-info+cbor (su-up).",
 )
 @click.option(
-    "--security",
-    "security",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Key registry directory (msgin5g keys): every request must be OSCORE-protected with its keys.",
-)
-@click.option(
     "--max-open-contexts",
-    default=1024,
+    default=65536,
     show_default=True,
-    help="OSCORE contexts kept loaded at once (least recently used released first).",
+    help="OSCORE contexts kept in memory at once (least recently used dropped first).",
 )
 @click.option(
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
@@ -118,6 +113,20 @@ def _seal_cf(param, value):
     help="Seconds a request may wait in the queue before it is shed with 5.03 + Max-Age; 0 = never.",
 )
 @click.option(
+    "--qblock-max-payloads",
+    type=click.IntRange(1, 1000),
+    default=QBlockParams.max_payloads,
+    show_default=True,
+    help="RFC 9177 MAX_PAYLOADS: Q-Block2 blocks sent back to back.",
+)
+@click.option(
+    "--qblock-non-timeout",
+    type=click.FloatRange(0.01, 60.0),
+    default=QBlockParams.non_timeout,
+    show_default=True,
+    help="RFC 9177 NON_TIMEOUT (s): pause between two Q-Block2 sets without a Continue.",
+)
+@click.option(
     "--workers",
     default="1",
     show_default=True,
@@ -138,7 +147,6 @@ def server(
     bulk_max_ues,
     seal_cf,
     seal_profile_cf,
-    security,
     max_open_contexts,
     insecure,
     insecure_anywhere,
@@ -146,12 +154,15 @@ def server(
     client_rate,
     client_burst,
     overload_delay,
+    qblock_max_payloads,
+    qblock_non_timeout,
     workers,
     verbose,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
 
-    Secured with --security DIR (OSCORE, TS 24.546 6.2.1.2; SPEC D12), or --insecure for labs."""
+    Secured by the OSCORE keys in the store (msgin5g keys; TS 24.546 6.2.1.2; SPEC D12), or
+    --insecure for labs."""
     setup_logging(verbose)
     if insecure:
         click.secho(
@@ -170,12 +181,12 @@ def server(
         tcp=not no_tcp,
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,
-        security=security,
         max_open_contexts=max_open_contexts,
         max_exchanges=max_exchanges,
         admission=AdmissionConfig(
             client_rate=client_rate, client_burst=client_burst, overload_delay=overload_delay
         ),
+        qblock=QBlockParams(max_payloads=qblock_max_payloads, non_timeout=qblock_non_timeout),
         service=ServiceConfig(
             max_age=max_age,
             max_body=max_body,
@@ -201,6 +212,10 @@ def server(
         running = await start_server(cfg)
         for uri in running.listeners:
             click.echo(f"listening {uri}", err=False)
+        # one machine-readable line for supervisors (msgin5g demo): scheme → base URI
+        click.echo(
+            json.dumps({"ready": "scm-s", "listen": {u.split("://")[0]: u for u in running.listeners}})
+        )
         sys.stdout.flush()
         return running
 
