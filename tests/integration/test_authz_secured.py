@@ -1,5 +1,5 @@
-"""The authorization leaks of secured mode, probed exactly as reported, with OSCORE keys made by the
-keys in the store (RFC 8613; TS 24.546 6.2.1.2; SPEC D3, D12).
+"""The authorization leaks of secured mode, probed exactly as reported, with OSCORE keys kept in
+the store (RFC 8613; TS 24.546 6.2.1.2; SPEC D3, D12).
 
 1. A UE whose ID is not an IMEI URN, with its own valid key, asks ``ue-uri=<itself>&ue-type=<TAC>&
    ue-snr=000043``: it must not receive the IMEI-range document expanded for serial 000043.
