@@ -8,6 +8,8 @@ import sys
 import click
 
 from ..clicommon import run_until_signal, setup_logging
+from ..coap.qblock import QBlockParams
+from .admission import AdmissionConfig
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
 from .workers import run_supervised, worker_count
@@ -80,22 +82,50 @@ def _seal_cf(param, value):
     help="The same for application/vnd.3gpp.seal-user-profile-info+cbor (su-up).",
 )
 @click.option(
-    "--security",
-    "security",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Key registry directory (msgin5g keys): every request must be OSCORE-protected with its keys.",
-)
-@click.option(
     "--max-open-contexts",
-    default=1024,
+    default=65536,
     show_default=True,
-    help="OSCORE contexts kept loaded at once (least recently used released first).",
+    help="OSCORE contexts kept in memory at once (least recently used dropped first).",
 )
 @click.option(
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
+@click.option(
+    "--max-exchanges",
+    default=100_000,
+    show_default=True,
+    help="UDP message IDs remembered for duplicate detection (RFC 7252 §4.5); the oldest are shed beyond.",
+)
+@click.option(
+    "--client-rate",
+    default=0.0,
+    show_default=True,
+    help="Requests per second one client endpoint may send (4.29 + Max-Age beyond); 0 = no limit.",
+)
+@click.option(
+    "--client-burst", default=0, show_default=True, help="Burst of --client-rate (0: twice the rate)."
+)
+@click.option(
+    "--overload-delay",
+    default=2.0,
+    show_default=True,
+    help="Seconds a request may wait in the queue before it is shed with 5.03 + Max-Age; 0 = never.",
+)
+@click.option(
+    "--qblock-max-payloads",
+    type=click.IntRange(1, 1000),
+    default=QBlockParams.max_payloads,
+    show_default=True,
+    help="RFC 9177 MAX_PAYLOADS: Q-Block2 blocks sent back to back.",
+)
+@click.option(
+    "--qblock-non-timeout",
+    type=click.FloatRange(0.01, 60.0),
+    default=QBlockParams.non_timeout,
+    show_default=True,
+    help="RFC 9177 NON_TIMEOUT (s): pause between two Q-Block2 sets without a Continue.",
+)
 @click.option(
     "--workers",
     default="1",
@@ -117,16 +147,22 @@ def server(
     bulk_max_ues,
     seal_cf,
     seal_profile_cf,
-    security,
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    max_exchanges,
+    client_rate,
+    client_burst,
+    overload_delay,
+    qblock_max_payloads,
+    qblock_non_timeout,
     workers,
     verbose,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
 
-    Secured with --security DIR (OSCORE, TS 24.546 6.2.1.2; SPEC D12), or --insecure for labs."""
+    Secured by the OSCORE keys in the store (msgin5g keys; TS 24.546 6.2.1.2; SPEC D12), or
+    --insecure for labs."""
     setup_logging(verbose)
     if insecure:
         click.secho(
@@ -145,8 +181,12 @@ def server(
         tcp=not no_tcp,
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,
-        security=security,
         max_open_contexts=max_open_contexts,
+        max_exchanges=max_exchanges,
+        admission=AdmissionConfig(
+            client_rate=client_rate, client_burst=client_burst, overload_delay=overload_delay
+        ),
+        qblock=QBlockParams(max_payloads=qblock_max_payloads, non_timeout=qblock_non_timeout),
         service=ServiceConfig(
             max_age=max_age,
             max_body=max_body,
