@@ -21,6 +21,8 @@ from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
+from .profile_service import ProfileService
+from .profiles import ProfileSite
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
 
@@ -251,6 +253,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     else:
         site = ScmSite(service)
         root = site
+    site.apis.append(ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix))
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )

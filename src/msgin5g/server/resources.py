@@ -138,6 +138,7 @@ class ScmSite(ObservableResource, PathCapable):
         self._block1 = Block1Spool()
         self._block2 = Block2Cache()
         self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
+        self.apis: list = []  # further APIs under the same apiRoot: su-up (server.profiles, SPEC D16)
 
     @property
     def insecure(self) -> bool:
@@ -164,7 +165,7 @@ class ScmSite(ObservableResource, PathCapable):
 
     def _is_bulk(self, request: Message) -> bool:
         return request.code == Code.GET and any(
-            q.startswith("bulk-conf-flag=") for q in request.opt.uri_query
+            q.startswith(("bulk-conf-flag=", "bulkConfFlag=")) for q in request.opt.uri_query
         )
 
     async def render_to_pipe(self, pipe) -> None:
@@ -217,6 +218,9 @@ class ScmSite(ObservableResource, PathCapable):
 
     async def add_observation(self, request: Message, serverobservation) -> None:
         """Accept Observe on an individual document the requester may read (RFC 7641)."""
+        for sub in self.apis:
+            if sub.handles(request.opt.uri_path):
+                return await sub.add_observation(request, serverobservation, self.identity_of)
         target = parse_path(request.opt.uri_path, self.prefix)
         if request.code != Code.GET or target is None or target.doc_id is None:
             return
@@ -254,7 +258,7 @@ class ScmSite(ObservableResource, PathCapable):
                 if not still_authenticated(identity):
                     obs.trigger()
                     n += 1
-        return n
+        return n + sum(sub.recheck_observers(still_authenticated) for sub in self.apis)
 
     async def render(self, request: Message) -> Message:
         try:
@@ -279,6 +283,9 @@ class ScmSite(ObservableResource, PathCapable):
         path = request.opt.uri_path
         if path == (".well-known", "core"):
             return self._well_known_core(request)
+        for sub in self.apis:
+            if sub.handles(path):
+                return sub.dispatch(request, self.identity_of(request))
         target = parse_path(path, self.prefix)
         if target is None:
             raise ProblemError(Problem(0x84, f"no resource at /{'/'.join(path)}", "NO_SUCH_RESOURCE"))
@@ -306,8 +313,9 @@ class ScmSite(ObservableResource, PathCapable):
             return to_message(svc.doc_get(identity, target.service_id, target.doc_id, accept, etags))
         if_match = tuple(request.opt.if_match)
         if code == Code.PUT:
+            inm = bool(request.opt.if_none_match)  # RFC 7252 §5.10.8.2
             reply, new = svc.doc_put(
-                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match
+                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match, inm
             )
             if new is not None:
                 self.notify(target.service_id, target.doc_id)
