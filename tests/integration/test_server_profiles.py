@@ -17,6 +17,8 @@ from aiocoap import Message
 from aiocoap import error as aiocoap_error
 from aiocoap.numbers.codes import Code
 
+from msgin5g.server.app import ServerConfig, start_server
+
 from .test_server_api import TRANSPORTS, RawUdp, problem, req
 
 SID = "msgin5g"
@@ -351,3 +353,22 @@ async def test_lab_identities_read_only_their_own(scm_server, coap):
     r = await req(coap, Code.GET, coll(srv), query=[f"val-tgt-ue={UE_A}"], identity="gateway:gw1")
     problem(r, Code.FORBIDDEN, "NOT_AUTHORIZED")
     assert stored_count(srv) == 2
+
+
+async def test_api_prefix_in_paths_and_location(tmp_path, coap):
+    """C.1.1: apiRoot may carry a path prefix; Location-Path then starts with it (RFC 7252 §5.10.7)."""
+    srv = await start_server(
+        ServerConfig(port=0, db_url=f"sqlite:///{tmp_path}/scm.db", insecure=True, api_prefix=("seal", "cm"))
+    )
+    try:
+        c = f"coap://127.0.0.1:{srv.port}/seal/cm/su-up/v1/val-services/msgin5g/user-profiles"
+        r = await req(coap, Code.POST, c, cbor2.dumps(profile(user=USER_A)), content_format=60)
+        assert r.code == Code.CREATED
+        pid = cbor2.loads(r.payload)["profileDocId"]
+        expected = ("seal", "cm", "su-up", "v1", "val-services", "msgin5g", "user-profiles", pid)
+        assert r.opt.location_path == expected
+        assert (await req(coap, Code.GET, f"{c}/{pid}")).code == Code.CONTENT
+        unprefixed = c.replace("/seal/cm", "")
+        problem(await req(coap, Code.GET, f"{unprefixed}/{pid}"), Code.NOT_FOUND, "NO_SUCH_RESOURCE")
+    finally:
+        await srv.close()
