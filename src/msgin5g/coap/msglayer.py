@@ -16,7 +16,7 @@ What it does:
 * **client requests**: token matching, piggybacked and separate responses (RFC 7252 §5.2), NSTART
   outstanding interactions per peer with the rest queued (RFC 7252 §4.7), observations kept open
   for notifications (RFC 7641 §3), and — when asked — Block2 reassembly with follow-up requests
-  (RFC 7959 §2.4) through :class:`~msgin5g.coap.blockwise.BlockwiseTransfer`;
+  (RFC 7959 §2.4, :class:`.BlockwiseTransfer`) or Q-Block2 bursts (RFC 9177, :mod:`.qblock_client`);
 * **server side**: a request is handed up once (:class:`Serve`); the answer is piggybacked, or
   after :meth:`MessageLayer.accept` (empty ACK) sent as a separate response, CON and retransmitted
   until acknowledged (RFC 7252 §5.2.2); large bodies sliced into Block2 blocks (RFC 7959 §2.3).
@@ -33,7 +33,7 @@ import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from . import wire
+from . import qblock_client, wire
 from .actions import (  # noqa: F401 (the layer's vocabulary, importable from here)
     ACK_RANDOM_FACTOR,
     ACK_TIMEOUT,
@@ -97,6 +97,7 @@ class _Exchange:
     done: bool = False
     transfer: BlockwiseTransfer | None = None
     first: CoapMessage | None = None  # block 0 of a block-wise response (its options are kept)
+    q: qblock_client.QBlockState | None = None  # RFC 9177 Q-Block2 offered (coap.qblock_client)
 
 
 @dataclass(slots=True, eq=False)
@@ -197,18 +198,20 @@ class MessageLayer:
         blockwise: bool = False,
         observe: bool = False,
         deadline: float | None = None,
+        qblock: qblock_client.QBlockOffer | None = None,
     ) -> tuple[int, list[Action]]:
         """Send the request ``msg`` (its type, MID and token are the layer's) to ``addr``: (handle,
         actions). The handle's outcome comes as :class:`Deliver` or :class:`Fail`; ``deadline``
         (absolute; default EXCHANGE_LIFETIME or NON_LIFETIME from now) bounds the wait for the
         first response. With ``blockwise`` a Block2 response is completed by follow-up requests
         (RFC 7959 §2.4) and delivered whole; with ``observe`` the token stays live for
-        notifications until :meth:`cancel` (RFC 7641 §3.2)."""
+        notifications until :meth:`cancel` (RFC 7641 §3.2). ``qblock``: offer Q-Block2 (RFC 9177)."""
         if token is not None and (addr, token) in self._by_token:
             raise ValueError(f"token {token.hex()} is in use towards {addr!r}")
         if deadline is None:
             deadline = now + self._lifetime(CON if confirmable else NON)
         ex = _Exchange(next(self._handles), addr, msg, confirmable, blockwise, observe, deadline)
+        ex.msg, ex.q = qblock_client.offer(msg, qblock, now) if qblock else (msg, None)
         ex.token = token if token is not None else self._new_token(addr)
         self._exchanges[ex.handle] = ex
         self._by_token[(addr, ex.token)] = ex
@@ -271,18 +274,33 @@ class MessageLayer:
 
     def _finish(self, ex: _Exchange) -> None:
         ex.done = True
+        if ex.q is not None:
+            qblock_client.forget(self, ex)
         self._release(ex)
         self._exchanges.pop(ex.handle, None)
         self._by_mid.pop((ex.addr, ex.mid), None)
         if self._by_token.get((ex.addr, ex.token)) is ex:
             del self._by_token[(ex.addr, ex.token)]
 
-    def _fail(self, ex: _Exchange, cause: str, reason: str, out: list) -> None:
+    def _fail(self, ex: _Exchange, reason: str, out: list, cause: str = BLOCKWISE) -> None:
+        """End ``ex`` with :class:`Fail`; the cause defaults to BLOCKWISE, what the block-transfer
+        paths (RFC 7959 here, RFC 9177 in :mod:`.qblock_client`) report."""
         self._finish(ex)
         out.append(Fail(ex.handle, cause, reason))
 
+    def _resend(self, now: float, ex: _Exchange, out: list, options=None) -> None:  # RFC 7959 §2.4, 9177 §4.1
+        self._by_mid.pop((ex.addr, ex.mid), None)
+        del self._by_token[(ex.addr, ex.token)]
+        ex.token = self._new_token(ex.addr)
+        self._by_token[(ex.addr, ex.token)] = ex
+        ex.msg = CoapMessage(CON, ex.msg.code, 0, ex.token, options or ex.msg.options, ex.msg.payload)
+        self._queues.setdefault(ex.addr, deque()).appendleft(ex)
+        self._pump(now, ex.addr, out)
+
     def _on_response(self, now: float, ex: _Exchange, msg: CoapMessage, addr: Addr, out: list) -> None:
         self._release(ex)
+        if ex.q is not None and qblock_client.on_response(self, now, ex, msg, addr, out):
+            return
         if ex.answered:  # a notification of an observation (RFC 7641 §3.2)
             out.append(Deliver(ex.handle, msg, addr, final=False))
             return
@@ -295,19 +313,13 @@ class MessageLayer:
                     ex.first = msg
                 ex.transfer.add(num, more, szx, msg.payload, msg.first(OPT_ETAG), msg.uint(OPT_SIZE2))
             except (wire.WireError, BlockError) as e:
-                self._fail(ex, BLOCKWISE, f"block-wise transfer failed: {e}", out)
+                self._fail(ex, f"block-wise transfer failed: {e}", out)
                 return
             nxt = ex.transfer.next_block()
             if nxt is not None:  # ask for the next block with a new MID and token (RFC 7959 §2.4)
-                self._by_mid.pop((ex.addr, ex.mid), None)
-                del self._by_token[(ex.addr, ex.token)]
-                ex.token = self._new_token(ex.addr)
-                self._by_token[(ex.addr, ex.token)] = ex
                 opts = ex.msg.without(OPT_BLOCK2, OPT_OBSERVE)
                 opts.append((OPT_BLOCK2, wire.block_option(nxt, False, ex.transfer.szx)))
-                ex.msg = CoapMessage(CON, ex.msg.code, 0, ex.token, opts, ex.msg.payload)
-                self._queues.setdefault(ex.addr, deque()).appendleft(ex)
-                self._pump(now, ex.addr, out)
+                self._resend(now, ex, out, opts)
                 return
             first = ex.first
             msg = CoapMessage(
@@ -503,7 +515,7 @@ class MessageLayer:
             return
         ex = owner
         if msg.mtype == RST:
-            self._fail(ex, RESET, "rejected with RST", out)
+            self._fail(ex, "rejected with RST", out, RESET)
         elif msg.code == EMPTY:  # the answer follows separately (RFC 7252 §5.2.2)
             if ex.tx is not None:
                 out.append(Acked(ex.handle))
@@ -521,8 +533,8 @@ class MessageLayer:
         if isinstance(owner, _Exchange):
             if owner.done:
                 return False
-            if mid < 0:  # the deadline for the first response
-                return not owner.answered
+            if mid < 0:  # the deadline for the first response, or the Q-Block2 timer
+                return owner.q is not None if mid == qblock_client.QBLOCK_TIMER else not owner.answered
             return owner.tx is not None and owner.mid == mid
         if isinstance(owner, _Separate):
             return not owner.done
@@ -543,8 +555,10 @@ class MessageLayer:
             at, _, owner, mid = heapq.heappop(timers)
             if not self._live(owner, mid):
                 continue
-            if isinstance(owner, _Exchange) and mid < 0:
-                self._fail(owner, DEADLINE, "no response before the deadline", out)
+            if isinstance(owner, _Exchange) and mid == qblock_client.QBLOCK_TIMER:
+                qblock_client.on_tick(self, now, owner, out)
+            elif isinstance(owner, _Exchange) and mid < 0:
+                self._fail(owner, "no response before the deadline", out, DEADLINE)
                 self._pump(now, owner.addr, out)
             elif isinstance(owner, (_Exchange, _Separate)):
                 tx = owner.tx
@@ -554,7 +568,7 @@ class MessageLayer:
                     self.counters.gave_up += 1
                     reason = f"no acknowledgement after {tx.tries} retransmissions"
                     if isinstance(owner, _Exchange):
-                        self._fail(owner, GAVE_UP, reason, out)
+                        self._fail(owner, reason, out, GAVE_UP)
                         self._pump(now, owner.addr, out)
                     else:
                         owner.done = True

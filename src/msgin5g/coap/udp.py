@@ -33,6 +33,7 @@ from .msglayer import (
     Serve,
     Unmatched,
 )
+from .qblock_client import QBlockOffer
 from .wire import CoapMessage
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class CoapEndpoint:
         token: bytes | None = None,
         blockwise: bool = False,
         on_notification: Callable[[CoapMessage], None] | None = None,
+        qblock: QBlockOffer | None = None,
     ) -> asyncio.Future:
         """Send a request (to :attr:`peer` when ``addr`` is None); the future gets the response or
         :class:`CoapError`. With ``on_notification`` the request registers an observation (RFC
@@ -163,6 +165,7 @@ class CoapEndpoint:
             blockwise=blockwise,
             observe=on_notification is not None,
             deadline=self.loop.time() + timeout,
+            qblock=qblock,
         )
         fut.handle = handle  # type: ignore[attr-defined]
         self._futures[handle] = fut

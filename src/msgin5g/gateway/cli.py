@@ -14,6 +14,7 @@ import click
 
 from ..authz import Role
 from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..coap import aiocoap_tweaks
 from ..security.keys import RegistryError
 from ..security.registry import ClientCredentials, CredentialsError
 from .cmclient import CmClient, ScmClient, SealCClient, SealCServer, parse_server_uri
@@ -235,6 +236,7 @@ def gateway(
 ) -> None:
     """MSGin5G Gateway UE: bulk configuration of constrained UEs (TS 24.538 6.2.2.x)."""
     setup_logging(verbose)
+    aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_GATEWAY_PORT)
     credentials = _gateway_credentials(credentials)
     cm = build_cm_client(cm_client, server, gateway_id, uu_endpoints, max_ues_per_get, credentials)
@@ -274,6 +276,7 @@ def gateway(
 def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credentials, verbose) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
     setup_logging(verbose)
+    aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
     credentials = _gateway_credentials(credentials)
 
