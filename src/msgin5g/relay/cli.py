@@ -70,7 +70,8 @@ async def _run(settings: RelaySettings) -> dict:
     type=click.Choice(["l3", "l2"]),
     default="l3",
     show_default=True,
-    help="l3: one shared uplink endpoint (NAT-like); l2: one uplink endpoint per remote UE.",
+    help="l3: a NAT, one upstream port per remote UE; l2: one upstream address per remote UE "
+    "(127.0.0.0/8 on loopback).",
 )
 @click.option(
     "--max-links",
@@ -98,8 +99,17 @@ async def _run(settings: RelaySettings) -> dict:
     show_default=True,
     help="Seconds without a datagram after which a PC5 link is released.",
 )
+@click.option(
+    "--max-exchanges",
+    type=click.IntRange(1, 65535),
+    default=8,
+    show_default=True,
+    help="Requests one remote UE may have open through the relay; beyond that it gets 5.03 + Max-Age.",
+)
 @click.option("-v", "--verbose", count=True)
-def relay(listen, server_uri, mode, max_links, auto_link, admin, link_timeout, verbose) -> None:
+def relay(
+    listen, server_uri, mode, max_links, auto_link, admin, link_timeout, max_exchanges, verbose
+) -> None:
     """MSGin5G Relay UE: relay constrained UEs' configuration GETs to the SCM-S (TS 24.538 6.2.2.1)."""
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2))
     settings = RelaySettings(
@@ -112,6 +122,7 @@ def relay(listen, server_uri, mode, max_links, auto_link, admin, link_timeout, v
         admin_host=admin[0] if admin else None,
         admin_port=admin[1] if admin else 0,
         link_timeout=link_timeout,
+        max_exchanges=max_exchanges,
     )
     snapshot = asyncio.run(_run(settings))
     click.echo("relay counters at shutdown:")

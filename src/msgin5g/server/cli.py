@@ -9,6 +9,7 @@ import click
 from ..clicommon import run_until_signal, setup_logging
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
+from .workers import run_supervised, worker_count
 
 #: Content-Formats the SCM-S already gives a meaning (link-format, JSON, CBOR, problem details)
 TAKEN_CONTENT_FORMATS = (40, 50, 60, 257)
@@ -94,6 +95,12 @@ def _seal_cf(param, value):
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Server processes sharing the port (SO_REUSEPORT; UDP flows stay on one); 'auto': one per core.",
+)
 @click.option("-v", "--verbose", count=True)
 def server(
     host,
@@ -113,6 +120,7 @@ def server(
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    workers,
     verbose,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
@@ -147,6 +155,17 @@ def server(
             service_domains={sid: service_domain for sid in service_ids},
         ),
     )
+
+    try:
+        n_workers = worker_count(workers)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workers") from None
+    if n_workers > 1:
+        try:
+            run_supervised(cfg, n_workers, lambda uri: click.echo(f"listening {uri}"))
+        except ServerStartError as e:
+            raise click.ClickException(str(e)) from None
+        return
 
     async def start() -> RunningServer:
         running = await start_server(cfg)
