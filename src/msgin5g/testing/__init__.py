@@ -1,1 +1,2 @@
-"""Load generators and helpers for the project's tests and benchmarks (not used by the actors)."""
+"""Helpers for testing the actors over real sockets: the load generator (swarm) and the fuzzer. Not used by
+the actors."""
