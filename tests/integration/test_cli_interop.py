@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +100,12 @@ def test_port_already_taken_gives_a_clear_message(server_proc, tmp_path):
 def test_server_prints_counters_on_shutdown(tmp_path):
     srv = ServerProcess(f"sqlite:///{tmp_path}/z.db")
     run(MSGIN5G, "ue", "get-config", "--server", srv.api_root, "--ue-uri", "urn:x:1")
-    err = srv.stop()
-    assert srv.proc.returncode == 0 and "scoped-not-found" in err
+    srv.proc.send_signal(signal.SIGINT)
+    out, _ = srv.proc.communicate(timeout=10)
+    # one summary line, JSON, like every actor's (SPEC D15)
+    line = next(x for x in out.splitlines() if x.startswith("server counters at shutdown: "))
+    assert srv.proc.returncode == 0
+    assert json.loads(line.split(": ", 1)[1]) == {"scoped-not-found": 1}
 
 
 def test_config_import_list_get_delete_and_ue_get_config(server_proc, fleet_files):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
@@ -96,6 +97,8 @@ class ServerConfig:
     security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
     max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    #: wraps the resource tree (inner) and the OSCORE layer (outer): metrics and logs (SPEC D15)
+    wrap_site: Callable | None = None
 
 
 def _is_loopback(host: str) -> bool:
@@ -246,11 +249,13 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
                 store.close()
             raise ServerStartError(str(e)) from None
         site = ScmSite(service, identify=keyring.identify)
-        root = SecuredSite(site, keyring)
+        root = SecuredSite(config.wrap_site(site) if config.wrap_site else site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
         site = ScmSite(service)
         root = site
+    if config.wrap_site is not None:
+        root = config.wrap_site(root, outer=keyring is not None)
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )

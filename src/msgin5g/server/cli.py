@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
-from ..clicommon import run_until_signal, setup_logging
+from ..clicommon import http_option, log_options, report_counters, run_until_signal, setup_logging
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
+
+log = logging.getLogger("msgin5g.server")
 
 
 @click.command()
@@ -63,7 +66,16 @@ from .service import ServiceConfig
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
-@click.option("-v", "--verbose", count=True)
+@http_option("/metrics, /healthz, /readyz and the web console (/console/)")
+@click.option(
+    "--console-token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Secured mode: the console's administrator token (created, mode 0600, when missing); "
+    "default: a fresh token printed with the console URL. See docs/operations.md.",
+)
+@click.option("--no-console", is_flag=True, help="Serve only /metrics and the health checks over --http.")
+@log_options
 def server(
     host,
     port,
@@ -80,12 +92,16 @@ def server(
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    http,
+    console_token_file,
+    no_console,
     verbose,
+    log_format,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
 
     Secured with --security DIR (OSCORE, TS 24.546 6.2.1.2; SPEC D12), or --insecure for labs."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     if insecure:
         click.secho(
             "WARNING: insecure mode — requests are not authenticated and every requester is trusted. "
@@ -93,6 +109,19 @@ def server(
             fg="red",
             err=True,
         )
+    from ..ops.server import ServerOps
+
+    ops = ServerOps(
+        http=http,
+        console=not no_console,
+        token_file=console_token_file,
+        insecure=insecure,
+        api_prefix=tuple(p for p in api_prefix.split("/") if p),
+    )
+    try:
+        ops.check()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     cfg = ServerConfig(
         host=host,
         port=port,
@@ -111,17 +140,26 @@ def server(
             bulk_max_ues=bulk_max_ues,
             service_domains={sid: service_domain for sid in service_ids},
         ),
+        wrap_site=ops.wrap_site,
     )
 
     async def start() -> RunningServer:
         running = await start_server(cfg)
         for uri in running.listeners:
             click.echo(f"listening {uri}", err=False)
+        try:
+            for line in await ops.start(running):
+                click.echo(line)
+        except OSError as e:
+            await running.close()
+            raise ServerStartError(f"cannot serve HTTP on {http[0]}:{http[1]}: {e}") from None
         sys.stdout.flush()
         return running
 
     async def stop(running: RunningServer) -> None:
-        click.echo(f"stopping; counters: {running.service.counters}", err=True)
+        log.info("stopping")
+        report_counters("server", dict(running.service.counters))
+        await ops.close()
         await running.close()
 
     try:
