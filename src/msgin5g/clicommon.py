@@ -208,7 +208,8 @@ def explain(e: BaseException) -> tuple[str, int] | None:
     except ImportError:  # pragma: no cover
         coap_error = None
     if coap_error is not None and isinstance(e, coap_error.NetworkError | coap_error.ResolutionError):
-        return f"cannot reach {server} — is `msgin5g server` running there? ({e})", EXIT_PRECONDITION
+        detail = str(e.args[0]) if e.args else type(e).__name__
+        return f"cannot reach {server} — is `msgin5g server` running there? ({detail})", EXIT_PRECONDITION
     if isinstance(e, TimeoutError | ConnectionError):
         return f"no answer from {server} — is `msgin5g server` running there? ({type(e).__name__})", (
             EXIT_PRECONDITION

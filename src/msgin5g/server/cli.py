@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from ..clicommon import http_option, log_options, report_counters, run_until_signal, setup_logging
+from ..clicommon import (
+    EXIT_PRECONDITION,
+    db_option,
+    http_option,
+    log_options,
+    report_counters,
+    run_until_signal,
+    setup_logging,
+)
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
 
@@ -19,12 +27,7 @@ log = logging.getLogger("msgin5g.server")
 @click.option(
     "--port", default=5683, show_default=True, type=int, help="UDP and TCP port; 0 picks a free one."
 )
-@click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="sqlite:///path.db (default: a file under the user's data dir) or postgresql://...",
-)
+@db_option("sqlite:///path.db (default: a file under the user's data dir) or postgresql://HOST/DB.")
 @click.option(
     "--service-id",
     "service_ids",
@@ -165,4 +168,6 @@ def server(
     try:
         run_until_signal(start, stop)
     except ServerStartError as e:
-        raise click.ClickException(str(e)) from None
+        err = click.ClickException(str(e))
+        err.exit_code = EXIT_PRECONDITION  # port taken, refused insecure address: fix and retry
+        raise err from None
