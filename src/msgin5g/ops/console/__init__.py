@@ -26,6 +26,7 @@ from ...applicability import RANK_NAMES, applicable, specificity
 from ...authz import ADMIN
 from ...codec import CF_JSON, decode
 from ...model import ModelError, UeIdentity
+from ...provisioning.docjson import for_people, for_wire
 from .. import metrics as m
 
 STATIC = Path(__file__).with_name("static")
@@ -115,30 +116,42 @@ class Console:
                 continue
             total += 1
             if len(out) < limit:
-                out.append(stored.doc)
+                out.append(for_people(stored.doc))
         return web.json_response({"total": total, "docs": out})
 
     async def get_doc(self, request: web.Request) -> web.Response:
         reply = self.running.service.doc_get(ADMIN, self._sid(request), request.match_info["id"], CF_JSON)
         if reply.problem:
             return problem_json(reply)
-        return web.json_response(decode(reply.payload, CF_JSON))
+        return web.json_response(for_people(decode(reply.payload, CF_JSON)))
+
+    @staticmethod
+    async def _body(request: web.Request) -> bytes:
+        """The request's document with object configData made the JSON string the model carries;
+        anything that is not JSON goes to the service as it is (which answers 4.00 and why)."""
+        raw = await request.read()
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return raw
+        return json.dumps(for_wire(doc) if isinstance(doc, dict) else doc).encode()
 
     async def create_doc(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._body(request)
         reply, _ = self.running.service.collection_post(ADMIN, self._sid(request), body, CF_JSON, CF_JSON)
         if reply.problem:
             return problem_json(reply)
-        return web.json_response(decode(reply.payload, CF_JSON), status=201)
+        return web.json_response(for_people(decode(reply.payload, CF_JSON)), status=201)
 
     async def put_doc(self, request: web.Request) -> web.Response:
         sid, doc_id = self._sid(request), request.match_info["id"]
-        reply, new = self.running.service.doc_put(ADMIN, sid, doc_id, await request.read(), CF_JSON, CF_JSON)
+        body = await self._body(request)
+        reply, new = self.running.service.doc_put(ADMIN, sid, doc_id, body, CF_JSON, CF_JSON)
         if reply.problem:
             return problem_json(reply)
         if new is not None:
             self.running.site.notify(sid, doc_id)
-        return web.json_response(decode(reply.payload, CF_JSON))
+        return web.json_response(for_people(decode(reply.payload, CF_JSON)))
 
     async def delete_doc(self, request: web.Request) -> web.Response:
         from ...problem import Problem
@@ -185,7 +198,7 @@ class Console:
                 row["skipped"] = f"placeholders cannot be filled for this UE: {e}"
             else:
                 if applied is None:
-                    applied = resolved
+                    applied = for_people(resolved)
                     row["applied"] = True
             rows.append(row)
         return web.json_response(
@@ -302,6 +315,7 @@ class Console:
         r.add_get("/", lambda _r: web.HTTPFound("/console/"))
         r.add_get("/console", lambda _r: web.HTTPFound("/console/"))
         r.add_get("/console/", self.index)
+        r.add_get("/favicon.ico", lambda _r: web.Response(status=204))
         r.add_static("/console/static/", STATIC)
         r.add_post("/console/api/login", self.login)
         r.add_get("/console/api/whoami", self.whoami)
