@@ -68,7 +68,7 @@ class Console:
     @web.middleware
     async def guard(self, request: web.Request, handler):
         path = request.path
-        if not path.startswith("/console/api/") or path == "/console/api/login":
+        if not path.startswith("/console/api/") or path in ("/console/api/login", "/console/api/whoami"):
             return await handler(request)
         if not self._authorized(request):
             return web.json_response({"error": "log in with the console token"}, status=401)
@@ -93,6 +93,8 @@ class Console:
         return resp
 
     async def whoami(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"authorized": False, "secured": self.token is not None})
         return web.json_response(
             {
                 "authorized": self._authorized(request),
