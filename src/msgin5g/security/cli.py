@@ -18,6 +18,12 @@ from ..model import ModelError
 from .keys import ALGORITHMS, DEFAULT_ALGORITHM, RegistryError, identity_arg, parse_kid
 from .registry import Registry
 
+
+def output_options(f):
+    f = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")(f)
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
+
+
 registry_opt = click.option(
     "--registry",
     "registry_dir",
@@ -61,22 +67,26 @@ def _identity(text: str, role: str | None):
     show_default=True,
     help="AEAD; A128GCM suits unconstrained peers (a gateway's bulk GETs over TCP: no 64 KiB limit).",
 )
-def add(identity, role, registry_dir, out, algorithm) -> None:
+@output_options
+def add(identity, role, registry_dir, out, algorithm, as_json, quiet) -> None:
     """Create a key for IDENTITY: server side in --registry, client side in --out."""
     ident = _identity(identity, role)
     try:
         entry, creds = Registry(registry_dir).add(ident, out, algorithm)
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{ident}: key {entry.kid.hex()} added to {registry_dir}")
-    click.echo(f"credentials: {out} (OSCORE context {creds.context_dir})")
+    if as_json:
+        click.echo(json.dumps({**entry.to_json(), "credentials": str(out)}, indent=1))
+    elif not quiet:
+        click.echo(f"{ident}: key {entry.kid.hex()} added to {registry_dir}")
+        click.echo(f"credentials: {out} (OSCORE context {creds.context_dir})")
 
 
 @keys.command("list")
 @registry_opt
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@output_options
 @click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
-def list_(registry_dir, as_json, show_all) -> None:
+def list_(registry_dir, as_json, quiet, show_all) -> None:
     """List the keys of a registry."""
     try:
         state = Registry(registry_dir).load()
@@ -85,6 +95,8 @@ def list_(registry_dir, as_json, show_all) -> None:
     entries = [e for e in state.entries.values() if show_all or e.active]
     if as_json:
         click.echo(json.dumps([{**e.to_json(), "role": e.identity.role.value} for e in entries], indent=1))
+        return
+    if quiet:
         return
     table = Table(title=f"{len(entries)} keys in {registry_dir}")
     for col in ("kid", "identity", "role", "algorithm", "created", "status"):
@@ -100,7 +112,8 @@ def list_(registry_dir, as_json, show_all) -> None:
 @click.option("--role", type=click.Choice(["ue", "gateway", "admin"]), default=None)
 @click.option("--kid", default=None, help="Revoke this one key (hex) instead of an identity's keys.")
 @registry_opt
-def revoke(identity, role, kid, registry_dir) -> None:
+@output_options
+def revoke(identity, role, kid, registry_dir, as_json, quiet) -> None:
     """Revoke IDENTITY's active key (or --kid): a running server refuses it from now on."""
     if (identity is None) == (kid is None):
         raise click.UsageError("give IDENTITY or --kid")
@@ -111,5 +124,8 @@ def revoke(identity, role, kid, registry_dir) -> None:
             revoked = Registry(registry_dir).revoke(identity=_identity(identity, role))
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
-    for e in revoked:
-        click.echo(f"{e.identity}: key {e.kid.hex()} revoked")
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in revoked], indent=1))
+    elif not quiet:
+        for e in revoked:
+            click.echo(f"{e.identity}: key {e.kid.hex()} revoked")
