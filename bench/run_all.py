@@ -15,6 +15,7 @@ BENCHES = [
     "bench_gateway.py",
     "bench_security.py",
     "bench_demo.py",
+    "bench_ops.py",
 ]
 
 

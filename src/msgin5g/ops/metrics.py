@@ -291,6 +291,20 @@ class GaugeCallbacks:
             yield fam
 
 
+def cached(fn: Callable[[], float], ttl: float, clock=time.monotonic) -> Callable[[], float]:
+    """``fn`` re-evaluated at most every ``ttl`` seconds: a gauge that costs a store query (counting
+    a million documents) must not block the event loop at every scrape."""
+    state: dict[str, float] = {}
+
+    def get() -> float:
+        now = clock()
+        if "at" not in state or now - state["at"] >= ttl:
+            state["value"], state["at"] = fn(), now
+        return state["value"]
+
+    return get
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 

@@ -15,7 +15,17 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from .http import OpsHttp, is_loopback, serve_ops
-from .metrics import EventCounters, GaugeCallbacks, InstrumentedSite, ServerMetrics, register_callback
+from .metrics import (
+    EventCounters,
+    GaugeCallbacks,
+    InstrumentedSite,
+    ServerMetrics,
+    cached,
+    register_callback,
+)
+
+#: the stored-documents gauge is a COUNT over the store: at most every this many seconds
+STORED_DOCS_TTL = 10.0
 
 
 def load_or_create_token(path: str) -> str:
@@ -90,8 +100,9 @@ class ServerOps:
                 "server",
                 {
                     "stored_documents": (
-                        "UE configuration documents in the store (all served valServiceIds).",
-                        lambda: sum(running.store.count(s) for s in sids),
+                        "UE configuration documents in the store (all served valServiceIds; "
+                        f"counted at most every {STORED_DOCS_TTL:g} s).",
+                        cached(lambda: sum(running.store.count(s) for s in sids), STORED_DOCS_TTL),
                     ),
                     "observers": (
                         "Active observations of individual documents (RFC 7641).",

@@ -30,6 +30,7 @@ from ...provisioning.docjson import for_people, for_wire
 from .. import metrics as m
 
 STATIC = Path(__file__).with_name("static")
+SEARCH_SCAN = 50_000  # documents a search looks at, at most
 COOKIE = "msgin5g_console"
 CSRF_HEADER = "X-Msgin5g-Console"
 WHY = {
@@ -58,6 +59,8 @@ class Console:
         self.registry = registry
         self.sessions: set[str] = set()
         self._closing = asyncio.Event()
+        sids = tuple(running.config.service_ids)
+        self._stored = m.cached(lambda: sum(running.store.count(s) for s in sids), 2.0)
 
     # -- access ----------------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
@@ -109,17 +112,29 @@ class Console:
         return request.query.get("service", self.running.config.service_ids[0])
 
     async def list_docs(self, request: web.Request) -> web.Response:
+        """The first ``limit`` documents matching ``q`` (any text of the document). The scan stops
+        after SEARCH_SCAN documents, so that a search in a million-document store does not hold
+        the event loop (and the CoAP side) for seconds; the answer says when it stopped early."""
         sid = self._sid(request)
         q = request.query.get("q", "").strip().lower()
         limit = int(request.query.get("limit", "200"))
-        out, total = [], 0
-        for stored in self.running.store.iter_all(sid):
-            if q and q not in json.dumps(stored.doc, ensure_ascii=False).lower():
-                continue
-            total += 1
-            if len(out) < limit:
+        out: list[dict] = []
+        if not q:
+            for stored in self.running.store.iter_all(sid):
+                if len(out) >= limit:
+                    break
                 out.append(for_people(stored.doc))
-        return web.json_response({"total": total, "docs": out})
+            return web.json_response({"total": self.running.store.count(sid), "docs": out})
+        total = scanned = 0
+        for stored in self.running.store.iter_all(sid):
+            scanned += 1
+            if scanned > SEARCH_SCAN:
+                break
+            if q in json.dumps(stored.doc, ensure_ascii=False).lower():
+                total += 1
+                if len(out) < limit:
+                    out.append(for_people(stored.doc))
+        return web.json_response({"total": total, "docs": out, "partial": scanned > SEARCH_SCAN})
 
     async def get_doc(self, request: web.Request) -> web.Response:
         reply = self.running.service.doc_get(ADMIN, self._sid(request), request.match_info["id"], CF_JSON)
@@ -290,7 +305,7 @@ class Console:
                         if s.name.endswith("_total"):
                             key = f"requests.{s.labels['outcome']}"
                             out[key] = out.get(key, 0) + int(s.value)
-        out["stored_documents"] = sum(self.running.store.count(s) for s in self.running.config.service_ids)
+        out["stored_documents"] = self._stored()
         return out
 
     async def events(self, request: web.Request) -> web.StreamResponse:

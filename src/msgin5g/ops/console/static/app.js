@@ -59,7 +59,8 @@ async function loadDocs() {
   if (!r.ok) return;
   const tbody = $("#doc-table tbody");
   tbody.replaceChildren();
-  $("#doc-count").textContent = r.data.total + " documents" + (r.data.total > r.data.docs.length ? " (first " + r.data.docs.length + " shown)" : "");
+  $("#doc-count").textContent = r.data.total + " documents" + (r.data.total > r.data.docs.length ? " (first " + r.data.docs.length + " shown)" : "")
+    + (r.data.partial ? " — search stopped after 50,000 documents; narrow it" : "");
   for (const d of r.data.docs) {
     const tr = document.createElement("tr");
     tr.dataset.id = d.ueConfigDocId;
