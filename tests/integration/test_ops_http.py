@@ -226,3 +226,23 @@ def test_relay_gateway_and_cm_client_serve_their_counters(tmp_path):
     for name, out in zip(("relay", "gateway", "cm-client"), outs, strict=False):
         line = next(x for x in out.splitlines() if x.startswith(f"{name} counters at shutdown: "))
         assert isinstance(json.loads(line.split(": ", 1)[1]), dict)
+
+
+def test_demo_console_prints_its_url_and_precondition_exits_2(tmp_path):
+    p = subprocess.run(
+        [MSGIN5G, "demo", "--ues", "20", "--insecure", "--console"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert p.returncode == 0, p.stdout[-2000:]
+    assert re.search(
+        r"console of the SCM-S \(up during the run\): http://127\.0\.0\.1:\d+/console/", p.stdout
+    )
+    p = subprocess.run(
+        [MSGIN5G, "demo", "--ues", "20", "--db", f"sqlite:///{tmp_path}/missing/dir/x.db"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr

@@ -60,7 +60,7 @@ from .plan import (
     write_provisioning,
 )
 from .procs import Child, ChildFailed, Supervisor, msgin5g_argv
-from .report import MATPLOTLIB_HINT, TABLE_NOTES, console_table, write_report
+from .report import MATPLOTLIB_HINT_MARKUP, TABLE_NOTES, console_table, write_report
 from .stats import PathSummary, UuCount, summarize_path, verdict
 
 RELAY_LINKS = 8  # TS 23.304's recommended PC5 link table size: the relay serves 8 UEs at a time
@@ -95,6 +95,7 @@ class DemoOptions:
     report: FsPath | None = None
     db: str | None = None
     insecure: bool = False
+    console: bool = False  # serve the SCM-S console during the run (SPEC D15)
 
     def path_label(self, path: Path) -> str:
         return {
@@ -358,7 +359,15 @@ class Demo:
         server_task = self.sup.start(
             "server",
             "the SCM-S",
-            ["server", *security, "--port", "0", "--db", self.db_url],
+            [
+                "server",
+                *security,
+                "--port",
+                "0",
+                "--db",
+                self.db_url,
+                *(["--http", "0"] if o.console else []),
+            ],
             r"listening coap://([\d.]+):(\d+)/su-uc/v1\s+listening coap\+tcp://",
         )
         wire_task = self.sup.start(
@@ -375,6 +384,9 @@ class Demo:
             f"  started {server.label} (pid {server.pid}): {uri(scm)}/su-uc/v1 (UDP and TCP), "
             f"store {self.db_url}" + ("" if self.keys else ", INSECURE lab mode")
         )
+        if o.console and (m := re.search(r"^console (\S+)", server.log_text(), re.M)):
+            c = self.console  # one line, never wrapped: the URL is copied from it
+            c.print(f"  console of the SCM-S (up during the run): {m.group(1)}", soft_wrap=True, markup=False)
         self.wire = Wire(wire_child)
         loss = f"loses {o.loss:.0%} of the UDP datagrams" if o.loss else "loses nothing"
         self.say(f"  started {wire_child.label} (pid {wire_child.pid}): counts every leg, {loss}")
@@ -653,7 +665,11 @@ class Demo:
             f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}"
         )
         if o.db:
-            self.check_store()
+            try:
+                self.check_store()
+            except click.ClickException as e:
+                e.exit_code = EXIT_FAILED  # a precondition, not "some UE wrong" (exit 1)
+                raise
         if not o.insecure:
             t_keys = time.monotonic()
             self.keys = make_keys(plan, self.workdir)
@@ -965,6 +981,7 @@ class Demo:
     is_flag=True,
     help="Lab mode: no OSCORE keys; the SCM-S runs --insecure and UEs claim their identities.",
 )
+@click.option("--console", "web_console", is_flag=True, help="Serve the SCM-S web console during the run.")
 def demo(
     ues,
     relay_share,
@@ -979,6 +996,7 @@ def demo(
     report,
     db,
     insecure,
+    web_console,
 ):
     """Run the whole topology on this machine and check that every UE gets what its provisioning
     implies: SCM-S, Relay UE, Gateway UE (bulk), constrained and unconstrained UEs — secured with
@@ -986,13 +1004,13 @@ def demo(
     opts = DemoOptions(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
-    opts.report, opts.db, opts.insecure = report, db, insecure
+    opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
     console = make_console()
     if report is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            console.print(f"[yellow]--report: the chart needs matplotlib: {MATPLOTLIB_HINT}[/]")
+            console.print(f"[yellow]--report: the chart needs matplotlib: {MATPLOTLIB_HINT_MARKUP}[/]")
     with tempfile.TemporaryDirectory(prefix="msgin5g-demo-") as tmp:
         code = _run(Demo(opts, console, FsPath(tmp)))
     sys.exit(code)
