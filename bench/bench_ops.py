@@ -6,7 +6,7 @@ the load of bench_server.py (raw UDP, confirmable GETs, one outstanding per sour
 to each in turn, alternating over several rounds; while the ``--http`` one is loaded, /metrics is
 scraped once a second, as Prometheus would.
 
-    python bench/bench_ops.py [--docs 100000] [--endpoints 64] [--seconds 6] [--rounds 3]
+    python bench/bench_ops.py [--docs 100000] [--endpoints 64] [--seconds 4] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=100_000)
     ap.add_argument("--endpoints", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=6)
     args, _ = ap.parse_known_args()
 
     with tempfile.TemporaryDirectory(prefix="msgin5g-bench-ops-") as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -16,12 +17,13 @@ class HttpActor:
     """``msgin5g <argv> --http 127.0.0.1:0``; reads stdout up to the ``metrics`` line (and the
     ``console`` line of an SCM-S) and keeps the URLs it printed."""
 
-    def __init__(self, *argv: str, console: bool = False):
+    def __init__(self, *argv: str, console: bool = False, env: dict | None = None):
         self.proc = subprocess.Popen(
             [MSGIN5G, *argv, "--http", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: list[str] = []
         self.api_root = self.metrics_url = self.console_url = None

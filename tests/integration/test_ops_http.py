@@ -246,3 +246,38 @@ def test_demo_console_prints_its_url_and_precondition_exits_2(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_multiprocess_mode_aggregates_from_files(tmp_path):
+    """prometheus_client's multiprocess mode (for --workers): values live in PROMETHEUS_MULTIPROC_DIR."""
+    mp = tmp_path / "prom"
+    mp.mkdir()
+    srv = HttpActor(
+        "server",
+        "--insecure",
+        "--port",
+        "0",
+        "--db",
+        f"sqlite:///{tmp_path}/mp.db",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(mp)},
+    )
+    try:
+        assert cli("ue", "get-config", "--server", srv.api_root, "--ue-uri", "urn:ops:mp").returncode == 4
+        m = srv.metrics()
+        assert (
+            m[
+                series(
+                    "msgin5g_server_requests_total",
+                    code="4.04",
+                    method="GET",
+                    outcome="not_found",
+                    path=COLLECTION,
+                )
+            ]
+            == 1
+        )
+        assert m["msgin5g_server_stored_documents"] == 0
+        assert m[series("msgin5g_server_service_events_total", event="scoped-not-found")] == 1
+        assert any(f.name.startswith("counter_") for f in mp.iterdir())
+    finally:
+        srv.stop()
