@@ -4,7 +4,8 @@ the size of a typical UE configuration answer.
     python baseline_server.py PORT PAYLOAD_BYTES [--speedups]
 
 ``--speedups`` installs the same aiocoap option-copy speed-up the SCM-S installs
-(msgin5g.security.speedups), so that the comparison can be made on equal aiocoap footing."""
+(msgin5g.coap.aiocoap_tweaks.install_option_copy), so that the comparison can be made on
+equal aiocoap footing."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ async def main(port: int, size: int) -> None:
 
 if __name__ == "__main__":
     if "--speedups" in sys.argv[3:]:
-        from msgin5g.security import speedups
+        from msgin5g.coap import aiocoap_tweaks
 
-        speedups.install()
+        aiocoap_tweaks.install_option_copy()
     asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))

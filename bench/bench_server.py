@@ -102,7 +102,7 @@ def main() -> None:
         base = [sys.executable, str(HERE / "baseline_server.py")]
         baselines = {
             # stock aiocoap, and aiocoap with the option-copy speed-up the SCM-S itself installs
-            # (msgin5g.security.speedups): the second is the like-for-like comparison
+            # (msgin5g.coap.aiocoap_tweaks): the second is the like-for-like comparison
             "bare": start([*base, str(free_port()), str(payload_size)], "ready"),
             "bare+speedup": start([*base, str(free_port()), str(payload_size), "--speedups"], "ready"),
         }

@@ -13,6 +13,7 @@ BENCHES = [
     "bench_store.py",
     "bench_relay.py",
     "bench_gateway.py",
+    "bench_qblock.py",
     "bench_security.py",
     "bench_demo.py",
     "bench_ops.py",

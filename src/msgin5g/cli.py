@@ -18,6 +18,7 @@ from .clicommon import EXIT_FAILED, EXIT_INTERRUPTED, explain
 SUBCOMMANDS = {
     "server": "msgin5g.server.cli:server",
     "config": "msgin5g.provisioning.cli:config",
+    "profile": "msgin5g.provisioning.profile_cli:profile",
     "ue": "msgin5g.ue.cli:ue",
     "relay": "msgin5g.relay.cli:relay",
     "gateway": "msgin5g.gateway.cli:gateway",

@@ -498,7 +498,7 @@ async def test_websocket_transport(tmp_path, coap):
 
 async def test_retransmitted_con_is_answered_from_the_duplicate_cache(scm_server, coap):
     """RFC 7252 §4.5: a duplicate CON gets the same response and is not processed again; the
-    compact cache (server.app.EncodedResponse) resends the identical bytes."""
+    compact cache (coap.aiocoap_tweaks.EncodedResponse) resends the identical bytes."""
     srv = scm_server
     await post(coap, srv, make_doc(uris=[UE]))
     raw = RawUdp(srv.port)
@@ -512,5 +512,21 @@ async def test_retransmitted_con_is_answered_from_the_duplicate_cache(scm_server
         second = await raw.recv_bytes()
         assert first == second and Message.decode(first).code == Code.CONTENT
         assert srv.service.counters.get("scoped-ok", 0) == before.get("scoped-ok", 0) + 1
+    finally:
+        raw.close()
+
+
+async def test_duplicate_cache_keeps_only_the_encoded_response(scm_server):
+    """coap.aiocoap_tweaks: the SCM-S's UDP message layer keeps a piggybacked response as its bytes."""
+    from msgin5g.coap.aiocoap_tweaks import EncodedResponse
+
+    srv = scm_server
+    raw = RawUdp(srv.port)
+    try:
+        raw.send(Message(code=Code.GET, uri_path=(".well-known", "core")), mid=777, token=b"wk")
+        first = await raw.recv_bytes()
+        mm = srv.contexts[0].request_interfaces[0].token_interface
+        kept = [v for (remote, mid), v in mm._recent_messages.items() if mid == 777]
+        assert len(kept) == 1 and isinstance(kept[0], EncodedResponse) and kept[0].encode() == first
     finally:
         raw.close()

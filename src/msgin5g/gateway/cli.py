@@ -20,6 +20,7 @@ from ..clicommon import (
     report_counters,
     setup_logging,
 )
+from ..coap import aiocoap_tweaks
 from ..security.keys import RegistryError
 from ..security.registry import ClientCredentials, CredentialsError
 from .cmclient import CmClient, ScmClient, SealCClient, SealCServer, parse_server_uri
@@ -265,6 +266,7 @@ def gateway(
 ) -> None:
     """MSGin5G Gateway UE: bulk configuration of constrained UEs (TS 24.538 6.2.2.x)."""
     setup_logging(verbose, log_format)
+    aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_GATEWAY_PORT)
     credentials = _gateway_credentials(credentials)
     cm = build_cm_client(cm_client, server, gateway_id, uu_endpoints, max_ues_per_get, credentials)
@@ -307,6 +309,7 @@ def cm_client(
 ) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
     setup_logging(verbose, log_format)
+    aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
     credentials = _gateway_credentials(credentials)
 

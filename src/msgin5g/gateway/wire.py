@@ -1,8 +1,8 @@
 """The MSGin5G-6 side of the Gateway UE: CoAP messages and constrained UEs' requests (SPEC D9).
 
-Pure: a minimal RFC 7252 §3 codec (the gateway answers requests after a restart, for tokens it
-has only in its store, so it handles datagrams itself rather than through a CoAP library's
-exchange state), the interpretation of a constrained UE's configuration request, and the
+Pure: over the RFC 7252 §3 codec of :mod:`msgin5g.coap.wire` (the gateway answers requests after
+a restart, for tokens it has only in its store, so it handles datagrams itself rather than through
+a CoAP library's exchange state), the interpretation of a constrained UE's configuration request, and the
 messages the gateway sends back. Bad input becomes a :class:`WireError` or an error response
 with concise problem details, never an exception escaping to the shell.
 
@@ -15,36 +15,51 @@ degree" of bulk registration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import api
 from ..bulk import BULK_FLAG_PARAM, BulkItem, IndividualResponse, bulk_item
+
+# The codec is the message layer's (msgin5g.coap.wire); these names stay importable from here.
+from ..coap.wire import (  # noqa: F401
+    ACK,
+    CON,
+    EMPTY,
+    GET,
+    NON,
+    OPT_ACCEPT,
+    OPT_BLOCK1,
+    OPT_BLOCK2,
+    OPT_CONTENT_FORMAT,
+    OPT_ETAG,
+    OPT_IF_MATCH,
+    OPT_IF_NONE_MATCH,
+    OPT_MAX_AGE,
+    OPT_NO_RESPONSE,
+    OPT_OBSERVE,
+    OPT_PROXY_SCHEME,
+    OPT_PROXY_URI,
+    OPT_SIZE1,
+    OPT_SIZE2,
+    OPT_URI_HOST,
+    OPT_URI_PATH,
+    OPT_URI_PORT,
+    OPT_URI_QUERY,
+    RST,
+    VERSION,
+    CoapMessage,
+    WireError,
+    block_option,
+    decode,
+    empty_ack,
+    encode,
+    parse_block,
+    reset,
+    uint_bytes,
+)
 from ..model import ModelError
 from ..problem import Problem
 
-VERSION = 1
-CON, NON, ACK, RST = 0, 1, 2, 3
-GET = 0x01
-EMPTY = 0x00
-
-OPT_IF_MATCH = 1
-OPT_URI_HOST = 3
-OPT_ETAG = 4
-OPT_IF_NONE_MATCH = 5
-OPT_OBSERVE = 6
-OPT_URI_PORT = 7
-OPT_URI_PATH = 11
-OPT_CONTENT_FORMAT = 12
-OPT_MAX_AGE = 14
-OPT_URI_QUERY = 15
-OPT_ACCEPT = 17
-OPT_BLOCK2 = 23
-OPT_BLOCK1 = 27
-OPT_SIZE2 = 28
-OPT_PROXY_URI = 35
-OPT_PROXY_SCHEME = 39
-OPT_SIZE1 = 60
-OPT_NO_RESPONSE = 258
 #: Private-use option claiming an identity in lab mode (msgin5g.authz.LAB_IDENTITY_OPTION).
 OPT_LAB_IDENTITY = api.OPT_LAB_IDENTITY
 #: Private-use, elective, safe-to-forward, NoCacheKey ((65020 & 0x1e) == 0x1c) option: the
@@ -77,148 +92,6 @@ KNOWN_OPTIONS = frozenset(
 API_PATH = ("su-uc", "v1", "val-services")
 COLLECTION = "ue-configurations"
 CF_CBOR = 60
-
-
-class WireError(ValueError):
-    """A datagram that is not a well-formed CoAP message."""
-
-
-@dataclass(slots=True)
-class CoapMessage:
-    """One CoAP-over-UDP message (RFC 7252 §3). ``options`` are (number, value) in order."""
-
-    mtype: int
-    code: int
-    mid: int
-    token: bytes = b""
-    options: list[tuple[int, bytes]] = field(default_factory=list)
-    payload: bytes = b""
-
-    @property
-    def is_request(self) -> bool:
-        return 1 <= self.code <= 31
-
-    @property
-    def is_response(self) -> bool:
-        return self.code >= 64
-
-    def values(self, number: int) -> list[bytes]:
-        return [v for n, v in self.options if n == number]
-
-    def first(self, number: int) -> bytes | None:
-        for n, v in self.options:
-            if n == number:
-                return v
-        return None
-
-
-def _read_ext(nibble: int, data: bytes, i: int) -> tuple[int, int]:
-    if nibble < 13:
-        return nibble, i
-    if nibble == 13:
-        if i + 1 > len(data):
-            raise WireError("truncated option")
-        return data[i] + 13, i + 1
-    if nibble == 14:
-        if i + 2 > len(data):
-            raise WireError("truncated option")
-        return int.from_bytes(data[i : i + 2], "big") + 269, i + 2
-    raise WireError("reserved option nibble 15")
-
-
-def decode(data: bytes) -> CoapMessage:
-    """Parse a datagram; raises WireError for anything RFC 7252 §3 calls a format error."""
-    if len(data) < 4:
-        raise WireError("shorter than the 4-byte header")
-    b0, code = data[0], data[1]
-    if b0 >> 6 != VERSION:
-        raise WireError(f"unknown CoAP version {b0 >> 6}")
-    mtype, tkl = (b0 >> 4) & 3, b0 & 0x0F
-    if tkl > 8:
-        raise WireError(f"token length {tkl}")
-    mid = int.from_bytes(data[2:4], "big")
-    i = 4 + tkl
-    if i > len(data):
-        raise WireError("truncated token")
-    token = bytes(data[4:i])
-    options: list[tuple[int, bytes]] = []
-    number = 0
-    payload = b""
-    while i < len(data):
-        byte = data[i]
-        i += 1
-        if byte == 0xFF:
-            payload = bytes(data[i:])
-            if not payload:
-                raise WireError("payload marker without payload")
-            break
-        delta, i = _read_ext(byte >> 4, data, i)
-        length, i = _read_ext(byte & 0x0F, data, i)
-        if i + length > len(data):
-            raise WireError("truncated option value")
-        number += delta
-        options.append((number, bytes(data[i : i + length])))
-        i += length
-    if code == EMPTY and (tkl or options or payload):
-        raise WireError("empty message with content")
-    return CoapMessage(mtype, code, mid, token, options, payload)
-
-
-def _ext(n: int) -> tuple[int, bytes]:
-    if n < 13:
-        return n, b""
-    if n < 269:
-        return 13, bytes([n - 13])
-    return 14, (n - 269).to_bytes(2, "big")
-
-
-def encode(msg: CoapMessage) -> bytes:
-    """Serialise a message; options are written in number order (stable for repeats)."""
-    out = bytearray()
-    out.append((VERSION << 6) | (msg.mtype << 4) | len(msg.token))
-    out.append(msg.code)
-    out += (msg.mid & 0xFFFF).to_bytes(2, "big")
-    out += msg.token
-    prev = 0
-    for number, value in sorted(msg.options, key=lambda o: o[0]):
-        dn, dx = _ext(number - prev)
-        ln, lx = _ext(len(value))
-        out.append((dn << 4) | ln)
-        out += dx + lx + value
-        prev = number
-    if msg.payload:
-        out.append(0xFF)
-        out += msg.payload
-    return bytes(out)
-
-
-def uint_bytes(value: int) -> bytes:
-    """A uint option value in the fewest bytes (RFC 7252 §3.2: 0 is the empty string)."""
-    return value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b""
-
-
-def block_option(num: int, more: bool, szx: int) -> bytes:
-    """Block2 option value (RFC 7959 §2.2)."""
-    return uint_bytes((num << 4) | (int(more) << 3) | szx)
-
-
-def parse_block(value: bytes) -> tuple[int, bool, int]:
-    """(num, more, szx) of a Block1/Block2 option value; raises WireError on szx 7 over UDP."""
-    if len(value) > 3:
-        raise WireError("Block option longer than 3 bytes")
-    v = int.from_bytes(value, "big")
-    szx = v & 7
-    if szx == 7:
-        raise WireError("Block size exponent 7 is reserved over UDP")
-    return v >> 4, bool(v & 8), szx
-
-
-def empty_ack(mid: int) -> bytes:
-    return encode(CoapMessage(ACK, EMPTY, mid))
-
-
-def reset(mid: int) -> bytes:
-    return encode(CoapMessage(RST, EMPTY, mid))
 
 
 # ---------------------------------------------------------------------------------------------

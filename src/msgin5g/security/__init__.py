@@ -16,13 +16,11 @@ verifies it names the requester; the key registry maps that context to an
 * :mod:`.endpoint` — protection and verification for the project's own small CoAP clients
   (constrained UE through a relay or a gateway) and the gateway's MSGin5G-6 side, on aiocoap's
   ``protect`` / ``unprotect`` primitives;
-* :mod:`.cli` — ``msgin5g keys``;
-* :mod:`.speedups` — one measured speed-up of aiocoap's message copy, which OSCORE leans on
-  (installed when this package is imported; it changes nothing but speed).
+* :mod:`.cli` — ``msgin5g keys``.
+
+OSCORE copies every message it protects; the measured speed-up of aiocoap's option copy it leans
+on is :func:`msgin5g.coap.aiocoap_tweaks.install_option_copy`, installed by the processes at
+start-up (never on import).
 
 Format of the files: ``docs/security.md``.
 """
-
-from . import speedups
-
-speedups.install()

@@ -18,10 +18,14 @@ from ipaddress import ip_address
 import aiocoap
 
 from ..authz import LAB_IDENTITY_OPTION
+from ..coap import aiocoap_tweaks
+from ..coap.qblock import QBlockParams
 from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
+from .profile_service import ProfileService
+from .profiles import ProfileSite
 from .resources import ScmSite
 from .service import ScmService, ServiceConfig
 
@@ -29,54 +33,6 @@ log = logging.getLogger("msgin5g.server")
 
 #: aiocoap's WebSocket server listens on the bind port + 3000 (see aiocoap.transports.ws).
 AIOCOAP_WS_PORT_OFFSET = 3000
-
-
-class EncodedResponse:
-    """A sent response kept only as its bytes, for aiocoap's duplicate detection.
-
-    aiocoap keeps every answered confirmable request's response for EXCHANGE_LIFETIME (247 s) so
-    that a retransmitted request is answered with the same message. It keeps the full Message
-    (options, remote, and the request it answers): about 4 KiB per exchange, i.e. gigabytes at a
-    few thousand requests per second. Resending needs only the encoded bytes and the remote.
-    """
-
-    __slots__ = ("_bytes", "mid", "mtype", "remote")
-
-    def __init__(self, message):
-        self._bytes = message.encode()
-        self.mtype, self.mid, self.remote = message.mtype, message.mid, message.remote
-
-    def encode(self) -> bytes:
-        return self._bytes
-
-    def __repr__(self) -> str:
-        return f"<EncodedResponse MID {self.mid} to {self.remote}, {len(self._bytes)} bytes>"
-
-
-def compact_duplicate_cache(ctx: aiocoap.Context) -> bool:
-    """Make the UDP message layer of ``ctx`` keep sent responses as :class:`EncodedResponse`.
-
-    Installed only when aiocoap's message manager has the expected shape (it is internal API);
-    returns whether it was installed.
-    """
-    from aiocoap.numbers.types import CON
-
-    for ri in getattr(ctx, "request_interfaces", ()):
-        mm = getattr(ri, "token_interface", None)
-        recent = getattr(mm, "_recent_messages", None)
-        if not isinstance(recent, dict) or not hasattr(mm, "_store_response_for_duplicates"):
-            continue
-
-        def store(message, recent=recent):
-            key = (message.remote, message.mid)
-            if key in recent and message.mtype is not CON:  # separate CON responses keep the Message
-                recent[key] = EncodedResponse(message)
-            elif key in recent:
-                recent[key] = message
-
-        mm._store_response_for_duplicates = store
-        return True
-    return False
 
 
 class ServerStartError(RuntimeError):
@@ -97,6 +53,7 @@ class ServerConfig:
     security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
     max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    qblock: QBlockParams = field(default_factory=QBlockParams)  # RFC 9177 §7.2 parameters
     #: wraps the resource tree (inner) and the OSCORE layer (outer): metrics and logs (SPEC D15)
     wrap_site: Callable | None = None
 
@@ -227,6 +184,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             "unless it claims a lab identity (option %d)",
             LAB_IDENTITY_OPTION,
         )
+    aiocoap_tweaks.install_process_tweaks()
     host = config.host
     port = config.port or pick_port(host, config.tcp)
     if config.port:
@@ -248,12 +206,13 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             if own:
                 store.close()
             raise ServerStartError(str(e)) from None
-        site = ScmSite(service, identify=keyring.identify)
+        site = ScmSite(service, identify=keyring.identify, qblock=config.qblock)
         root = SecuredSite(config.wrap_site(site) if config.wrap_site else site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
-        site = ScmSite(service)
+        site = ScmSite(service, qblock=config.qblock)
         root = site
+    site.apis.append(ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix))
     if config.wrap_site is not None:
         root = config.wrap_site(root, outer=keyring is not None)
     running = RunningServer(
@@ -264,8 +223,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     try:
         udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
-        if not compact_duplicate_cache(udp):
-            log.warning("aiocoap's duplicate cache has an unexpected shape; keeping full messages")
+        aiocoap_tweaks.install_compact_duplicate_cache(udp)
         if config.tcp:
             running.contexts.append(
                 await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["tcpserver"])

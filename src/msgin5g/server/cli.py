@@ -21,6 +21,21 @@ from .service import ServiceConfig
 
 log = logging.getLogger("msgin5g.server")
 
+#: Content-Formats the SCM-S already gives a meaning (link-format, JSON, CBOR, problem details)
+TAKEN_CONTENT_FORMATS = (40, 50, 60, 257)
+
+
+def _seal_cf(param, value):
+    """The SEAL media types have no registered CoAP number (digest §2.5, §10.7): the operator names
+    one, which must not be one the server already uses for something else."""
+    if value in TAKEN_CONTENT_FORMATS:
+        raise click.BadParameter(
+            f"{value} is already a Content-Format of this server; pick an unused number "
+            "(e.g. from the experimental range 65000-65535)",
+            param=param,
+        )
+    return value
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -51,6 +66,22 @@ log = logging.getLogger("msgin5g.server")
 )
 @click.option(
     "--bulk-max-ues", default=10_000, show_default=True, help="Most UEs in one bulk GET (policy maximum)."
+)
+@click.option(
+    "--seal-content-format",
+    "seal_cf",
+    type=click.IntRange(0, 65535),
+    callback=lambda ctx, p, v: _seal_cf(p, v),
+    default=None,
+    help="Content-Format number of application/vnd.3gpp.seal-ue-config-info+cbor (60 still accepted).",
+)
+@click.option(
+    "--seal-profile-content-format",
+    "seal_profile_cf",
+    type=click.IntRange(0, 65535),
+    callback=lambda ctx, p, v: _seal_cf(p, v),
+    default=None,
+    help="The same for application/vnd.3gpp.seal-user-profile-info+cbor (su-up).",
 )
 @click.option(
     "--security",
@@ -91,6 +122,8 @@ def server(
     max_age,
     max_body,
     bulk_max_ues,
+    seal_cf,
+    seal_profile_cf,
     security,
     max_open_contexts,
     insecure,
@@ -141,6 +174,8 @@ def server(
             max_age=max_age,
             max_body=max_body,
             bulk_max_ues=bulk_max_ues,
+            seal_cf=seal_cf,
+            seal_profile_cf=seal_profile_cf,
             service_domains={sid: service_domain for sid in service_ids},
         ),
         wrap_site=ops.wrap_site,

@@ -58,6 +58,8 @@ def parse_collection_query(uri_query: tuple[str, ...] | list[str]) -> Collection
         name, sep, value = item.partition("=")
         if not sep:
             raise _bad(f"query option {item!r} is not name=value")
+        if name == api.Q_BULK_FLAG_SEED:  # the seed's spelling of the flag (SPEC D6)
+            name = BULK_FLAG_PARAM
         if name not in QUERY_PARAMS and name != BULK_FLAG_PARAM:
             raise _bad(f"unknown query parameter {name!r}", "UNKNOWN_QUERY_PARAMETER")
         if not value:

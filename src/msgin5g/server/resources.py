@@ -26,17 +26,18 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import PathCapable
 
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
+from ..coap.qblock import QBlockParams
 from ..model import ModelError
 from ..problem import Problem, ProblemError
 from ..security.endpoint import max_plaintext
+from .qblock_site import QBlockServer, has_qblock
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
 
 log = logging.getLogger("msgin5g.server")
 
 #: Options the SCM-S understands; any other *critical* option gets 4.02 (RFC 7252 §5.4.1).
-#: Q-Block1/Q-Block2 (RFC 9177) are not among them: aiocoap does not implement them, so a
-#: request using them is told so with 4.02, as RFC 9177 §4 prescribes for servers without support.
+#: Q-Block1/Q-Block2 (RFC 9177, TS 24.546 clause 5) are served by :mod:`.qblock_site`.
 KNOWN_OPTIONS = {
     OptionNumber.IF_MATCH,
     OptionNumber.URI_HOST,
@@ -57,6 +58,8 @@ KNOWN_OPTIONS = {
     OptionNumber.NO_RESPONSE,
     OptionNumber.ECHO,
     OptionNumber.REQUEST_TAG,
+    OptionNumber.Q_BLOCK1,
+    OptionNumber.Q_BLOCK2,
     LAB_IDENTITY_OPTION,
 }
 PROXY_OPTIONS = {OptionNumber.PROXY_URI, OptionNumber.PROXY_SCHEME}
@@ -110,8 +113,8 @@ def payload_limits(remote) -> tuple[int, int]:
 
 def slice_block2(full: Message, request: Message) -> Message:
     """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
-    if not full.code.is_successful():
-        return full  # errors are small and never block-wise
+    if not full.code.is_successful() or request.opt.get_option(OptionNumber.Q_BLOCK2):
+        return full  # errors are small and never block-wise; Q-Block2 slices the whole (qblock_site)
     b2 = request.opt.block2
     max_payload, max_szx = payload_limits(request.remote)
     if b2 is None and len(full.payload) <= max_payload:
@@ -130,14 +133,22 @@ class ScmSite(ObservableResource, PathCapable):
     """The SCM-S resource tree under ``{apiRoot}/su-uc/v1``:
     ``/val-services/{valServiceId}/ue-configurations[/{ueConfigDocId}]``."""
 
-    def __init__(self, service: ScmService, *, identify: Callable[[Message], Identity] | None = None):
+    def __init__(
+        self,
+        service: ScmService,
+        *,
+        identify: Callable[[Message], Identity] | None = None,
+        qblock: QBlockParams | None = None,
+    ):
         super().__init__()
+        self.qblock = QBlockServer(self.render, payload_limits, service.config.max_body, qblock)
         self.service = service
         self.identify = identify
         self.prefix = tuple(service.config.api_prefix)
         self._block1 = Block1Spool()
         self._block2 = Block2Cache()
         self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
+        self.apis: list = []  # further APIs under the same apiRoot: su-up (server.profiles, SPEC D16)
 
     @property
     def insecure(self) -> bool:
@@ -164,7 +175,7 @@ class ScmSite(ObservableResource, PathCapable):
 
     def _is_bulk(self, request: Message) -> bool:
         return request.code == Code.GET and any(
-            q.startswith("bulk-conf-flag=") for q in request.opt.uri_query
+            q.startswith(("bulk-conf-flag=", "bulkConfFlag=")) for q in request.opt.uri_query
         )
 
     async def render_to_pipe(self, pipe) -> None:
@@ -175,7 +186,9 @@ class ScmSite(ObservableResource, PathCapable):
             return
         try:
             request = pipe.request
-            if request.opt.block1 is None and request.opt.block2 is None and request.opt.observe is None:
+            if has_qblock(request):  # RFC 9177 (TS 24.546 clause 5)
+                await self.qblock.render_to_pipe(pipe)
+            elif request.opt.block1 is None and request.opt.block2 is None and request.opt.observe is None:
                 # Fast path for the common single-message exchange: render at once and only pay for
                 # aiocoap's Block2 cache key when the answer turns out to need blocks (its own
                 # _render_to_pipe computes that key for every request).
@@ -185,6 +198,8 @@ class ScmSite(ObservableResource, PathCapable):
                 pipe.add_response(response, is_last=True)
             else:
                 await ObservableResource._render_to_pipe(self, pipe)
+        except ProblemError as e:
+            pipe.add_response(problem_message(e.problem), is_last=True)
         except coap_error.RenderableError as e:
             pipe.add_response(self._problem_from_aiocoap(e), is_last=True)
         except Exception:  # never let a request crash the server; report it
@@ -217,6 +232,9 @@ class ScmSite(ObservableResource, PathCapable):
 
     async def add_observation(self, request: Message, serverobservation) -> None:
         """Accept Observe on an individual document the requester may read (RFC 7641)."""
+        for sub in self.apis:
+            if sub.handles(request.opt.uri_path):
+                return await sub.add_observation(request, serverobservation, self.identity_of)
         target = parse_path(request.opt.uri_path, self.prefix)
         if request.code != Code.GET or target is None or target.doc_id is None:
             return
@@ -254,7 +272,7 @@ class ScmSite(ObservableResource, PathCapable):
                 if not still_authenticated(identity):
                     obs.trigger()
                     n += 1
-        return n
+        return n + sum(sub.recheck_observers(still_authenticated) for sub in self.apis)
 
     async def render(self, request: Message) -> Message:
         try:
@@ -279,6 +297,9 @@ class ScmSite(ObservableResource, PathCapable):
         path = request.opt.uri_path
         if path == (".well-known", "core"):
             return self._well_known_core(request)
+        for sub in self.apis:
+            if sub.handles(path):
+                return sub.dispatch(request, self.identity_of(request))
         target = parse_path(path, self.prefix)
         if target is None:
             raise ProblemError(Problem(0x84, f"no resource at /{'/'.join(path)}", "NO_SUCH_RESOURCE"))
@@ -306,8 +327,9 @@ class ScmSite(ObservableResource, PathCapable):
             return to_message(svc.doc_get(identity, target.service_id, target.doc_id, accept, etags))
         if_match = tuple(request.opt.if_match)
         if code == Code.PUT:
+            inm = bool(request.opt.if_none_match)  # RFC 7252 §5.10.8.2
             reply, new = svc.doc_put(
-                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match
+                identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match, inm
             )
             if new is not None:
                 self.notify(target.service_id, target.doc_id)

@@ -54,6 +54,7 @@ class ServiceConfig:
     bulk_cache_seconds: float = 120.0  # how long a rendered bulk answer is kept (SPEC D6)
     bulk_cache_entries: int = 256
     seal_cf: int | None = None  # Content-Format number configured for the SEAL media type
+    seal_profile_cf: int | None = None  # the same for the user-profile media type (su-up, SPEC D16)
     service_domains: dict[str, str] = field(default_factory=dict)  # valServiceId → valServiceDomain
 
 
@@ -395,13 +396,17 @@ class ScmService:
         content_format: int | None,
         accept: int | None,
         if_match: tuple[bytes, ...] = (),
+        if_none_match: bool = False,
     ) -> tuple[Reply, StoredDoc | None]:
-        """PUT (C.3.1.2.3.3.2): replace → 2.04 with the stored document."""
+        """PUT (C.3.1.2.3.3.2): replace → 2.04 with the stored document; If-None-Match on the
+        existing document → 4.12 (RFC 7252 §5.10.8.2)."""
         try:
             problem = authz.authorize(identity, Op.UPDATE)
             if problem:
                 return Reply.from_problem(problem), None
             stored = self._existing(service_id, doc_id)
+            if if_none_match:
+                raise ProblemError(Problem(0x8C, "If-None-Match: the document exists", "PRECONDITION_FAILED"))
             doc = self.decode_doc(body, content_format)
             self._check_if_match(stored, if_match)
             cf = response_format(accept, self.config.seal_cf)

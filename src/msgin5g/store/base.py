@@ -140,5 +140,30 @@ class Store(ABC):
     @abstractmethod
     def delete_gateway(self, gateway_id: str) -> bool: ...
 
+    # -- VAL user profiles (TS 24.546 C.2; SPEC D16): implemented once, for both back ends, by
+    # msgin5g.store.profiles.ProfileStoreMixin ------------------------------------------------------
+    def create_profile(self, service_id: str, doc: dict) -> StoredDoc:
+        raise NotImplementedError
+
+    def get_profile(self, service_id: str, doc_id: str) -> StoredDoc | None:
+        raise NotImplementedError
+
+    def replace_profile(
+        self, service_id: str, doc_id: str, doc: dict, expected_version: int | None = None
+    ) -> StoredDoc:
+        raise NotImplementedError
+
+    def delete_profile(self, service_id: str, doc_id: str, expected_version: int | None = None) -> StoredDoc:
+        raise NotImplementedError
+
+    def profiles_for(self, service_id: str, ident: str, kind: str | None = None) -> list[StoredDoc]:
+        raise NotImplementedError
+
+    def count_profiles(self, service_id: str) -> int:
+        raise NotImplementedError
+
+    def iter_profiles(self, service_id: str) -> Iterator[StoredDoc]:
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -3,8 +3,9 @@
 Same layout and lookups as :mod:`msgin5g.store.sqlite` (the SQL builders are shared): ``docs``
 with CBOR bodies in ``bytea``, ``doc_keys`` holding the index entries of
 :func:`~msgin5g.store.base.index_rows` under a btree on (service_id, kind, key, wide, lo, hi, seq),
-and the ``gateways`` registry. The schema version lives in ``msgin5g_schema``; schema creation is
-serialised with an advisory lock so servers may start together.
+the ``gateways`` registry and the ``profiles`` of :mod:`msgin5g.store.profiles`. The schema
+version lives in ``msgin5g_schema``; schema creation is serialised with an advisory lock so servers
+may start together.
 
 psycopg 3, synchronous, autocommit off: every method is one transaction on one connection guarded
 by a lock; a broken connection is replaced on the next call.
@@ -30,6 +31,7 @@ from .base import (
     new_doc_id,
     with_id,
 )
+from .profiles import POSTGRES_DDL, ProfileStoreMixin
 from .sqlite import candidates_sql, key_rows, query_any_sql, vendor_of
 
 SCHEMA_VERSION = 1
@@ -95,8 +97,11 @@ SELECT q.i, k.seq FROM q JOIN doc_keys AS k
 """
 
 
-class PostgresStore(Store):
-    """UeConfigDoc store in a PostgreSQL database (TS 24.546 C.3; SPEC D4, D6, D12)."""
+class PostgresStore(ProfileStoreMixin, Store):
+    """UeConfigDoc and ProfileDoc store in a PostgreSQL database (TS 24.546 C.2, C.3; SPEC D4, D6,
+    D12, D16)."""
+
+    _mark = "%s"
 
     def __init__(self, url: str):
         self.url = url
@@ -121,10 +126,13 @@ class PostgresStore(Store):
             with conn.transaction(), conn.cursor() as cur:
                 yield cur
 
+    def _profile_tx(self, write: bool):
+        return self._tx()
+
     def _create_schema(self) -> None:
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for stmt in _SCHEMA:
+            for stmt in (*_SCHEMA, *POSTGRES_DDL):
                 cur.execute(stmt)
             row = cur.execute("SELECT max(version) FROM msgin5g_schema").fetchone()
             version = row[0] if row and row[0] is not None else 0

@@ -12,6 +12,7 @@ Layout (schema version in ``PRAGMA user_version``):
   document by its integer ``seq`` (creation order), which keeps the index small and bulk inserts
   append-only.
 - ``gateways(gateway_id, coverage)`` — the gateway registry (SPEC D6, D12), coverage as CBOR.
+- ``profiles`` — VAL user profiles (TS 24.546 C.2; SPEC D16), see :mod:`msgin5g.store.profiles`.
 
 Several SCM-S processes may share one file: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE``
 for every write, so writers queue instead of failing. Inside one process a single connection is
@@ -40,6 +41,7 @@ from .base import (
     new_doc_id,
     with_id,
 )
+from .profiles import SQLITE_DDL, ProfileStoreMixin
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
@@ -161,8 +163,10 @@ SELECT q.i, k.seq FROM q CROSS JOIN doc_keys AS k
 """
 
 
-class SqliteStore(Store):
-    """UeConfigDoc store in one SQLite file (TS 24.546 C.3; SPEC D4, D6, D12)."""
+class SqliteStore(ProfileStoreMixin, Store):
+    """UeConfigDoc and ProfileDoc store in one SQLite file (TS 24.546 C.2, C.3; SPEC D4, D6, D12, D16)."""
+
+    _mark = "?"
 
     def __init__(self, path: str):
         self.path = path
@@ -193,6 +197,8 @@ class SqliteStore(Store):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            for stmt in SQLITE_DDL:
+                db.execute(stmt)
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -210,6 +216,9 @@ class SqliteStore(Store):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    def _profile_tx(self, write: bool):
+        return self._tx(write=write)
 
     def _select(self, sql: str, args) -> list:
         """One SELECT under the process lock. In autocommit mode a single statement is its own

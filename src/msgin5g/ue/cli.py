@@ -14,6 +14,7 @@ import sys
 import click
 
 from ..clicommon import credentials_option, parse_hostport, server_option, setup_logging
+from ..coap import aiocoap_tweaks
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..security.registry import CredentialsError
 
@@ -133,6 +134,7 @@ def get_config(
     if identity is not None and credentials is not None:
         raise click.UsageError("--identity (lab mode) and --credentials exclude each other")
     params = dict(click.get_current_context().params, pre=_load_preconfigured(preconfigured))
+    aiocoap_tweaks.install_process_tweaks()
     try:
         result = asyncio.run(_get(**params))
     except CredentialsError as e:

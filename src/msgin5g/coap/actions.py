@@ -1,0 +1,159 @@
+"""The message layer's vocabulary: transmission parameters, actions, message IDs (RFC 7252 §4).
+
+Pure values shared by :mod:`msgin5g.coap.msglayer` (which returns the actions) and the shells that
+perform them (:mod:`msgin5g.coap.udp`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .blockwise import MAX_BODY
+from .wire import CoapMessage
+
+Addr = Hashable
+
+# RFC 7252 §4.8 transmission parameters and §4.8.2 derived times (defaults)
+ACK_TIMEOUT = 2.0
+ACK_RANDOM_FACTOR = 1.5
+MAX_RETRANSMIT = 4
+NSTART = 1
+MAX_LATENCY = 100.0
+MAX_TRANSMIT_SPAN = ACK_TIMEOUT * (2**MAX_RETRANSMIT - 1) * ACK_RANDOM_FACTOR  # 45 s
+MAX_TRANSMIT_WAIT = ACK_TIMEOUT * (2 ** (MAX_RETRANSMIT + 1) - 1) * ACK_RANDOM_FACTOR  # 93 s
+EXCHANGE_LIFETIME = MAX_TRANSMIT_SPAN + 2 * MAX_LATENCY + ACK_TIMEOUT  # 247 s
+NON_LIFETIME = MAX_TRANSMIT_SPAN + MAX_LATENCY  # 145 s
+MID_SPACE = 0x10000
+BAD_OPTION = 0x82  # 4.02
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Transmission parameters (RFC 7252 §4.8) and the layer's own bounds."""
+
+    ack_timeout: float = ACK_TIMEOUT
+    ack_random_factor: float = ACK_RANDOM_FACTOR
+    max_retransmit: int = MAX_RETRANSMIT
+    nstart: int = NSTART
+    exchange_lifetime: float = EXCHANGE_LIFETIME
+    non_lifetime: float = NON_LIFETIME
+    dedup_capacity: int = 16384  # remembered incoming message IDs (oldest evicted, counted)
+    max_body: int = MAX_BODY  # largest Block2 body reassembled
+    block_szx: int = 6  # largest block a server sends (2**(szx+4) bytes, RFC 7959 §2.2)
+
+
+# -- actions ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` to ``addr``."""
+
+    data: bytes
+    addr: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """The response to the client request ``handle`` (its whole body when block-wise); ``final``
+    is False for an observation, which stays open for notifications (RFC 7641)."""
+
+    handle: int
+    response: CoapMessage
+    addr: Addr
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Request (or CON separate response) ``handle`` ended without an answer: ``reason``."""
+
+    handle: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """A new request to answer (server side): :meth:`MessageLayer.respond` it, or
+    :meth:`MessageLayer.accept` it first when the answer takes time."""
+
+    request: Incoming
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The CON separate response ``handle`` was acknowledged (RFC 7252 §5.2.2)."""
+
+    handle: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """A response that answers no request of this endpoint (RFC 7252 §5.3.2; rejected with RST when
+    CON, unless the layer acknowledges strays)."""
+
+    message: CoapMessage
+    addr: Addr
+
+
+Action = Send | Deliver | Fail | Serve | Confirmed | Unmatched
+
+
+@dataclass(slots=True, eq=False)
+class Incoming:
+    """A request received (server side): what :meth:`MessageLayer.respond` answers."""
+
+    message: CoapMessage
+    addr: Addr
+    acked: bool = False  # an empty ACK went out: the answer is a separate response
+    answered: bool = False
+
+
+@dataclass
+class Counters:
+    sent: int = 0
+    retransmitted: int = 0
+    duplicates: int = 0  # incoming CON/NON seen before (RFC 7252 §4.5)
+    dedup_evicted: int = 0  # remembered message IDs dropped because the cache was full
+    malformed: int = 0
+    unmatched: int = 0  # responses, ACKs and RSTs that match nothing of ours
+    gave_up: int = 0  # CONs never acknowledged after MAX_RETRANSMIT
+    rejected: int = 0  # RSTs sent
+
+
+# -- message IDs ---------------------------------------------------------------------------------------
+
+
+class MidAllocator:
+    """Message IDs for one endpoint pair, never reused within EXCHANGE_LIFETIME (RFC 7252 §4.4, §4.8.2).
+
+    IDs are handed out in sequence, so the ID to reuse next is always the oldest one: a deque of
+    the times they were taken is the whole state. When all 65,536 were taken less than
+    ``lifetime`` ago, :meth:`take` returns ``None`` and the caller waits — this is the ≈ 265 CON/s
+    per endpoint pair budget.
+    """
+
+    __slots__ = ("_next", "_used", "lifetime")
+
+    def __init__(self, lifetime: float = EXCHANGE_LIFETIME, start: int = 0):
+        self.lifetime = lifetime
+        self._next = start & 0xFFFF
+        self._used: deque[float] = deque()
+
+    def available(self, now: float) -> bool:
+        return len(self._used) < MID_SPACE or self._used[0] + self.lifetime <= now
+
+    def take(self, now: float) -> int | None:
+        if len(self._used) >= MID_SPACE:
+            if self._used[0] + self.lifetime > now:
+                return None
+            self._used.popleft()
+        self._used.append(now)
+        mid = self._next
+        self._next = (mid + 1) & 0xFFFF
+        return mid
+
+    def next_free_at(self) -> float:
+        return self._used[0] + self.lifetime if len(self._used) >= MID_SPACE else 0.0

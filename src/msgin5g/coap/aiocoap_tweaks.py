@@ -1,0 +1,162 @@
+"""Every adjustment of aiocoap internals, in one place (SPEC D12; STYLE "aiocoap_tweaks").
+
+Nothing here happens on import: a process that wants a tweak installs it explicitly at start-up
+(the SCM-S in :func:`msgin5g.server.app.start_server`, the clients in their command-line entry
+points). Each tweak first checks that aiocoap has the shape it relies on and otherwise leaves
+aiocoap alone (with a warning) — so a newer aiocoap costs speed or memory, never correctness —
+and ``tests/unit/test_aiocoap_tweaks.py`` fails as soon as that shape changes, which is what
+lets ``pyproject.toml`` accept aiocoap releases of the same minor series instead of one exact
+version.
+
+The tweaks:
+
+* :func:`install_option_copy` — ``aiocoap.Message.copy`` copies the options with
+  ``copy.deepcopy``: about 100 µs for a small response and milliseconds for a bulk GET with
+  hundreds of ``ue-uri`` options. OSCORE copies every message it protects (RFC 8613 §4: the inner
+  message is split from the outer), so on a secured server that call costs about as much as
+  rendering the answer (``bench/bench_security.py``). Option objects hold a number and an
+  immutable value, so copying each option object shallowly yields exactly what ``deepcopy``
+  makes. Process-wide (a class attribute).
+* :func:`install_compact_duplicate_cache` — aiocoap keeps every answered confirmable request's
+  response for EXCHANGE_LIFETIME (247 s, RFC 7252 §4.5) so that a retransmitted request gets the
+  same message; it keeps the whole Message (options, remote, the request it answers): about
+  4 KiB per exchange, gigabytes at a few thousand requests per second. Resending needs only the
+  encoded bytes and the remote: :class:`EncodedResponse`. Per server context.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+
+from aiocoap import messagemanager as _messagemanager
+from aiocoap import options as _options
+from aiocoap.numbers.types import CON
+from aiocoap.transports import udp6 as _udp6
+
+log = logging.getLogger("msgin5g.coap")
+
+
+# -- Options.__deepcopy__ ------------------------------------------------------------------------------
+def _deepcopy_options(self, memo):
+    new = _options.Options.__new__(_options.Options)
+    copied = {}
+    for number, items in self._options.items():
+        fresh = []
+        for o in items:
+            c = object.__new__(type(o))
+            c.__dict__.update(o.__dict__)
+            fresh.append(c)
+        copied[number] = fresh
+    new._options = copied
+    return new
+
+
+def option_copy_shape_problem() -> str | None:
+    """Why :func:`install_option_copy` cannot rely on aiocoap's ``Options``, or None."""
+    cls = _options.Options
+    if getattr(cls, "__deepcopy__", None) is _deepcopy_options:
+        return None
+    if "__deepcopy__" in vars(cls):
+        return "aiocoap.options.Options has its own __deepcopy__ now"
+    if list(getattr(cls, "__slots__", ())) != ["_options"]:
+        return "aiocoap.options.Options.__slots__ is no longer ('_options',)"
+    probe = cls()
+    if not isinstance(getattr(probe, "_options", None), dict):
+        return "aiocoap.options.Options._options is no longer a dict"
+    return None
+
+
+def install_option_copy() -> bool:
+    """Give ``aiocoap.options.Options`` the shallow-per-option ``__deepcopy__``; returns whether
+    it is in place (False, with a warning, when aiocoap's shape is not the expected one)."""
+    problem = option_copy_shape_problem()
+    if problem is not None:
+        log.warning("%s; keeping aiocoap's deep copy of options", problem)
+        return False
+    _options.Options.__deepcopy__ = _deepcopy_options
+    return True
+
+
+def option_copy_installed() -> bool:
+    return getattr(_options.Options, "__deepcopy__", None) is _deepcopy_options
+
+
+# -- the duplicate cache of the UDP message layer ------------------------------------------------------
+class EncodedResponse:
+    """A sent response kept only as its bytes, for aiocoap's duplicate detection (RFC 7252 §4.5)."""
+
+    __slots__ = ("_bytes", "mid", "mtype", "remote")
+
+    def __init__(self, message):
+        self._bytes = message.encode()
+        self.mtype, self.mid, self.remote = message.mtype, message.mid, message.remote
+
+    def encode(self) -> bytes:
+        return self._bytes
+
+    def __repr__(self) -> str:
+        return f"<EncodedResponse MID {self.mid} to {self.remote}, {len(self._bytes)} bytes>"
+
+
+def duplicate_cache_shape_problem() -> str | None:
+    """Why :func:`install_compact_duplicate_cache` cannot rely on aiocoap's MessageManager, or None.
+
+    It relies on: ``MessageManager._store_response_for_duplicates(message)`` being what
+    ``_send_initially`` calls for every sent message; duplicates being resent with
+    ``_send_initially(self._recent_messages[key])``, whose only use of that object is
+    ``message_interface.send(message)`` → ``message.encode()`` and ``.remote``/``.mtype``."""
+    mm = _messagemanager.MessageManager
+    store = getattr(mm, "_store_response_for_duplicates", None)
+    if store is None or list(inspect.signature(store).parameters) != ["self", "message"]:
+        return "MessageManager._store_response_for_duplicates(message) is gone or changed"
+    try:
+        initially = inspect.getsource(mm._send_initially)
+        incoming = inspect.getsource(mm._deduplicate_message)
+    except (AttributeError, OSError, TypeError):
+        return "MessageManager._send_initially / _deduplicate_message are gone"
+    if "self._store_response_for_duplicates(message)" not in initially:
+        return "MessageManager._send_initially no longer stores responses for duplicates"
+    if "self._send_initially(self._recent_messages[key])" not in incoming:
+        return "MessageManager no longer resends a kept response on a duplicate"
+    try:
+        send = inspect.getsource(_udp6.MessageInterfaceUDP6.send)
+    except (AttributeError, OSError, TypeError):
+        return "aiocoap.transports.udp6.MessageInterfaceUDP6.send is gone"
+    if set(re.findall(r"\bmessage\.(\w+)", send)) != {"remote", "encode"}:
+        return "the UDP transport's send uses more of a message than .remote and .encode()"
+    return None
+
+
+def install_compact_duplicate_cache(ctx) -> bool:
+    """Make the UDP message layer of the aiocoap context ``ctx`` keep sent non-confirmable and
+    piggybacked responses as :class:`EncodedResponse`; returns whether it was installed."""
+    problem = duplicate_cache_shape_problem()
+    if problem is not None:
+        log.warning("%s; keeping full messages in the duplicate cache", problem)
+        return False
+    for ri in getattr(ctx, "request_interfaces", ()):
+        mm = getattr(ri, "token_interface", None)
+        recent = getattr(mm, "_recent_messages", None)
+        if not isinstance(mm, _messagemanager.MessageManager) or not isinstance(recent, dict):
+            continue
+
+        def store(message, recent=recent):
+            key = (message.remote, message.mid)
+            if key in recent and message.mtype is not CON:  # separate CON responses keep the Message
+                recent[key] = EncodedResponse(message)
+            elif key in recent:
+                recent[key] = message
+
+        mm._store_response_for_duplicates = store
+        return True
+    log.warning("no UDP message layer found in %r; keeping full messages in the duplicate cache", ctx)
+    return False
+
+
+# -- what each kind of process installs ----------------------------------------------------------------
+def install_process_tweaks() -> dict[str, bool]:
+    """The process-wide tweaks every msgin5g process using aiocoap wants (servers and clients
+    alike); returns which are in place. Per-context ones are installed where contexts are made."""
+    return {"option-copy": install_option_copy()}

@@ -1,0 +1,305 @@
+"""The asyncio datagram shell of the CoAP message layer (RFC 7252 over UDP).
+
+:class:`CoapEndpoint` owns one non-blocking UDP socket and one pure
+:class:`~msgin5g.coap.msglayer.MessageLayer` and does only what the layer's actions say: it sends
+datagrams, resolves the futures of client requests (:class:`Deliver` / :class:`Fail`), hands new
+requests to ``on_request`` (:class:`Serve`), and keeps one event-loop timer armed for the layer's
+earliest deadline. The socket is read in bursts (up to :data:`READ_BURST` datagrams per readiness
+event): asyncio's datagram transport costs a loop turn per datagram.
+
+A datagram the layer should not see — PC5 signalling sharing the socket (:mod:`msgin5g.pc5`) — is
+claimed first by ``demux``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from .msglayer import (
+    Action,
+    Addr,
+    Confirmed,
+    Deliver,
+    Fail,
+    Incoming,
+    MessageLayer,
+    Send,
+    Serve,
+    Unmatched,
+)
+from .qblock_client import QBlockOffer
+from .wire import CoapMessage
+
+log = logging.getLogger(__name__)
+
+READ_BURST = 256
+SOCKET_BUFFER = 4 << 20
+
+
+class CoapError(Exception):
+    """A request ended without a response (no acknowledgement, RST, deadline, endpoint closed)."""
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class CoapEndpoint:
+    """One UDP socket driven by a :class:`MessageLayer` (the one datagram shell of the project)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        layer: MessageLayer | None = None,
+        *,
+        on_request: Callable[[Incoming], None] | None = None,
+        on_unmatched: Callable[[CoapMessage, Addr], None] | None = None,
+        on_separate: Callable[[int, str | None], None] | None = None,
+        demux: Callable[[bytes, Addr], bool] | None = None,
+    ):
+        self.sock = sock
+        self.layer = layer or MessageLayer(server=on_request is not None)
+        self.on_request = on_request
+        self.on_unmatched = on_unmatched
+        self.on_separate = on_separate  # (handle, None | failure reason) of CON separate responses
+        self.demux = demux
+        self.loop = asyncio.get_running_loop()
+        self.peer: Addr | None = None
+        with contextlib.suppress(OSError):
+            self.peer = sock.getpeername()[:2]
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self._futures: dict[int, asyncio.Future] = {}
+        self._notify: dict[int, Callable[[CoapMessage], None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._backlog: deque[tuple[bytes, Addr]] = deque()
+        self._closed = False
+        sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    def bind(cls, host: str, port: int, layer: MessageLayer | None = None, **kw) -> CoapEndpoint:
+        """An endpoint listening on ``host:port`` (0: any free port)."""
+        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, layer, **kw)
+
+    @classmethod
+    def connect(cls, host: str, port: int, layer: MessageLayer | None = None, **kw) -> CoapEndpoint:
+        """An endpoint on a fresh port that talks to ``host:port`` only (its :attr:`peer`)."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, layer, **kw)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            self.loop.remove_writer(self.sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(CoapError("endpoint closed"))
+        self._futures.clear()
+        self.sock.close()
+
+    # -- client ---------------------------------------------------------------------------------------
+    def request(
+        self,
+        msg: CoapMessage,
+        addr: Addr | None = None,
+        *,
+        timeout: float = 93.0,
+        confirmable: bool = True,
+        token: bytes | None = None,
+        blockwise: bool = False,
+        on_notification: Callable[[CoapMessage], None] | None = None,
+        qblock: QBlockOffer | None = None,
+    ) -> asyncio.Future:
+        """Send a request (to :attr:`peer` when ``addr`` is None); the future gets the response or
+        :class:`CoapError`. With ``on_notification`` the request registers an observation (RFC
+        7641): notifications after the first response go to it until :meth:`cancel`."""
+        if self._closed:
+            raise CoapError("endpoint closed")
+        fut = self.loop.create_future()
+        handle, actions = self.layer.request(
+            self.loop.time(),
+            msg,
+            self.peer if addr is None else addr,
+            confirmable=confirmable,
+            token=token,
+            blockwise=blockwise,
+            observe=on_notification is not None,
+            deadline=self.loop.time() + timeout,
+            qblock=qblock,
+        )
+        fut.handle = handle  # type: ignore[attr-defined]
+        self._futures[handle] = fut
+        if on_notification is not None:
+            self._notify[handle] = on_notification
+        fut.add_done_callback(lambda f, h=handle: self._done(h, f))
+        self.perform(actions)
+        return fut
+
+    def _done(self, handle: int, fut: asyncio.Future) -> None:
+        if fut.cancelled():  # the caller gave up: so does the layer
+            self._futures.pop(handle, None)
+            self.cancel(handle)
+
+    def cancel(self, handle: int) -> None:
+        """Forget a request or an observation (later answers are strays, RFC 7641 §3.6)."""
+        self._notify.pop(handle, None)
+        self._futures.pop(handle, None)
+        self.layer.cancel(handle)
+        self._arm()
+
+    # -- server ---------------------------------------------------------------------------------------
+    def accept(self, incoming: Incoming) -> None:
+        self.perform(self.layer.accept(self.loop.time(), incoming))
+
+    def respond(self, incoming: Incoming, response: CoapMessage, *, confirmable: bool = True) -> int | None:
+        handle, actions = self.layer.respond(self.loop.time(), incoming, response, confirmable=confirmable)
+        self.perform(actions)
+        return handle
+
+    def respond_to(
+        self, addr: Addr, token: bytes, response: CoapMessage, *, confirmable: bool = True
+    ) -> int | None:
+        handle, actions = self.layer.respond_to(
+            self.loop.time(), addr, token, response, confirmable=confirmable
+        )
+        self.perform(actions)
+        return handle
+
+    # -- actions --------------------------------------------------------------------------------------
+    def perform(self, actions: list[Action]) -> None:
+        for a in actions:
+            if type(a) is Send:
+                self.sendto(a.data, a.addr)
+            elif type(a) is Deliver:
+                fut = self._futures.get(a.handle)
+                if fut is not None and not fut.done():
+                    fut.set_result(a.response)
+                    if a.final:
+                        del self._futures[a.handle]
+                    continue
+                notify = self._notify.get(a.handle)
+                if notify is not None:
+                    notify(a.response)
+                if a.final:
+                    self._futures.pop(a.handle, None)
+                    self._notify.pop(a.handle, None)
+            elif type(a) is Fail:
+                fut = self._futures.pop(a.handle, None)
+                self._notify.pop(a.handle, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(CoapError(a.reason))
+                elif fut is None and self.on_separate is not None:
+                    self.on_separate(a.handle, a.reason)
+            elif type(a) is Serve:
+                if self.on_request is not None:
+                    self.on_request(a.request)
+            elif type(a) is Confirmed:
+                if self.on_separate is not None:
+                    self.on_separate(a.handle, None)
+            elif type(a) is Unmatched and self.on_unmatched is not None:
+                self.on_unmatched(a.message, a.addr)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Keep one timer for the layer's earliest deadline."""
+        at = self.layer.next_deadline()
+        if at is None or self._closed:
+            return
+        if self._timer_at is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.perform(self.layer.on_tick(self.loop.time()))
+
+    # -- socket ---------------------------------------------------------------------------------------
+    def _readable(self) -> None:
+        layer = self.layer
+        for _ in range(READ_BURST):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # an ICMP error reported on the socket: nothing to read
+                continue
+            addr = addr[:2]
+            self.datagrams_in += 1
+            try:
+                if self.demux is not None and self.demux(data, addr):
+                    continue
+                self.perform(layer.on_datagram(self.loop.time(), data, addr))
+            except Exception:  # never let one datagram stop the endpoint
+                log.exception("datagram from %s not handled", addr)
+            if self._closed:
+                return
+
+    def sendto(self, data: bytes, addr: Addr | None = None) -> None:
+        """Send one datagram (to :attr:`peer` when ``addr`` is None); queued while the buffer is full."""
+        if self._closed:
+            return
+        self.datagrams_out += 1
+        if self._backlog:
+            self._backlog.append((data, addr))
+            return
+        try:
+            self._raw_send(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._backlog.append((data, addr))
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        except OSError as e:  # e.g. ICMP port unreachable from an earlier datagram
+            log.debug("send to %s failed: %s", addr, e)
+
+    def _raw_send(self, data: bytes, addr: Addr | None) -> None:
+        if addr is None or addr == self.peer:
+            self.sock.send(data)
+        else:
+            self.sock.sendto(data, addr)
+
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                self._raw_send(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("send to %s failed: %s", addr, e)
+            self._backlog.popleft()
+        self.loop.remove_writer(self.sock.fileno())
