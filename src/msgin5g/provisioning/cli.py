@@ -65,18 +65,25 @@ def config() -> None:
     """Provision UE configuration documents and the gateway registry."""
 
 
+#: the options each document command shares, one by one (``msgin5g profile`` uses them too)
+server_opt = server_option()
+service_opt = click.option("--service-id", default="msgin5g", show_default=True)
+identity_opt = click.option(
+    "--identity",
+    default=None,
+    help="Lab identity claimed in insecure mode (default: none = admin).",
+)
+credentials_opt = credentials_option("An administrator's OSCORE credentials file (secured SCM-S).")
+
+
 def scm_options(f):
     """--server, --service-id, --identity, --credentials, --json, -q: every document command."""
     for opt in reversed(
         (
-            server_option(),
-            click.option("--service-id", default="msgin5g", show_default=True),
-            click.option(
-                "--identity",
-                default=None,
-                help="Lab identity claimed in insecure mode (default: none = admin).",
-            ),
-            credentials_option("An administrator's OSCORE credentials file (secured SCM-S)."),
+            server_opt,
+            service_opt,
+            identity_opt,
+            credentials_opt,
             output_options,
         )
     ):
@@ -495,4 +502,4 @@ def gw_delete(gateway_id, db_url, as_json, quiet) -> None:
     emit(as_json, quiet, f"deleted gateway {gateway_id} from {url}", {"deleted": gateway_id, "store": url})
 
 
-__all__ = ["EXIT_PRECONDITION", "config"]
+__all__ = ["EXIT_PRECONDITION", "config", "credentials_opt", "identity_opt", "server_opt", "service_opt"]

@@ -117,7 +117,10 @@ class Console:
         the event loop (and the CoAP side) for seconds; the answer says when it stopped early."""
         sid = self._sid(request)
         q = request.query.get("q", "").strip().lower()
-        limit = int(request.query.get("limit", "200"))
+        try:
+            limit = max(1, min(int(request.query.get("limit", "200")), 5000))
+        except ValueError:
+            return web.json_response({"error": "limit is a number"}, status=400)
         out: list[dict] = []
         if not q:
             for stored in self.running.store.iter_all(sid):
