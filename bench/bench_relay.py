@@ -6,8 +6,8 @@ driver with N constrained UEs (default 1,000), each on its own UDP endpoint and 
 client (:class:`msgin5g.ue.via_relay.ConstrainedUe`) in every mode:
 
 * ``direct`` — each UE sends the §3.1 GET straight to the SCM-S;
-* ``l3`` — through ``msgin5g relay --mode l3`` (one shared uplink endpoint);
-* ``l2`` — through ``msgin5g relay --mode l2`` (one uplink endpoint per PC5 link).
+* ``l3`` — through ``msgin5g relay --mode l3`` (a NAT: one upstream port per remote UE);
+* ``l2`` — through ``msgin5g relay --mode l2`` (one upstream address per remote UE, 127.0.0.0/8).
 
 PC5 links are established before the clock starts (a link outlives many requests); the timed part
 is every UE getting its configuration once, at most ``--window`` UEs in flight at a time (so that
@@ -242,7 +242,7 @@ async def scenario(args, scm_port: int, delay_ms: float) -> dict:
         "relay_counters": {
             m: {
                 k: r.relay_counters.get(k)
-                for k in ("relayed_up", "relayed_down", "duplicates_from_ue", "errors")
+                for k in ("relayed_up", "retransmitted_up", "relayed_down", "errors")
             }
             for m, r in results.items()
             if r.relay_counters
@@ -256,52 +256,6 @@ async def scenario(args, scm_port: int, delay_ms: float) -> dict:
     if "l2" in results and "l3" in results and results["l3"].best:
         out["l2_over_l3"] = round(results["l2"].best / results["l3"].best, 2)
     return out
-
-
-def budget_simulation(offered: float, seconds: float, ues: int = 100, bucket: float = 10.0) -> list[float]:
-    """The message-ID budget of one uplink endpoint, measured on the pure core with a virtual clock.
-
-    ``ues`` remote UEs together offer ``offered`` GETs per second to a layer-3 relay whose SCM-S
-    answers at once; returns the relayed requests per second in each ``bucket``-second interval.
-    """
-    from aiocoap.message import Message
-    from aiocoap.numbers.codes import Code
-    from aiocoap.numbers.types import Type
-
-    from msgin5g.pc5 import Pc5Message, Pc5Type
-    from msgin5g.relay.core import RelayConfig, RelayCore, SendUplink
-
-    core = RelayCore(RelayConfig("127.0.0.1", max_links=ues, link_timeout=1e9))
-    for i in range(ues):
-        core.on_pc5(
-            ("ue", i), Pc5Message(Pc5Type.LINK_ESTABLISHMENT_REQUEST, 1, l2id=i + 1, user_info="u"), 0.0
-        )
-    template = Message(code=Code.GET, proxy_uri="coap://127.0.0.1:5683/su-uc/v1/x")
-    template.mtype, template.mid, template.token = Type.CON, 0, b"t"
-    raw = bytearray(template.encode())
-    answer = Message(code=Code.CONTENT, payload=b"\x80")
-    answer.mtype = Type.ACK
-    buckets = [0] * int(seconds / bucket)
-    step = ues / offered  # every UE sends one request per step
-    t, n = 0.0, 0
-
-    def serve(actions: list, now: float) -> None:
-        pending = [a for a in actions if isinstance(a, SendUplink)]
-        while pending:
-            up = pending.pop().message
-            buckets[min(len(buckets) - 1, int(now / bucket))] += 1
-            answer.mid, answer.token = up.mid, up.token
-            acts = core.on_uu(0, Message.decode(answer.encode()), now)
-            pending += [a for a in acts if isinstance(a, SendUplink)]
-
-    while t < seconds:
-        for i in range(ues):
-            raw[2:4] = (n & 0xFFFF).to_bytes(2, "big")
-            n += 1
-            serve(core.on_pc5(("ue", i), Message.decode(bytes(raw)), t), t)
-        t += step
-        serve(core.on_tick(t), t)
-    return [b / bucket for b in buckets]
 
 
 async def main_async(args) -> dict:
@@ -321,10 +275,6 @@ async def main_async(args) -> dict:
         await stop(server)
     report = {"ues": args.ues, "window": args.window, "rounds": args.rounds, "cpus": os.cpu_count(),
               "scenarios": scenarios}  # fmt: skip
-    if args.budget_seconds > 0:
-        rates = budget_simulation(args.budget_offered, args.budget_seconds)
-        report["mid_budget"] = {"offered_per_s": args.budget_offered, "relayed_per_s_by_10s": rates,
-                                "mean_per_s": round(sum(rates) / len(rates), 1)}  # fmt: skip
     return report
 
 
@@ -336,9 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uu-delay-ms", type=float, nargs="+", default=[0.0, 5.0],
                     help="one-way delays added on the Uu side, one scenario each")  # fmt: skip
     ap.add_argument("--modes", nargs="+", default=["direct", "l3", "l2"], choices=["direct", "l3", "l2"])
-    ap.add_argument("--budget-seconds", type=float, default=600.0,
-                    help="virtual seconds of the L3 message-ID budget simulation (0: skip)")  # fmt: skip
-    ap.add_argument("--budget-offered", type=float, default=500.0, help="GETs/s offered in that simulation")
     ap.add_argument("--json", action="store_true", help="print only the JSON report")
     args = ap.parse_args(argv)
     report = asyncio.run(main_async(args))
@@ -359,13 +306,6 @@ def main(argv: list[str] | None = None) -> int:
         if "l2_over_l3" in sc:
             print(f"  L2 / L3 = {sc['l2_over_l3']:.2f}x")
         print("  " + json.dumps({k: sc[k] for k in ("link_setup_s", "relay_counters")}))
-    if "mid_budget" in report:
-        mb = report["mid_budget"]
-        print(
-            f"L3 message-ID budget, {mb['offered_per_s']:g} GETs/s offered (virtual clock), "
-            "relayed/s per 10 s:"
-        )
-        print("  " + " ".join(f"{r:.0f}" for r in mb["relayed_per_s_by_10s"]) + f"   mean {mb['mean_per_s']}")
     return 0
 
 

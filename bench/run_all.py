@@ -16,6 +16,7 @@ BENCHES = [
     "bench_qblock.py",
     "bench_security.py",
     "bench_demo.py",
+    "bench_loss.py",
     "bench_ops.py",
 ]
 

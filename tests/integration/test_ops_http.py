@@ -237,7 +237,7 @@ def test_demo_console_prints_its_url_and_precondition_exits_2(tmp_path):
     )
     assert p.returncode == 0, p.stdout[-2000:]
     assert re.search(
-        r"console of the SCM-S \(up during the run\): http://127\.0\.0\.1:\d+/console/", p.stdout
+        r"console of the SCM-S \(up during the run\):\s+http://127\.0\.0\.1:\d+/console/", p.stdout
     )
     p = subprocess.run(
         [MSGIN5G, "demo", "--ues", "20", "--db", f"sqlite:///{tmp_path}/missing/dir/x.db"],

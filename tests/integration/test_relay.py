@@ -250,8 +250,15 @@ async def probe_server():
     await ctx.shutdown()
 
 
-@pytest.mark.parametrize(("mode", "distinct"), [("l3", 1), ("l2", 4)])
-async def test_layer2_and_layer3_as_seen_from_the_server(probe_server, relays, mode, distinct):
+@pytest.mark.parametrize(
+    ("mode", "hosts"),
+    [
+        ("l3", {"127.0.0.1"}),  # a NAT: the relay's address, a port of its own per remote UE
+        ("l2", {"127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"}),  # an address per remote UE
+    ],
+)
+async def test_layer2_and_layer3_as_seen_from_the_server(probe_server, relays, mode, hosts):
+    """SPEC D8: every remote UE reaches the SCM-S from an upstream endpoint of its own."""
     uri, seen = probe_server
     relay = await relays(uri, mode=mode)
     results = await asyncio.gather(
@@ -261,7 +268,8 @@ async def test_layer2_and_layer3_as_seen_from_the_server(probe_server, relays, m
         )
     )
     assert all(r.outcome is Outcome.CONFIGURED for r in results), [r.detail for r in results]
-    assert len(seen) == 4 and len(set(seen)) == distinct
+    assert len(seen) == 4 and len(set(seen)) == 4  # four separate CoAP endpoints
+    assert {hostinfo.rsplit(":", 1)[0] for hostinfo in seen} == hosts
 
 
 # ---- CoAP semantics end to end -------------------------------------------------------------------------
@@ -287,26 +295,29 @@ async def test_two_ues_with_equal_tokens_get_their_own_answers(scm_server, relay
     assert a.ignored == 0 and b.ignored == 0
 
 
-async def test_retransmitted_con_is_relayed_once(scm_server, relays, coap):
-    srv = scm_server
-    srv.store.create("msgin5g", make_doc(uris=[UE1]))
-    relay = await relays(server_uri(srv))
+@pytest.mark.parametrize("mode", ["l3", "l2"])
+async def test_ue_retransmission_reaches_the_server_as_a_duplicate(probe_server, relays, coap, mode):
+    """The relay relays a UE's retransmission as the same datagram on the UE's own flow: the SCM-S
+    recognises the message ID and answers from its exchange state without handling the request
+    again (RFC 7252 §4.5), and every copy the UE sent gets the same answer (SPEC D8)."""
+    uri, seen = probe_server
+    relay = await relays(uri, mode=mode)
     raw = RawUe(relay)
     try:
         await raw.link()
-        req = get_request(config_query_uri(srv.base_uri(), "msgin5g", UE1), via_proxy=True)
+        req = get_request(config_query_uri(uri, "msgin5g", UE1), via_proxy=True)
         datagram = raw.encode(req, mid=42, token=b"tk")
-        raw.send_raw(datagram)
-        raw.send_raw(datagram)  # the UE's retransmission (same MID)
-        first = Message.decode(await raw.recv())
-        assert (first.mtype, first.mid, first.token, first.code) == (Type.ACK, 42, b"tk", Code.CONTENT)
-        c = await until(coap, relay, lambda c: c["duplicates_from_ue"] == 1)
-        assert c["relayed_up"] == 1
-        raw.send_raw(datagram)  # after the answer: the same answer again, not a new request
-        again = Message.decode(await raw.recv())
-        assert again.mid == 42 and again.payload == first.payload
-        c = await until(coap, relay, lambda c: c["duplicates_from_ue"] == 2)
-        assert c["relayed_up"] == 1
+        answers = []
+        for _ in range(3):  # the first transmission and two retransmissions (same MID)
+            raw.send_raw(datagram)
+            answers.append(Message.decode(await raw.recv()))
+        assert [(a.mtype, a.mid, a.token, a.code) for a in answers] == [
+            (Type.ACK, 42, b"tk", Code.CONTENT)
+        ] * 3
+        assert answers[0].payload == answers[1].payload == answers[2].payload
+        assert len(seen) == 1  # the SCM-S handled the request once
+        c = await counters(coap, relay)
+        assert c["relayed_up"] + c["retransmitted_up"] == 3 and c["relayed_down"] == 3
     finally:
         raw.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -112,6 +113,7 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str, http=
     )
     if ops is not None:
         click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
+    click.echo(json.dumps({"ready": "gateway", "listen": {"msgin5g-6": [config.host, gw.port]}}))
     try:
         await _wait_for_signal()
     finally:
@@ -329,6 +331,7 @@ def cm_client(
             raise click.ClickException(f"cannot start the CM client: {e}") from e
         click.echo(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
         ops = await _serve_cm_ops(http, scm)
+        click.echo(json.dumps({"ready": "cm-client", "listen": {"seal-c": [host, seal_c.port]}}))
         try:
             await _wait_for_signal()
         finally:

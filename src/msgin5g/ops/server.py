@@ -63,6 +63,7 @@ class ServerOps:
         self.http: OpsHttp | None = None
         self.token: str | None = None
         self.console_app = None
+        self.console_url: str | None = None
 
     def check(self) -> None:
         """Refuse an open console off loopback (insecure mode has no administrator to ask for)."""
@@ -144,6 +145,7 @@ class ServerOps:
             url = f"{self.http.url}/console/"
             if self.token and not self.token_file:
                 url += f"#token={self.token}"
+            self.console_url = url
             lines.append(f"console {url}")
         return lines
 

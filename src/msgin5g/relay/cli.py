@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 
 import click
@@ -47,6 +48,7 @@ async def _run(settings: RelaySettings, http=None) -> dict:
         click.echo(f"counters: {relay.admin_uri}")
     if ops is not None:
         click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
+    click.echo(json.dumps({"ready": "relay", "listen": {"pc5": [host, port], "admin": relay.admin_uri}}))
     try:
         await stop.wait()
     finally:
@@ -77,7 +79,8 @@ async def _run(settings: RelaySettings, http=None) -> dict:
     type=click.Choice(["l3", "l2"]),
     default="l3",
     show_default=True,
-    help="l3: one shared uplink endpoint (NAT-like); l2: one uplink endpoint per remote UE.",
+    help="l3: a NAT, one upstream port per remote UE; l2: one upstream address per remote UE "
+    "(127.0.0.0/8 on loopback).",
 )
 @click.option(
     "--max-links",
@@ -105,10 +108,27 @@ async def _run(settings: RelaySettings, http=None) -> dict:
     show_default=True,
     help="Seconds without a datagram after which a PC5 link is released.",
 )
+@click.option(
+    "--max-exchanges",
+    type=click.IntRange(1, 65535),
+    default=8,
+    show_default=True,
+    help="Requests one remote UE may have open through the relay; beyond that it gets 5.03 + Max-Age.",
+)
 @http_option()
 @log_options
 def relay(
-    listen, server_uri, mode, max_links, auto_link, admin, link_timeout, http, verbose, log_format
+    listen,
+    server_uri,
+    mode,
+    max_links,
+    auto_link,
+    admin,
+    link_timeout,
+    max_exchanges,
+    http,
+    verbose,
+    log_format,
 ) -> None:
     """MSGin5G Relay UE: relay constrained UEs' configuration GETs to the SCM-S (TS 24.538 6.2.2.1)."""
     setup_logging(verbose, log_format)
@@ -122,6 +142,7 @@ def relay(
         admin_host=admin[0] if admin else None,
         admin_port=admin[1] if admin else 0,
         link_timeout=link_timeout,
+        max_exchanges=max_exchanges,
     )
     snapshot = asyncio.run(_run(settings, http))
     report_counters("relay", snapshot["counters"])

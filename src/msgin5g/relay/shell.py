@@ -1,25 +1,19 @@
 """The Relay UE's I/O shell: UDP sockets and a clock around :class:`.core.RelayCore` (SPEC D8, D11).
 
-It parses datagrams, hands them to the core with the loop's clock, and performs the actions the
+It reads datagrams, hands them to the core with the loop's clock, and performs the actions the
 core returns; it decides nothing itself.
 
-Why raw UDP sockets and not aiocoap client contexts for the uplink. The relay must keep CoAP
-semantics end to end — block-wise transfers and Observe pass through message by message, options
-and payload (including OSCORE-protected ones) untouched — while aiocoap's client would reassemble
-blocks and terminate observations itself. aiocoap's limits are instead designed around in the
-core, which applies them per uplink endpoint exactly as aiocoap would per peer:
+Sockets. One PC5 socket (``--listen``, 65401 by default). One upstream socket per PC5 link, opened
+when the core says :class:`~.core.OpenUplink` and connected to the SCM-S, so that only the SCM-S's
+datagrams arrive on it: in layer-3 mode it is bound to the relay's address with a port of its own
+(a NAT's mapping), in layer-2 mode to the remote UE's own address, one of 127.0.0.0/8 when the
+SCM-S is reached over IPv4 loopback (SPEC D8). When it is not (an IPv6 or off-host SCM-S there is
+no spare address to give each remote UE), layer 2 falls back to a port of its own per remote UE
+and says so in the log. Raw sockets and not aiocoap client contexts: the relay keeps CoAP end to
+end — message IDs, tokens, block-wise transfers, Observe and OSCORE pass through — where aiocoap's
+client would terminate them.
 
-* NSTART = 1 per peer per client context (RFC 7252 §4.7): the core keeps at most one outstanding
-  interaction per uplink endpoint and queues the rest.
-* Message IDs: aiocoap's server remembers (remote, MID) for EXCHANGE_LIFETIME (247 s) and answers
-  a reused MID from its cache as a duplicate. The core never reuses an uplink MID within 247 s —
-  65,536 IDs per 247 s, ≈ 265 CON/s per endpoint pair — and lets requests wait when the budget is
-  spent.
-* Both limits are per endpoint pair. Layer-3 mode shares one uplink socket among every remote UE
-  (NAT-like); layer-2 mode opens one connected socket per PC5 link, so each remote UE gets its own
-  NSTART slot and MID space, and the SCM-S sees it as a separate client (SPEC D8).
-
-Uplink sockets are plain non-blocking sockets watched with ``loop.add_reader``: creating one is
+Sockets are plain non-blocking sockets watched with ``loop.add_reader``: creating one is
 synchronous, which keeps performing an action a plain function call. The admin side — counters and
 links for operators — is an ordinary aiocoap resource tree on a loopback address.
 """
@@ -40,18 +34,17 @@ import aiocoap.resource as resource
 
 from .. import codec, pc5
 from .core import (
+    MODE_L2,
     MODE_L3,
     Answer,
     CloseUplink,
     Discard,
-    MalformedDatagram,
     OpenUplink,
     RelayConfig,
     RelayCore,
     SendDownlink,
     SendPc5,
     SendUplink,
-    parse_datagram,
 )
 
 log = logging.getLogger("msgin5g.relay")
@@ -77,6 +70,7 @@ class RelaySettings:
     tick: float = 0.5
     keepalive: int = 20
     link_timeout: float = 60.0
+    max_exchanges: int = 8  # open requests per remote UE; beyond: 5.03 + Max-Age
 
 
 def parse_server_uri(uri: str) -> tuple[str, str, int]:
@@ -106,6 +100,14 @@ def _family(host: str) -> int:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
         return socket.AF_INET
+
+
+def _is_ipv4_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.version == 4 and address.is_loopback
 
 
 def _udp_socket(family: int) -> socket.socket:
@@ -224,17 +226,10 @@ class RunningRelay:
             except OSError as e:  # e.g. an ICMP error reported on the socket
                 self.core.counters.errors[type(e).__name__] += 1
                 continue
-            endpoint = addr[:2]
-            now = self._loop.time()
             try:
-                msg = parse_datagram(data)
-            except MalformedDatagram as e:
-                self._perform(self.core.on_pc5_malformed(endpoint, str(e), now))
-                continue
-            try:
-                actions = self.core.on_pc5(endpoint, msg, now)
+                actions = self.core.on_pc5(addr[:2], data, self._loop.time())
             except Exception:  # a bug must not stop the relay: log, count, go on
-                log.exception("relay core failed on a PC5 datagram from %s", endpoint)
+                log.exception("relay core failed on a PC5 datagram from %s", addr[:2])
                 self.core.counters.errors["core"] += 1
                 continue
             self._perform(actions)
@@ -251,16 +246,8 @@ class RunningRelay:
             except OSError as e:  # ICMP port unreachable from the server, reported on a connected socket
                 self.core.counters.errors[f"uplink-{type(e).__name__}"] += 1
                 return
-            now = self._loop.time()
             try:
-                msg = parse_datagram(data)
-                if isinstance(msg, pc5.Pc5Message):
-                    raise MalformedDatagram("PC5 signalling on the Uu side")
-            except MalformedDatagram:
-                self.core.counters.dropped_malformed += 1
-                continue
-            try:
-                actions = self.core.on_uu(key, msg, now)
+                actions = self.core.on_uu(key, data, self._loop.time())
             except Exception:
                 log.exception("relay core failed on a Uu datagram")
                 self.core.counters.errors["core"] += 1
@@ -288,13 +275,13 @@ class RunningRelay:
                     if sock is None:  # its socket could not be opened (e.g. out of file descriptors)
                         self.core.counters.errors["no-uplink-socket"] += 1
                     else:
-                        sock.send(action.message.encode())
+                        sock.send(action.datagram)
                 elif isinstance(action, SendDownlink | Answer):
-                    self._send_pc5(action.endpoint, action.message.encode())
+                    self._send_pc5(action.endpoint, action.datagram)
                 elif isinstance(action, SendPc5):
                     self._send_pc5(action.endpoint, pc5.encode(action.message))
                 elif isinstance(action, OpenUplink):
-                    self._open_uplink(action.uplink)
+                    self._open_uplink(action.uplink, action.source)
                 elif isinstance(action, CloseUplink):
                     self._close_uplink(action.uplink)
                 elif isinstance(action, Discard):
@@ -308,11 +295,14 @@ class RunningRelay:
         if self._pc5 is not None:
             self._pc5.sendto(data, endpoint)
 
-    def _open_uplink(self, key: int) -> None:
+    def _open_uplink(self, key: int, source: str | None) -> None:
+        """The upstream flow of one PC5 link: its own port (l3) or its own address (l2), SPEC D8."""
         if key in self._uplinks:
             return
         sock = _udp_socket(self._family)
         try:
+            if source is not None:
+                sock.bind((source, 0))
             sock.connect(self._server_addr)  # connected: only the server's datagrams are received
         except OSError:
             sock.close()
@@ -339,6 +329,13 @@ async def start_relay(settings: RelaySettings) -> RunningRelay:
     if not infos:
         raise OSError(f"cannot resolve {host}")
     server_addr = infos[0][4][:2]
+    l2_loopback = _is_ipv4_loopback(server_addr[0])
+    if settings.mode == MODE_L2 and not l2_loopback:
+        log.warning(
+            "layer-2 mode: the SCM-S %s is not on IPv4 loopback, so remote UEs cannot get addresses of "
+            "their own from 127.0.0.0/8; each gets an upstream port of its own instead",
+            server_addr[0],
+        )
     config = RelayConfig(
         server_host=host,
         server_port=port,
@@ -349,6 +346,8 @@ async def start_relay(settings: RelaySettings) -> RunningRelay:
         auto_link=settings.auto_link,
         keepalive=settings.keepalive,
         link_timeout=settings.link_timeout,
+        max_exchanges=settings.max_exchanges,
+        l2_loopback=l2_loopback,
     )
     relay = RunningRelay(RelayCore(config), server_addr, settings)
     try:

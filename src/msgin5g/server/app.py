@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
@@ -24,6 +25,7 @@ from ..security.keys import RegistryError
 from ..security.registry import Registry
 from ..security.server import SecuredSite, ServerKeyring
 from ..store import Store, default_db_url, open_store
+from .changefeed import ChangeWatcher
 from .profile_service import ProfileService
 from .profiles import ProfileSite
 from .resources import ScmSite
@@ -33,6 +35,23 @@ log = logging.getLogger("msgin5g.server")
 
 #: aiocoap's WebSocket server listens on the bind port + 3000 (see aiocoap.transports.ws).
 AIOCOAP_WS_PORT_OFFSET = 3000
+
+
+async def _follow_changes(running: RunningServer, config: ServerConfig) -> None:
+    """Store calls off the event loop (a thread pool, for PostgreSQL by default) and the change feed
+    that notifies this process's observers of changes made through any process or node (SPEC D14)."""
+    pg_url = running.store.listen_url
+    offload = config.offload if config.offload is not None else running.store.networked
+    site = running.site
+    site.loop = asyncio.get_running_loop()
+    if offload:
+        running.executor = ThreadPoolExecutor(config.store_threads, thread_name_prefix="msgin5g-store")
+        site.executor = running.executor
+    running.feed = ChangeWatcher(
+        running.store, site.observed, site.feed_change, running.executor, config.feed_poll, pg_url
+    )
+    site.feed = running.feed
+    await running.feed.start()
 
 
 class ServerStartError(RuntimeError):
@@ -53,6 +72,11 @@ class ServerConfig:
     security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
     max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    # Scale-out (SPEC D14)
+    shared_port: bool = False  # a worker of --workers N: the port is bound by its siblings too
+    offload: bool | None = None  # store calls on a thread pool; None → for PostgreSQL only
+    store_threads: int = 4
+    feed_poll: float = 0.05  # s between reads of the change feed on SQLite
     qblock: QBlockParams = field(default_factory=QBlockParams)  # RFC 9177 §7.2 parameters
     #: wraps the resource tree (inner) and the OSCORE layer (outer): metrics and logs (SPEC D15)
     wrap_site: Callable | None = None
@@ -118,6 +142,8 @@ class RunningServer:
     root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
     _own_store: bool = True
     _watch: asyncio.Task | None = None
+    feed: ChangeWatcher | None = None
+    executor: ThreadPoolExecutor | None = None
 
     @property
     def secured(self) -> bool:
@@ -145,6 +171,9 @@ class RunningServer:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
         for ctx in self.contexts:
             try:
                 await ctx.shutdown()
@@ -154,6 +183,9 @@ class RunningServer:
         if self.keyring is not None:
             self.keyring.close()  # sequence numbers and replay windows written back
             self.keyring = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         if self._own_store:
             self.store.close()
 
@@ -187,7 +219,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     aiocoap_tweaks.install_process_tweaks()
     host = config.host
     port = config.port or pick_port(host, config.tcp)
-    if config.port:
+    if config.port and not config.shared_port:
         check_port(host, port, config.tcp)
     if config.ws_port is not None and config.ws_port <= AIOCOAP_WS_PORT_OFFSET:
         raise ServerStartError(f"--ws-port must be above {AIOCOAP_WS_PORT_OFFSET}")
@@ -212,7 +244,9 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     else:
         site = ScmSite(service, qblock=config.qblock)
         root = site
-    site.apis.append(ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix))
+    profiles = ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix)
+    profiles.changed = site.changed  # its changes reach observers of every process (SPEC D14)
+    site.apis.append(profiles)
     if config.wrap_site is not None:
         root = config.wrap_site(root, outer=keyring is not None)
     running = RunningServer(
@@ -221,6 +255,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     if keyring is not None:
         running._watch = asyncio.ensure_future(keyring.watch())
     try:
+        await _follow_changes(running, config)
         udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
         aiocoap_tweaks.install_compact_duplicate_cache(udp)

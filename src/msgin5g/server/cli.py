@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -16,8 +17,10 @@ from ..clicommon import (
     run_until_signal,
     setup_logging,
 )
+from ..coap.qblock import QBlockParams
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
+from .workers import run_supervised, worker_count
 
 log = logging.getLogger("msgin5g.server")
 
@@ -100,6 +103,26 @@ def _seal_cf(param, value):
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
+@click.option(
+    "--qblock-max-payloads",
+    type=click.IntRange(1, 1000),
+    default=QBlockParams.max_payloads,
+    show_default=True,
+    help="RFC 9177 MAX_PAYLOADS: Q-Block2 blocks sent back to back.",
+)
+@click.option(
+    "--qblock-non-timeout",
+    type=click.FloatRange(0.01, 60.0),
+    default=QBlockParams.non_timeout,
+    show_default=True,
+    help="RFC 9177 NON_TIMEOUT (s): pause between two Q-Block2 sets without a Continue.",
+)
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    help="Server processes sharing the port (SO_REUSEPORT; UDP flows stay on one); 'auto': one per core.",
+)
 @http_option("/metrics, /healthz, /readyz and the web console (/console/)")
 @click.option(
     "--console-token-file",
@@ -128,6 +151,9 @@ def server(
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    qblock_max_payloads,
+    qblock_non_timeout,
+    workers,
     http,
     console_token_file,
     no_console,
@@ -170,6 +196,7 @@ def server(
         insecure_anywhere=insecure_anywhere,
         security=security,
         max_open_contexts=max_open_contexts,
+        qblock=QBlockParams(max_payloads=qblock_max_payloads, non_timeout=qblock_non_timeout),
         service=ServiceConfig(
             max_age=max_age,
             max_body=max_body,
@@ -181,6 +208,23 @@ def server(
         wrap_site=ops.wrap_site,
     )
 
+    try:
+        n_workers = worker_count(workers)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workers") from None
+    if n_workers > 1:
+        if http is not None:
+            # the metrics are ready for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR),
+            # but the worker supervisor has no event loop to serve them from yet
+            raise click.UsageError("--http is served by a single server process; use it without --workers")
+        try:
+            run_supervised(cfg, n_workers, lambda uri: click.echo(f"listening {uri}"))
+        except ServerStartError as e:
+            err = click.ClickException(str(e))
+            err.exit_code = EXIT_PRECONDITION
+            raise err from None
+        return
+
     async def start() -> RunningServer:
         running = await start_server(cfg)
         for uri in running.listeners:
@@ -191,6 +235,13 @@ def server(
         except OSError as e:
             await running.close()
             raise ServerStartError(f"cannot serve HTTP on {http[0]}:{http[1]}: {e}") from None
+        ready = {"ready": "scm-s", "listen": {u.split("://")[0]: u for u in running.listeners}}
+        if ops.http is not None:
+            ready["http"] = ops.http.url
+        if ops.console_url:
+            ready["console"] = ops.console_url
+        # one machine-readable line for supervisors (msgin5g demo): scheme → base URI
+        click.echo(json.dumps(ready))
         sys.stdout.flush()
         return running
 

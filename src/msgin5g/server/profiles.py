@@ -17,6 +17,7 @@ from collections.abc import Callable
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
+from ..api import SU_UP
 from ..authz import Identity
 from ..problem import Problem, ProblemError
 from ..profiles import is_profile_path, parse_profile_path
@@ -46,10 +47,18 @@ def _not_allowed(code, allowed: str) -> ProblemError:
 class ProfileSite:
     """Requests under ``{prefix}/su-up`` → :class:`ProfileService` → aiocoap messages."""
 
+    api = SU_UP
+
     def __init__(self, service: ProfileService, prefix: tuple[str, ...] = ()):
         self.service = service
         self.prefix = tuple(prefix)
+        #: how a committed change is announced: (api, service, doc, version, deleted); the enclosing
+        #: site routes it to this process's observers and the change feed (SPEC D14)
+        self.changed: Callable[[str, str, str, int, bool], None] = self._changed_here
         self._observers: dict[tuple[str, str], dict] = {}  # (service, profileDocId) → {observation: identity}
+
+    def _changed_here(self, api: str, service_id: str, doc_id: str, version: int, deleted: bool) -> None:
+        self.feed_change(service_id, doc_id, deleted)
 
     def handles(self, path: tuple[str, ...]) -> bool:
         return is_profile_path(tuple(path), self.prefix)
@@ -74,13 +83,12 @@ class ProfileSite:
         if code == Code.PUT:
             reply, new = svc.doc_put(identity, sid, doc_id, req)
             if new is not None:
-                self.notify(sid, doc_id)
+                self.changed(SU_UP, sid, doc_id, new.version, False)
             return to_message(reply)
         if code == Code.DELETE:
             reply, gone = svc.doc_delete(identity, sid, doc_id, req)
             if gone is not None:
-                final = problem_message(Problem(0x84, "the user profile was deleted", "PROFILE_DELETED"))
-                self.notify(sid, doc_id, final)
+                self.changed(SU_UP, sid, doc_id, gone.version, True)
             return to_message(reply)
         raise _not_allowed(code, "GET, PUT, DELETE")
 
@@ -110,6 +118,14 @@ class ProfileSite:
                     del self._observers[key]
 
         serverobservation.accept(cancel)
+
+    def observed(self) -> set[tuple[str, str]]:
+        return set(self._observers)
+
+    def feed_change(self, service_id: str, doc_id: str, deleted: bool) -> None:
+        """Notify the observers of a changed profile; a deleted one ends them with 4.04 (RFC 7641)."""
+        gone = Problem(0x84, "the user profile was deleted", "PROFILE_DELETED")
+        self.notify(service_id, doc_id, problem_message(gone) if deleted else None)
 
     def observer_count(self, service_id: str, doc_id: str) -> int:
         return len(self._observers.get((service_id, doc_id), ()))

@@ -14,8 +14,10 @@ DELETE ends observations with a 4.04 notification (RFC 7641 §3.2).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from aiocoap import Message
 from aiocoap import error as coap_error
@@ -25,6 +27,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import PathCapable
 
+from ..api import SU_UC
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
 from ..coap.qblock import QBlockParams
 from ..model import ModelError
@@ -148,6 +151,10 @@ class ScmSite(ObservableResource, PathCapable):
         self._block1 = Block1Spool()
         self._block2 = Block2Cache()
         self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
+        # Store calls run here when set, so the event loop never waits on the database (SPEC D14)
+        self.executor: Executor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.feed = None  # the ChangeWatcher told about this process's own changes
         self.apis: list = []  # further APIs under the same apiRoot: su-up (server.profiles, SPEC D16)
 
     @property
@@ -242,7 +249,7 @@ class ScmSite(ObservableResource, PathCapable):
             identity = self.identity_of(request)
         except ProblemError:
             return
-        if not self.service.may_observe(identity, target.service_id, target.doc_id):
+        if not await self._offload(self.service.may_observe, identity, target.service_id, target.doc_id):
             return
         key = (target.service_id, target.doc_id)
         self._observers.setdefault(key, {})[serverobservation] = identity
@@ -258,6 +265,48 @@ class ScmSite(ObservableResource, PathCapable):
 
     def observer_count(self, service_id: str, doc_id: str) -> int:
         return len(self._observers.get((service_id, doc_id), ()))
+
+    def observed(self) -> set[tuple[str, str, str]]:
+        """The documents this process has observers for, as (API, service, document) — for the
+        change feed (SPEC D14)."""
+        keys = {(SU_UC, *key) for key in self._observers}
+        for sub in self.apis:
+            keys.update((sub.api, *key) for key in sub.observed())
+        return keys
+
+    def changed(self, api: str, service_id: str, doc_id: str, version: int, deleted: bool) -> None:
+        """A change committed through this process: notify its observers at once, and tell the
+        change feed so that it does not notify them again (other processes learn of the change
+        from the feed). Safe to call from the store thread pool."""
+        if self.loop is not None and not self._on_loop():
+            self.loop.call_soon_threadsafe(self.changed, api, service_id, doc_id, version, deleted)
+            return
+        if self.feed is not None:
+            self.feed.local_change((api, service_id, doc_id), version, deleted)
+        self.feed_change((api, service_id, doc_id), deleted)
+
+    def feed_change(self, key: tuple[str, str, str], deleted: bool) -> None:
+        """Notify the observers of one changed document (RFC 7641 §4.2); a deleted one ends them
+        with 4.04 (RFC 7641 §3.2)."""
+        api, service_id, doc_id = key
+        if api != SU_UC:
+            for sub in self.apis:
+                if sub.api == api:
+                    sub.feed_change(service_id, doc_id, deleted)
+            return
+        gone = Problem(0x84, "the document was deleted", "DOCUMENT_DELETED")
+        self.notify(service_id, doc_id, final=problem_message(gone) if deleted else None)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    async def _offload(self, fn, *args):
+        if self.executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def notify(self, service_id: str, doc_id: str, final: Message | None = None) -> None:
         for obs in list(self._observers.get((service_id, doc_id), ())):
@@ -275,6 +324,9 @@ class ScmSite(ObservableResource, PathCapable):
         return n + sum(sub.recheck_observers(still_authenticated) for sub in self.apis)
 
     async def render(self, request: Message) -> Message:
+        return await self._offload(self._render_now, request)
+
+    def _render_now(self, request: Message) -> Message:
         try:
             return self._dispatch(request)
         except ProblemError as e:
@@ -332,16 +384,12 @@ class ScmSite(ObservableResource, PathCapable):
                 identity, target.service_id, target.doc_id, request.payload, cf, accept, if_match, inm
             )
             if new is not None:
-                self.notify(target.service_id, target.doc_id)
+                self.changed(SU_UC, target.service_id, target.doc_id, new.version, False)
             return to_message(reply)
         if code == Code.DELETE:
             reply, gone = svc.doc_delete(identity, target.service_id, target.doc_id, if_match)
             if gone is not None:
-                self.notify(
-                    target.service_id,
-                    target.doc_id,
-                    problem_message(Problem(0x84, "the document was deleted", "DOCUMENT_DELETED")),
-                )
+                self.changed(SU_UC, target.service_id, target.doc_id, gone.version, True)
             return to_message(reply)
         raise self._not_allowed(code, "GET, PUT, DELETE")
 

@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import cbor2
+
 from .. import authz, bulk
 from ..applicability import applicable
 from ..authz import Identity, Op, Role
@@ -83,25 +85,41 @@ def resolve_for_ue(doc: dict, ue: UeIdentity) -> dict:
 
 
 class BulkAnswerCache:
-    """Rendered bulk answers by (requester, bulk-conf-flag), kept for a short time so that
-    Block2 follow-ups and retransmissions see one stable representation (SPEC D6, D7 b)."""
+    """Rendered bulk answers by (requester, bulk-conf-flag), kept for a short time so that Block2
+    follow-ups, RFC 9177 recoveries and retransmissions see one stable representation (SPEC D6, D7 b).
 
-    def __init__(self, ttl: float, max_entries: int, clock=time.monotonic):
-        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
+    Kept in the store (:mod:`msgin5g.store.shared`) so that whichever SCM-S process or node a
+    follow-up reaches can serve it (SPEC D14), with a small in-process front for the common case
+    of follow-ups reaching the process that rendered the answer. Times are wall-clock seconds
+    because several nodes compare them.
+    """
+
+    def __init__(self, store: Store, ttl: float, max_entries: int, clock=time.time):
+        self.store, self.ttl, self.max_entries, self.clock = store, ttl, max_entries, clock
         self._entries: OrderedDict[tuple, tuple[float, bytes, Reply]] = OrderedDict()
 
+    @staticmethod
+    def _row_key(key: tuple) -> tuple[str, str]:
+        *requester, flag = key
+        return cbor2.dumps(requester).hex(), flag
+
     def get(self, key: tuple) -> tuple[bytes, Reply] | None:
+        now = self.clock()
         item = self._entries.get(key)
-        if item is None:
+        if item is not None and item[0] >= now:
+            return item[1], item[2]
+        self._entries.pop(key, None)
+        row = self.store.get_bulk_answer(*self._row_key(key), now)
+        if row is None:
             return None
-        expires, qhash, reply = item
-        if expires < self.clock():
-            del self._entries[key]
-            return None
-        return qhash, reply
+        code, payload, cf, etag, max_age = cbor2.loads(row[1])
+        return row[0], Reply(code, payload, cf, etag, max_age)
 
     def put(self, key: tuple, qhash: bytes, reply: Reply) -> None:
-        self._entries[key] = (self.clock() + self.ttl, qhash, reply)
+        expires = self.clock() + self.ttl
+        blob = cbor2.dumps([reply.code, reply.payload, reply.content_format, reply.etag, reply.max_age])
+        self.store.put_bulk_answer(*self._row_key(key), qhash, blob, expires)
+        self._entries[key] = (expires, qhash, reply)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -113,7 +131,9 @@ class ScmService:
     def __init__(self, store: Store, config: ServiceConfig | None = None):
         self.store = store
         self.config = config or ServiceConfig()
-        self.bulk_cache = BulkAnswerCache(self.config.bulk_cache_seconds, self.config.bulk_cache_entries)
+        self.bulk_cache = BulkAnswerCache(
+            store, self.config.bulk_cache_seconds, self.config.bulk_cache_entries
+        )
         self.counters: dict[str, int] = {}
 
     # -- helpers ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..model import DOC_ID_KEY, UeIdentity
+from .shared import DocChange
 
 SNR_MAX = 999_999
 
@@ -73,6 +74,11 @@ def with_id(doc: dict, doc_id: str) -> dict:
 
 class Store(ABC):
     """Synchronous store API; each call is one short transaction."""
+
+    #: True when calls cross a network (the SCM-S then runs them on a thread pool, SPEC D14)
+    networked: bool = False
+    #: A database URL on which changes are announced with LISTEN/NOTIFY (PostgreSQL), else None
+    listen_url: str | None = None
 
     # -- documents -------------------------------------------------------------------------------
     @abstractmethod
@@ -139,6 +145,27 @@ class Store(ABC):
 
     @abstractmethod
     def delete_gateway(self, gateway_id: str) -> bool: ...
+
+    # -- state shared by every SCM-S process and node (SPEC D14; :mod:`.shared`) ----------------------
+    @abstractmethod
+    def change_cursor(self) -> int:
+        """The ``seq`` of the newest committed change (0 when none): where a new watcher starts."""
+
+    @abstractmethod
+    def changes_since(self, cursor: int, limit: int = 1000) -> list[DocChange]:
+        """Committed replaces and deletes after ``cursor``, oldest first (at most ``limit``)."""
+
+    @abstractmethod
+    def prune_changes(self, upto: int) -> None:
+        """Forget change rows up to and including ``upto``."""
+
+    @abstractmethod
+    def put_bulk_answer(self, requester: str, flag: str, qhash: bytes, reply: bytes, expires: float) -> None:
+        """Keep a rendered bulk answer for (requester, bulk-conf-flag) until ``expires`` (epoch s)."""
+
+    @abstractmethod
+    def get_bulk_answer(self, requester: str, flag: str, now: float) -> tuple[bytes, bytes] | None:
+        """(qhash, reply) kept for (requester, flag) and not expired at ``now``, else None."""
 
     # -- VAL user profiles (TS 24.546 C.2; SPEC D16): implemented once, for both back ends, by
     # msgin5g.store.profiles.ProfileStoreMixin ------------------------------------------------------

@@ -7,8 +7,10 @@ the ``gateways`` registry and the ``profiles`` of :mod:`msgin5g.store.profiles`.
 version lives in ``msgin5g_schema``; schema creation is serialised with an advisory lock so servers
 may start together.
 
-psycopg 3, synchronous, autocommit off: every method is one transaction on one connection guarded
-by a lock; a broken connection is replaced on the next call.
+psycopg 3, synchronous, autocommit off: every method is one transaction on the calling thread's own
+connection (the SCM-S runs store calls on a small thread pool so that its event loop never waits
+on the database, SPEC D14); a broken connection is replaced on the next call. The change feed and
+kept bulk answers shared by every process and node are in :mod:`.shared`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import psycopg
 
 from ..applicability import matches_any
 from ..model import UeIdentity
+from . import shared
 from .base import (
     DocNotFound,
     Store,
@@ -68,6 +71,7 @@ _SCHEMA = [
         coverage   bytea NOT NULL)""",
 ]
 
+_SHARED = shared.sql("%s")
 _INSERT_KEY = (
     "INSERT INTO doc_keys (service_id, kind, key, wide, lo, hi, seq) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
@@ -103,10 +107,13 @@ class PostgresStore(ProfileStoreMixin, Store):
 
     _mark = "%s"
 
+    networked = True
+
     def __init__(self, url: str):
-        self.url = url
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
+        self.url = self.listen_url = url
+        self._local = threading.local()  # one connection per thread
+        self._lock = threading.Lock()  # guards _conns
+        self._conns: list[psycopg.Connection] = []
         try:
             self._create_schema()
         except BaseException:
@@ -114,17 +121,20 @@ class PostgresStore(ProfileStoreMixin, Store):
             raise
 
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, autocommit=False)
-        return self._conn
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = psycopg.connect(self.url, autocommit=False)
+            self._local.conn = conn
+            with self._lock:
+                self._conns = [c for c in self._conns if not c.closed] + [conn]
+        return conn
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Cursor]:
-        """One transaction under the process lock; committed on success, rolled back on error."""
-        with self._lock:
-            conn = self._connection()
-            with conn.transaction(), conn.cursor() as cur:
-                yield cur
+        """One transaction on this thread's connection; committed on success, rolled back on error."""
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     def _profile_tx(self, write: bool):
         return self._tx()
@@ -132,7 +142,7 @@ class PostgresStore(ProfileStoreMixin, Store):
     def _create_schema(self) -> None:
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for stmt in (*_SCHEMA, *POSTGRES_DDL):
+            for stmt in (*_SCHEMA, *POSTGRES_DDL, *shared.POSTGRES_SCHEMA):
                 cur.execute(stmt)
             row = cur.execute("SELECT max(version) FROM msgin5g_schema").fetchone()
             version = row[0] if row and row[0] is not None else 0
@@ -353,8 +363,32 @@ class PostgresStore(ProfileStoreMixin, Store):
         with self._tx() as cur:
             return cur.execute("DELETE FROM gateways WHERE gateway_id = %s", (gateway_id,)).rowcount > 0
 
+    # -- shared state (SPEC D14; :mod:`.shared`) ------------------------------------------------------
+    def change_cursor(self) -> int:
+        with self._tx() as cur:
+            return cur.execute(_SHARED["cursor"]).fetchone()[0]
+
+    def changes_since(self, cursor: int, limit: int = 1000) -> list[shared.DocChange]:
+        with self._tx() as cur:
+            return [shared.change_of(r) for r in cur.execute(_SHARED["since"], (cursor, limit)).fetchall()]
+
+    def prune_changes(self, upto: int) -> None:
+        with self._tx() as cur:
+            cur.execute(_SHARED["prune"], (upto,))
+
+    def put_bulk_answer(self, requester: str, flag: str, qhash: bytes, reply: bytes, expires: float) -> None:
+        with self._tx() as cur:
+            cur.execute(_SHARED["expire_answers"], (expires - 3600,))  # stale rows never pile up
+            cur.execute(_SHARED["put_answer"], (requester, flag, qhash, reply, expires))
+
+    def get_bulk_answer(self, requester: str, flag: str, now: float) -> tuple[bytes, bytes] | None:
+        with self._tx() as cur:
+            row = cur.execute(_SHARED["get_answer"], (requester, flag, now)).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

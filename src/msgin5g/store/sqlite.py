@@ -31,6 +31,7 @@ import cbor2
 
 from ..applicability import matches_any
 from ..model import VENDOR_KEY, UeIdentity
+from . import shared
 from .base import (
     DocNotFound,
     Store,
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS gateways (
 );
 """
 
+_SHARED = shared.sql("?")
 _INSERT_DOC = "INSERT INTO docs (seq, service_id, doc_id, version, vendor, body) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_KEY = "INSERT INTO doc_keys (service_id, kind, key, wide, lo, hi, seq) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -197,7 +199,7 @@ class SqliteStore(ProfileStoreMixin, Store):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
-            for stmt in SQLITE_DDL:
+            for stmt in (*SQLITE_DDL, *shared.SQLITE_SCHEMA):
                 db.execute(stmt)
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -419,6 +421,26 @@ class SqliteStore(ProfileStoreMixin, Store):
     def delete_gateway(self, gateway_id: str) -> bool:
         with self._tx(write=True) as db:
             return db.execute("DELETE FROM gateways WHERE gateway_id = ?", (gateway_id,)).rowcount > 0
+
+    # -- shared state (SPEC D14; :mod:`.shared`) ------------------------------------------------------
+    def change_cursor(self) -> int:
+        return self._select(_SHARED["cursor"], ())[0][0]
+
+    def changes_since(self, cursor: int, limit: int = 1000) -> list[shared.DocChange]:
+        return [shared.change_of(r) for r in self._select(_SHARED["since"], (cursor, limit))]
+
+    def prune_changes(self, upto: int) -> None:
+        with self._tx(write=True) as db:
+            db.execute(_SHARED["prune"], (upto,))
+
+    def put_bulk_answer(self, requester: str, flag: str, qhash: bytes, reply: bytes, expires: float) -> None:
+        with self._tx(write=True) as db:
+            db.execute(_SHARED["expire_answers"], (expires - 3600,))  # stale rows never pile up
+            db.execute(_SHARED["put_answer"], (requester, flag, qhash, reply, expires))
+
+    def get_bulk_answer(self, requester: str, flag: str, now: float) -> tuple[bytes, bytes] | None:
+        rows = self._select(_SHARED["get_answer"], (requester, flag, now))
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     def close(self) -> None:
         with self._lock:
