@@ -157,16 +157,11 @@ def test_documents_resolution_gateways_and_live_counters(browser, tmp_path):
 
 
 def test_secured_console_login_and_key_revocation(browser, tmp_path):
-    reg = tmp_path / "reg"
-    assert (
-        cli("keys", "add", "admin", "--registry", str(reg), "--out", str(tmp_path / "admin.json")).returncode
-        == 0
-    )
+    db = f"sqlite:///{tmp_path}/s.db"  # the OSCORE keys live in the store (SPEC D12)
+    assert cli("keys", "add", "admin", "--db", db, "--out", str(tmp_path / "admin.json")).returncode == 0
     ue_creds = tmp_path / "ue.json"
-    assert cli("keys", "add", f"ue:{UE}", "--registry", str(reg), "--out", str(ue_creds)).returncode == 0
-    srv = HttpActor(
-        "server", "--port", "0", "--db", f"sqlite:///{tmp_path}/s.db", "--security", str(reg), console=True
-    )
+    assert cli("keys", "add", f"ue:{UE}", "--db", db, "--out", str(ue_creds)).returncode == 0
+    srv = HttpActor("server", "--port", "0", "--db", db, console=True)
     try:
         page = browser.new_page()
         page.on("dialog", lambda d: d.accept())

@@ -70,7 +70,7 @@ class ServerOps:
         if self.console and self.insecure and not is_loopback(self.http_address[0]):
             raise ValueError(
                 f"--http {self.http_address[0]}: in --insecure mode the console is served on loopback "
-                "only; use a loopback address, --no-console, or a secured server (--security)"
+                "only; use a loopback address, --no-console, or a secured server (without --insecure)"
             )
 
     def wrap_site(self, site, outer: bool = False):

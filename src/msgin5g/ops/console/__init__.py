@@ -267,36 +267,40 @@ class Console:
             return web.json_response({"error": f"no gateway {gid}"}, status=404)
         return web.json_response({"deleted": gid})
 
-    # -- keys (SPEC D12) -------------------------------------------------------------------------
-    def _registry(self):
-        from ...security.registry import Registry
-
-        path = self.running.config.security
-        return Registry(path) if path else None
-
+    # -- keys (SPEC D12: the OSCORE keys live in the store) -------------------------------------
     async def list_keys(self, request: web.Request) -> web.Response:
-        reg = self._registry()
-        if reg is None:
+        from ...security.keys import kid_for
+
+        if self.running.keyring is None:
             return web.json_response({"secured": False, "keys": []})
-        state = reg.load()
         keys = [
-            {**e.to_json(), "role": e.identity.role.value, "active": e.active} for e in state.entries.values()
+            {
+                "kid": kid_for(r.number, r.algorithm).hex(),
+                "identity": str(r.identity),
+                "role": str(r.identity).split(":", 1)[0],
+                "algorithm": r.algorithm,
+                "created": r.created,
+                "revoked": r.revoked,
+                "active": r.revoked is None,
+            }
+            for r in self.running.store.iter_keys(include_revoked=True)
         ]
         return web.json_response({"secured": True, "keys": keys})
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         from ...security.keys import RegistryError, parse_kid
+        from ...security.registry import utc_now
 
-        reg = self._registry()
-        if reg is None:
-            return web.json_response({"error": "insecure mode: there is no key registry"}, status=409)
+        if self.running.keyring is None:
+            return web.json_response({"error": "insecure mode: there are no keys"}, status=409)
         try:
-            revoked = reg.revoke(kid=parse_kid(request.match_info["kid"]))
+            number = int.from_bytes(parse_kid(request.match_info["kid"]), "big")
         except RegistryError as e:
             return web.json_response({"error": str(e)}, status=400)
-        if self.running.keyring is not None:
-            self.running.keyring.refresh()
-        return web.json_response({"revoked": [e.kid.hex() for e in revoked]})
+        done = self.running.store.revoke_keys(utc_now(), number=number)
+        if not done:
+            return web.json_response({"error": "no active key with that kid"}, status=404)
+        return web.json_response({"revoked": [request.match_info["kid"]]})
 
     # -- live counters (server-sent events) ------------------------------------------------------
     def counters(self) -> dict:
