@@ -1,7 +1,7 @@
 """What authenticated identities cost: a secured SCM-S (OSCORE, SPEC D12) against an insecure one.
 
 One run, loopback only, two ``msgin5g server`` processes on the same SQLite file (one with
-``--insecure``, one with ``--security DIR``), measured alternately for ``--rounds`` rounds:
+``--insecure``, one secured by the store's keys), measured alternately for ``--rounds`` rounds:
 
 * **single-UE configuration GETs**: ``--endpoints`` UDP source endpoints, each a UE with its own
   key, one confirmable request outstanding per endpoint (NSTART), each asking for its own
@@ -49,8 +49,9 @@ from msgin5g.authz import parse_identity  # noqa: E402
 from msgin5g.bulk import BulkItem, decode_answer  # noqa: E402
 from msgin5g.gateway.cmclient import ScmClient  # noqa: E402
 from msgin5g.model import imei_urn  # noqa: E402
+from msgin5g.security.credentials import load_bundle, load_key  # noqa: E402
 from msgin5g.security.endpoint import ClientProtection  # noqa: E402
-from msgin5g.security.registry import Registry, release_context  # noqa: E402
+from msgin5g.security.storekeys import add_keys  # noqa: E402
 from msgin5g.store import open_store  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -298,14 +299,18 @@ def main() -> None:
         tmp = Path(tmp)
         db = f"sqlite:///{tmp / 'scm.db'}"
         provision(db, args.ues)
-        registry = Registry(tmp / "server-keys")
-        creds = [
-            registry.add(parse_identity(f"ue:{ue(i)}"), tmp / f"ue{i}.json")[1] for i in range(args.endpoints)
-        ]
-        _, gw_ccm = registry.add(parse_identity("gateway:gw1"), tmp / "gw1.json")
-        _, gw_gcm = registry.add(parse_identity("gateway:gw2"), tmp / "gw2.json", "A128GCM")
+        store = open_store(db)  # the keys: rows in the same store (SPEC D12)
+        try:
+            add_keys(store, [parse_identity(f"ue:{ue(i)}") for i in range(args.endpoints)], tmp / "ues.jsonl")
+            add_keys(store, [parse_identity("gateway:gw1")], tmp / "gw1.json")
+            add_keys(store, [parse_identity("gateway:gw2")], tmp / "gw2.json", "A128GCM")
+        finally:
+            store.close()
+        bundle = load_bundle(tmp / "ues.jsonl")
+        creds = [bundle[f"ue:{ue(i)}"] for i in range(args.endpoints)]
+        gw_ccm, gw_gcm = load_key(tmp / "gw1.json"), load_key(tmp / "gw2.json")
         insecure, insecure_port = start_server("--insecure", "--db", db)
-        secured, secured_port = start_server("--security", str(registry.path), "--db", db)
+        secured, secured_port = start_server("--db", db)
         try:
             single_gets(args, insecure_port, secured_port, creds)
             bulk(args, insecure_port, secured_port, gw_ccm, gw_gcm)
@@ -319,8 +324,6 @@ def main() -> None:
             for p in (insecure, secured):
                 p.terminate()
                 p.wait(10)
-            for c in [*creds, gw_ccm, gw_gcm]:  # write the client contexts back while their files exist
-                release_context(c.security_context())
 
 
 if __name__ == "__main__":

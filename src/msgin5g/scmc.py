@@ -33,7 +33,7 @@ class ScmClientError(Exception):
     def __init__(self, code: int, problem: Problem | None, detail: str = ""):
         self.code = code
         self.problem = problem
-        super().__init__(str(problem) if problem else detail or f"CoAP {code >> 5}.{code & 31:02d}")
+        super().__init__(detail or (str(problem) if problem else f"CoAP {code >> 5}.{code & 31:02d}"))
 
 
 class UnprotectedAnswer(ScmClientError):
@@ -41,10 +41,26 @@ class UnprotectedAnswer(ScmClientError):
     server refused the credentials (4.01: unknown, revoked, replayed) or something on the path
     answered. Never applied as a configuration, and not taken for the server's 4.03/4.04."""
 
-    def __init__(self, code: int, problem: Problem | None):
+    def __init__(self, code: int, problem: Problem | None, credentials=None):
         super().__init__(code, problem)
         what = problem or code_text(code)
-        self.args = (f"unprotected answer, not from the SCM-S's security context: {what}",)
+        if code == 0x81 and credentials is not None:  # the SCM-S's uniform 4.01 (SPEC D12)
+            self.args = (
+                f"4.01: the SCM-S does not accept key {credentials.kid.hex()} of {credentials.identity} "
+                "— unknown or revoked on this server (or the request was a replay)",
+            )
+        else:
+            self.args = (f"unprotected answer, not from the SCM-S's security context: {what}",)
+
+
+class CredentialsMissing(UnprotectedAnswer):
+    """4.01 to an unprotected request: the SCM-S is secured and no credentials were given."""
+
+    def __init__(self, code: int, problem: Problem | None):
+        super().__init__(code, problem)
+        self.args = (
+            "4.01: the SCM-S is secured; pass --credentials FILE (a key made with 'msgin5g keys add')",
+        )
 
 
 def problem_of(response: Message) -> Problem | None:
@@ -154,10 +170,13 @@ class ScmClient:
     async def request(self, message: Message) -> Message:
         assert self._ctx is not None, "use 'async with ScmClient(...)'"
         try:
-            return await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
+            response = await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
         except oscore.NotAProtectedMessage as e:
             plain = e.plain_message
-            raise UnprotectedAnswer(int(plain.code), problem_of(plain)) from None
+            raise UnprotectedAnswer(int(plain.code), problem_of(plain), self.credentials) from None
+        if response.code == Code.UNAUTHORIZED and self.credentials is None and self.identity is None:
+            raise CredentialsMissing(int(response.code), problem_of(response))
+        return response
 
     # -- UE procedure (SPEC §3.1) --------------------------------------------------------------------
     async def get_config(
@@ -207,6 +226,14 @@ class ScmClient:
     # -- administrator operations --------------------------------------------------------------------
     def _ok(self, response: Message, *codes: Code) -> Message:
         if response.code not in codes:
+            who = self.credentials.identity if self.credentials is not None else None
+            if response.code == Code.FORBIDDEN and who is not None and who.role.value != "admin":
+                raise ScmClientError(
+                    int(response.code),
+                    problem_of(response),
+                    f"4.03: {self.credentials.path} holds the key of {who}, not of an administrator "
+                    "— use an admin key (msgin5g keys add admin:<label>)",
+                )
             raise ScmClientError(int(response.code), problem_of(response))
         return response
 

@@ -13,7 +13,7 @@ MSGIN5G = str(Path(sys.executable).parent / "msgin5g")
 
 class ServerProcess:
     """``msgin5g server --port 0`` on ``db``; insecure lab mode unless ``insecure=False`` (then pass
-    ``--security DIR`` in ``extra``). Its first output line names the UDP listener."""
+    secured by the store's keys). Its first output line names the UDP listener."""
 
     def __init__(self, db: str, *extra: str, insecure: bool = True):
         args = [MSGIN5G, "server", "--port", "0", "--db", db, *extra]

@@ -15,6 +15,7 @@ import pytest
 
 from msgin5g.model import imei_urn
 
+from .conftest import make_doc
 from .procs import ServerProcess
 
 BIN = Path(sys.executable).parent
@@ -68,9 +69,18 @@ def fleet_files(tmp_path):
     return tmp_path
 
 
-def test_server_refuses_to_start_without_insecure(tmp_path):
-    p = run(MSGIN5G, "server", "--port", "0", "--db", f"sqlite:///{tmp_path}/x.db")
-    assert p.returncode != 0 and "--insecure" in p.stderr
+def test_server_without_insecure_is_secured(tmp_path):
+    """Secured is the default (SPEC D12): the keys are the store's, and a client without
+    credentials is told to pass --credentials."""
+    srv = ServerProcess(f"sqlite:///{tmp_path}/x.db", insecure=False)
+    try:
+        fleet = tmp_path / "fleet.json"
+        fleet.write_text(json.dumps([make_doc(uris=[imei_urn("35209900", 1)])]))
+        p = run(MSGIN5G, "config", "import", str(fleet), "--server", f"coap://127.0.0.1:{srv.port}")
+        assert p.returncode != 0 and "4.01" in p.stderr and "--credentials" in p.stderr
+    finally:
+        err = srv.stop()
+    assert "no active key" in err
 
 
 def test_server_refuses_insecure_on_non_loopback(tmp_path):

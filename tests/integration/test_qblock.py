@@ -285,17 +285,15 @@ async def test_libcoap_client_asking_for_q_block_gets_the_whole_body(qserver, co
 async def test_over_oscore_every_block_is_protected_on_its_own(tmp_path, coap):
     """TS 24.546 6.2.1.2 / RFC 8613: each block response of a Q-Block2 burst is a separately
     protected message (own partial IV), verified by the client with the request's binding."""
-    from msgin5g.authz import parse_identity
     from msgin5g.security.endpoint import ClientProtection
-    from msgin5g.security.registry import Registry
 
-    registry = Registry(tmp_path / "keys")
-    _, creds = registry.add(parse_identity("admin:ops"), tmp_path / "admin.json")
+    from .keyhelp import store_keys
+
+    creds = store_keys(tmp_path / "scm.db", {"admin": "admin:ops"}, tmp_path)["admin"]
     srv = await start_server(
         ServerConfig(
             port=0,
             db_url=f"sqlite:///{tmp_path}/scm.db",
-            security=str(registry.path),
             service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
             qblock=QBlockParams(non_timeout=0.2),
         )

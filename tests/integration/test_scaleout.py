@@ -198,30 +198,6 @@ async def test_workers_share_one_port_replace_a_dead_worker_and_stop_together(tm
         )
 
 
-def test_workers_refuse_a_secured_server_with_a_clear_message(tmp_path):
-    from .procs import MSGIN5G
-
-    p = subprocess.run(
-        [
-            MSGIN5G,
-            "server",
-            "--port",
-            "0",
-            "--workers",
-            "2",
-            "--security",
-            str(tmp_path / "keys"),
-            "--db",
-            f"sqlite:///{tmp_path}/s.db",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert p.returncode == 1
-    assert "--workers above 1 needs --insecure" in p.stderr and "Traceback" not in p.stderr
-
-
 async def test_a_user_profile_observer_is_notified_of_a_change_made_through_another_process(
     two_processes, ctx
 ):

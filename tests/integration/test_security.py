@@ -1,8 +1,8 @@
 """Authenticated identities with OSCORE, end to end over real sockets (TS 24.546 6.2.1.2; TS 33.501
 Annex Y; RFC 8613; SPEC D12).
 
-A secured SCM-S on loopback with a real SQLite file and a real key registry directory; clients
-with real credentials files. The authorization matrix runs every requester against every
+A secured SCM-S on loopback with a real SQLite file holding its documents and its keys; clients
+with real key files. The authorization matrix runs every requester against every
 operation, asserting the code and that no foreign configuration travels in the body. Then: one
 uniform 4.01 for everything unverifiable, live revocation, the relay passing OSCORE through
 (tampering and replay rejected by the server, a tampered answer rejected by the UE), the gateway
@@ -33,13 +33,15 @@ from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.problem import CF_PROBLEM
 from msgin5g.relay.shell import RelaySettings, start_relay
+from msgin5g.security.credentials import KeyCredentials
 from msgin5g.security.endpoint import ClientProtection, forward_proxy_request
 from msgin5g.security.registry import ClientCredentials, Registry
-from msgin5g.server.app import ServerConfig, ServerStartError, start_server
+from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
 from msgin5g.ue.via_relay import ConstrainedUe, collection_uri, config_query_uri, get_config_via_relay
 
 from .conftest import DOMAIN, make_doc
+from .keyhelp import revoke, store_keys
 from .procs import ServerProcess
 
 BIN = Path(sys.executable).parent
@@ -65,36 +67,32 @@ IDENTITIES = {
 
 @dataclass
 class Keyset:
-    registry: Registry
-    creds: dict[str, ClientCredentials]
+    db: Path  # the store (SQLite file) holding the documents and the keys
+    creds: dict[str, KeyCredentials]
 
 
-@pytest.fixture(scope="session")
-def keyset(tmp_path_factory) -> Keyset:
-    """One registry for the session (each test's server uses and releases it in turn); the key
-    of ``revoked`` is revoked before any server sees it."""
-    base = tmp_path_factory.mktemp("keys")
-    registry = Registry(base / "scm-keys")
-    creds = {}
-    for name, identity in IDENTITIES.items():
-        _, creds[name] = registry.add(parse_identity(identity), base / f"{name}.json")
-    registry.revoke(identity=parse_identity(IDENTITIES["revoked"]))
-    return Keyset(registry, creds)
+@pytest.fixture
+def keyset(tmp_path) -> Keyset:
+    """The keys of IDENTITIES in the test's store; the key of ``revoked`` is revoked before any
+    server sees it."""
+    db = tmp_path / "scm.db"
+    (tmp_path / "creds").mkdir()
+    return Keyset(db, store_keys(db, IDENTITIES, tmp_path / "creds", revoke=["revoked"]))
 
 
-async def secured_server(tmp_path, registry: Registry, db: str = "scm.db", port: int = 0):
+async def secured_server(tmp_path, keys: Keyset | None = None, db: str = "scm.db", port: int = 0, url=None):
+    """A secured SCM-S (the default: no --insecure) on the store ``tmp_path/db`` (or ``url``)."""
     return await start_server(
         ServerConfig(
             port=port,
-            db_url=f"sqlite:///{tmp_path}/{db}",
-            security=str(registry.path),
+            db_url=url or f"sqlite:///{tmp_path}/{db}",
             service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
         )
     )
 
 
 @contextlib.asynccontextmanager
-async def client(creds: ClientCredentials | None):
+async def client(creds: KeyCredentials | None):
     """An aiocoap client context; with credentials every request is OSCORE-protected."""
     ctx = await aiocoap.Context.create_client_context()
     if creds is not None:
@@ -198,7 +196,7 @@ def matrix_request(srv, operation: str, ids: dict[str, str]) -> Message:
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("requester", REQUESTERS)
 async def test_authorization_matrix(tmp_path, keyset, requester, operation):
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     try:
         ids = provision(srv)
         creds = keyset.creds.get(requester)
@@ -256,7 +254,7 @@ async def test_authorization_matrix(tmp_path, keyset, requester, operation):
 async def test_denials_do_not_reveal_whether_a_ue_or_document_exists(tmp_path, keyset):
     """A UE asking about a configured and an unconfigured foreign UE, or about an existing and a
     missing document, reads the same 4.03 (SPEC D12)."""
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     try:
         ids = provision(srv)
         coll = srv.collection_uri()
@@ -277,9 +275,9 @@ async def test_denials_do_not_reveal_whether_a_ue_or_document_exists(tmp_path, k
 async def test_everything_unverifiable_gets_the_same_401(tmp_path, keyset):
     """Unprotected, a malformed OSCORE option, an unknown kid, a tampered ciphertext, a replay:
     one unprotected 4.01 with the same problem details (RFC 8613 §8.2; nothing tells them apart)."""
-    srv = await secured_server(tmp_path, keyset.registry)
-    other_registry = Registry(tmp_path / "other-keys")
-    _, stranger = other_registry.add(parse_identity(f"ue:{ME}"), tmp_path / "stranger.json")
+    srv = await secured_server(tmp_path, keyset)
+    (tmp_path / "elsewhere").mkdir()
+    stranger = store_keys(tmp_path / "other.db", {"stranger": f"ue:{ME}"}, tmp_path / "elsewhere")["stranger"]
     try:
         provision(srv)
         uri = f"{srv.collection_uri()}?ue-uri={ME}"
@@ -291,7 +289,7 @@ async def test_everything_unverifiable_gets_the_same_401(tmp_path, keyset):
             answers.append((await send(ctx, bogus))[0])
             bogus.opt.oscore = b"\x09\x00\x7f\x7f"  # well-formed, kid 7f7f: no such key
             answers.append((await send(ctx, bogus))[0])
-        async with client(stranger) as ctx:  # kid 01 of another registry: wrong key
+        async with client(stranger) as ctx:  # kid 01 of another store: wrong key
             answers.append((await send(ctx, Message(code=Code.GET, uri=uri)))[0])
         # tampered and replayed, with the project's own client to hold the exact bytes
         ue = await ConstrainedUe("127.0.0.1", srv.port).open()
@@ -314,7 +312,7 @@ async def test_everything_unverifiable_gets_the_same_401(tmp_path, keyset):
 
 
 async def test_lab_identity_option_is_refused_when_secured(tmp_path, keyset):
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     try:
         provision(srv)
         async with client(keyset.creds["ue"]) as ctx:
@@ -328,32 +326,119 @@ async def test_lab_identity_option_is_refused_when_secured(tmp_path, keyset):
         await srv.close()
 
 
-async def test_second_server_on_one_registry_is_refused(tmp_path, keyset):
-    srv = await secured_server(tmp_path, keyset.registry)
+async def test_two_servers_on_one_store_accept_a_request_once(tmp_path, store_url):
+    """Two servers on one store and one key set, SQLite file and PostgreSQL (SPEC D12): each
+    serves protected requests, and a request replayed to the sibling gets 4.01 (the shared replay
+    window, decided after decryption, RFC 8613 §7.4)."""
+    (tmp_path / "creds").mkdir()
+    keyset = Keyset(tmp_path, store_keys(store_url, IDENTITIES, tmp_path / "creds", revoke=["revoked"]))
+    url = store_url
+    a = await secured_server(tmp_path, keyset, url=url)
+    b = await secured_server(tmp_path, keyset, url=url)
     try:
-        with pytest.raises(ServerStartError, match="in use by another server"):
-            await secured_server(tmp_path, keyset.registry, db="other.db")
+        provision(a)
+        prot = ClientProtection(keyset.creds["ue"].security_context())
+        query = config_query_uri("coap://127.0.0.1", "msgin5g", ME)
+        ue_a = await ConstrainedUe("127.0.0.1", a.port).open()
+        ue_b = await ConstrainedUe("127.0.0.1", b.port).open()
+        try:
+            plain = Message(code=Code.GET, uri=query)
+            plain.opt.uri_host = None
+            outer, binding = prot.protect(plain)
+            served = prot.verify(await ue_a.exchange(outer), binding)
+            assert served.code == Code.CONTENT and SECRET[ME].encode() in served.payload
+            replay = await ue_b.exchange(outer)  # the same protected request to the sibling
+            assert replay.code == Code.UNAUTHORIZED and replay.opt.oscore is None
+            assert replay.payload == UNAUTH_BODY
+            for ue in (ue_b, ue_a, ue_b):  # fresh requests: served by either
+                fresh = Message(code=Code.GET, uri=query)
+                fresh.opt.uri_host = None
+                outer2, binding2 = prot.protect(fresh)
+                answer = prot.verify(await ue.exchange(outer2), binding2)
+                assert answer.code == Code.CONTENT and SECRET[ME].encode() in answer.payload
+        finally:
+            await ue_a.close(release=False)
+            await ue_b.close(release=False)
+        assert a.root.counters["replays"] + b.root.counters["replays"] == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_secured_workers_serve_protected_requests_once(tmp_path, keyset):
+    """``msgin5g server --workers 2`` secured (SPEC D12, D14): requests from many UDP endpoints —
+    spread over the workers by the kernel — are each served, protected, and a captured request
+    replayed from another endpoint gets 4.01 whichever worker it reaches."""
+    provisioner = await secured_server(tmp_path, keyset)
+    provision(provisioner)
+    await provisioner.close()
+    proc = ServerProcess(f"sqlite:///{keyset.db}", "--workers", "2", insecure=False)
+    try:
+        prot = ClientProtection(keyset.creds["ue"].security_context())
+        query = config_query_uri("coap://127.0.0.1", "msgin5g", ME)
+        captured = None
+        for _ in range(8):
+            ue = await ConstrainedUe("127.0.0.1", proc.port).open()  # a new source port each time
+            try:
+                plain = Message(code=Code.GET, uri=query)
+                plain.opt.uri_host = None
+                outer, binding = prot.protect(plain)
+                answer = prot.verify(await ue.exchange(outer), binding)
+                assert answer.code == Code.CONTENT and SECRET[ME].encode() in answer.payload
+                captured = captured or outer
+            finally:
+                await ue.close(release=False)
+        for _ in range(4):
+            ue = await ConstrainedUe("127.0.0.1", proc.port).open()
+            try:
+                replay = await ue.exchange(captured)
+                assert replay.code == Code.UNAUTHORIZED and replay.payload == UNAUTH_BODY
+            finally:
+                await ue.close(release=False)
+    finally:
+        err = proc.stop()
+    assert "Traceback" not in err
+
+
+async def test_server_sequence_numbers_are_leased_apart(tmp_path, keyset):
+    """Two servers that protect with their own sequence numbers (notifications) never use the same
+    one: each leases its block in the store first (RFC 8613 App. B.1.1)."""
+    a = await secured_server(tmp_path, keyset)
+    b = await secured_server(tmp_path, keyset)
+    try:
+        kid = keyset.creds["ue"].kid
+        ctx_a, ctx_b = a.keyring.find(kid), b.keyring.find(kid)
+        numbers_a = [ctx_a.new_sequence_number() for _ in range(40)]
+        numbers_b = [ctx_b.new_sequence_number() for _ in range(40)]
+        assert not set(numbers_a) & set(numbers_b)
+        assert len(set(numbers_a)) == 40 and len(set(numbers_b)) == 40
+        # a restarted server continues above everything leased before
+        await a.close()
+        a = await secured_server(tmp_path, keyset)
+        assert a.keyring.find(kid).new_sequence_number() > max(numbers_a + numbers_b)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_secured_is_the_default(tmp_path, keyset):
+    """Without --insecure the server is secured by the store's keys: an unprotected request is 4.01."""
+    srv = await start_server(ServerConfig(port=0, db_url=f"sqlite:///{keyset.db}"))
+    try:
+        assert srv.secured
+        async with client(None) as ctx:
+            r, protected = await send(ctx, Message(code=Code.GET, uri=srv.collection_uri()))
+        assert r.code == Code.UNAUTHORIZED and not protected and r.payload == UNAUTH_BODY
     finally:
         await srv.close()
 
 
-async def test_insecure_and_security_exclude_each_other(tmp_path, keyset):
-    with pytest.raises(ServerStartError, match="exclude"):
-        await start_server(
-            ServerConfig(port=0, db_url=f"sqlite:///{tmp_path}/x.db", insecure=True, security=str(tmp_path))
-        )
-    with pytest.raises(ServerStartError, match="no such key registry"):
-        await start_server(
-            ServerConfig(port=0, db_url=f"sqlite:///{tmp_path}/x.db", security=str(tmp_path / "none"))
-        )
-
-
 async def test_revocation_takes_effect_without_restart(tmp_path):
     """A revoked key gets 4.01 from its next request on, and its observation ends (SPEC D12)."""
-    registry = Registry(tmp_path / "keys")
-    _, ue_creds = registry.add(parse_identity(f"ue:{ME}"), tmp_path / "ue.json")
-    _, admin_creds = registry.add(parse_identity("admin:ops"), tmp_path / "admin.json")
-    srv = await secured_server(tmp_path, registry)
+    (tmp_path / "creds").mkdir()
+    keys = store_keys(tmp_path / "scm.db", {"ue": f"ue:{ME}", "admin": "admin:ops"}, tmp_path / "creds")
+    ue_creds, admin_creds = keys["ue"], keys["admin"]
+    srv = await secured_server(tmp_path)
     try:
         ids = provision(srv)
         uri = f"{srv.collection_uri()}?ue-uri={ME}"
@@ -363,8 +448,8 @@ async def test_revocation_takes_effect_without_restart(tmp_path):
             obs_req = ctx.request(Message(code=Code.GET, uri=f"{srv.collection_uri()}/{ids[ME]}", observe=0))
             first = await asyncio.wait_for(obs_req.response, 10)
             assert first.code == Code.CONTENT and first.opt.observe is not None
-            registry.revoke(identity=parse_identity(f"ue:{ME}"))
-            # the observation ends with a 4.01 notification (the server re-reads the registry)
+            revoke(tmp_path / "scm.db", f"ue:{ME}")  # as msgin5g keys revoke does, from outside
+            # the observation ends with a 4.01 notification (the server notices the revocation)
             final = await asyncio.wait_for(obs_req.observation.__aiter__().__anext__(), 10)
             assert final.code == Code.UNAUTHORIZED and SECRET[ME].encode() not in final.payload
             r, protected = await send(ctx, Message(code=Code.GET, uri=uri))
@@ -372,7 +457,23 @@ async def test_revocation_takes_effect_without_restart(tmp_path):
         async with client(admin_creds) as ctx:  # the other keys are untouched
             r, _ = await send(ctx, Message(code=Code.GET, uri=uri))
             assert r.code == Code.CONTENT
-        assert srv.keyring.counters["unknown-or-revoked"] >= 1
+        assert srv.keyring.counters["revoked-seen"] == 1
+    finally:
+        await srv.close()
+
+
+async def test_revocation_is_refused_at_the_next_request(tmp_path, keyset):
+    """Revoked between two requests, with no time for any periodic check: the next one is 4.01."""
+    srv = await secured_server(tmp_path, keyset)
+    try:
+        provision(srv)
+        uri = f"{srv.collection_uri()}?ue-uri={ME}"
+        async with client(keyset.creds["ue"]) as ctx:
+            r, protected = await send(ctx, Message(code=Code.GET, uri=uri))
+            assert r.code == Code.CONTENT and protected
+            revoke(keyset.db, f"ue:{ME}")
+            r, protected = await send(ctx, Message(code=Code.GET, uri=uri))
+            assert r.code == Code.UNAUTHORIZED and not protected and r.payload == UNAUTH_BODY
     finally:
         await srv.close()
 
@@ -397,7 +498,7 @@ async def relays():
 async def test_relay_passes_oscore_through(tmp_path, keyset, relays):
     """The constrained UE's protected request travels through the relay with the recipient in
     Proxy-Scheme + Uri-Host + Uri-Port; the answer is verified end to end (SPEC D8, D12)."""
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     try:
         provision(srv)
         server_uri = f"coap://127.0.0.1:{srv.port}"
@@ -421,7 +522,7 @@ async def test_relay_passes_oscore_through(tmp_path, keyset, relays):
 async def test_relay_cannot_read_or_alter_and_replays_are_rejected(tmp_path, keyset, relays):
     """What the relay sees names the server and nothing else; a datagram altered on the way, or
     sent again, is refused by the server with 4.01 (RFC 8613 §7.4, §8.2)."""
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     try:
         provision(srv)
         server_uri = f"coap://127.0.0.1:{srv.port}"
@@ -499,7 +600,7 @@ class _Flipper(asyncio.DatagramProtocol):
 
 
 async def test_ue_rejects_an_answer_altered_on_the_path(tmp_path, keyset, relays):
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     loop = asyncio.get_running_loop()
     wire_transport, wire = await loop.create_datagram_endpoint(
         lambda: _TamperingWire(("127.0.0.1", srv.port)), local_addr=("127.0.0.1", 0)
@@ -524,7 +625,7 @@ async def test_ue_rejects_an_answer_altered_on_the_path(tmp_path, keyset, relays
 async def test_clean_restart_keeps_the_replay_window(tmp_path, keyset):
     """A clean stop writes every context's replay window back: after the restart an old request
     is still a replay, and a new one is served without any Echo round trip."""
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     provision(srv)
     uri = f"coap://127.0.0.1:{srv.port}"
     prot = ClientProtection(keyset.creds["ue"].security_context())
@@ -536,7 +637,7 @@ async def test_clean_restart_keeps_the_replay_window(tmp_path, keyset):
     assert prot.verify(await ue.exchange(outer), binding).code == Code.CONTENT
     await ue.close(release=False)
     await srv.close()
-    srv = await secured_server(tmp_path, keyset.registry)
+    srv = await secured_server(tmp_path, keyset)
     try:
         ue = await ConstrainedUe("127.0.0.1", srv.port, protection=prot).open()
         try:
@@ -554,12 +655,13 @@ async def test_clean_restart_keeps_the_replay_window(tmp_path, keyset):
 
 
 async def test_replay_after_kill_9_is_rejected(tmp_path):
-    """After kill -9 the server's replay window is unknown: it serves nothing until the client
-    proves freshness with an Echo (RFC 8613 Appendix B.1.2), so a request captured before the
-    crash is never served again, while the real client goes on after one extra round trip."""
-    registry = Registry(tmp_path / "keys")
-    entry, ue_creds = registry.add(parse_identity(f"ue:{ME}"), tmp_path / "ue.json")
+    """After kill -9 nothing is lost: the replay window lives in the store, updated before a
+    request is served, so a request captured before the crash is refused by the restarted server
+    at once, and the real client goes on without any Echo round trip (RFC 8613 App. B.1.2 is not
+    needed)."""
+    (tmp_path / "creds").mkdir()
     db = f"sqlite:///{tmp_path}/scm.db"
+    ue_creds = store_keys(tmp_path / "scm.db", {"ue": f"ue:{ME}"}, tmp_path / "creds")["ue"]
     import msgin5g.store as stores
 
     store = stores.open_store(db)
@@ -572,7 +674,7 @@ async def test_replay_after_kill_9_is_rejected(tmp_path):
         m.opt.uri_host = None
         return m
 
-    proc = ServerProcess(db, "--security", str(registry.path), insecure=False)
+    proc = ServerProcess(db, insecure=False)
     try:
         ue = await ConstrainedUe("127.0.0.1", proc.port).open()
         captured, binding = prot.protect(request())
@@ -581,20 +683,16 @@ async def test_replay_after_kill_9_is_rejected(tmp_path):
         await ue.close(release=False)
     finally:
         proc.kill()
-    sequence = json.loads((registry.context_dir(entry.kid) / "sequence.json").read_text())
-    assert sequence["received"] == "unknown"  # what the crash left: the window is not trusted
-    proc = ServerProcess(db, "--security", str(registry.path), insecure=False)
+    proc = ServerProcess(db, insecure=False)
     try:
         ue = await ConstrainedUe("127.0.0.1", proc.port, protection=prot).open()
         try:
             replay = await ue.exchange(captured)
-            challenge = prot.verify(replay, binding)  # not served: a protected Echo challenge
-            assert challenge.code == Code.UNAUTHORIZED and challenge.opt.echo is not None
-            assert SECRET[ME].encode() not in challenge.payload
-            answer = await ue.request(request())  # answers the challenge once, then is served
+            assert replay.code == Code.UNAUTHORIZED and replay.opt.oscore is None
+            assert replay.payload == UNAUTH_BODY
+            answer = await ue.request(request())  # served at once: no Echo challenge
             assert answer.code == Code.CONTENT and SECRET[ME].encode() in answer.payload
-            again = await ue.exchange(captured)  # the window is known again: a plain replay
-            assert again.code == Code.UNAUTHORIZED and again.payload == UNAUTH_BODY
+            assert answer.opt.echo is None
         finally:
             await ue.close(release=False)
     finally:
@@ -610,43 +708,67 @@ def msgin5g(*args, timeout=60) -> subprocess.CompletedProcess:
 
 
 def test_keys_cli_and_secured_server_end_to_end(tmp_path):
-    """keys add / list / revoke, server --security, config import and ue get-config --credentials."""
-    reg = str(tmp_path / "server-keys")
-    ue_id = imei_urn(TAC, 7)
+    """keys add / import / list / revoke on the store, the server secured by default, config import
+    and ue get-config with a key file and with a bundle."""
+    db = f"sqlite:///{tmp_path}/scm.db"
+    ue_id, ue2 = imei_urn(TAC, 7), imei_urn(TAC, 8)
     ue_file, admin_file = str(tmp_path / "ue1.json"), str(tmp_path / "admin.json")
-    p = msgin5g("keys", "add", f"ue:{ue_id}", "--role", "ue", "--registry", reg, "--out", ue_file)
+    p = msgin5g("keys", "add", f"ue:{ue_id}", "--role", "ue", "--db", db, "--out", ue_file)
     assert p.returncode == 0, p.stderr
-    p = msgin5g("keys", "add", "ops", "--role", "admin", "--registry", reg, "--out", admin_file)
+    p = msgin5g("keys", "add", "ops", "--role", "admin", "--db", db, "--out", admin_file)
     assert p.returncode == 0, p.stderr
-    p = msgin5g("keys", "add", "ops", "--role", "admin", "--registry", reg, "--out", admin_file)
+    p = msgin5g("keys", "add", "ops", "--role", "admin", "--db", db, "--out", admin_file)
     assert p.returncode != 0 and "never overwritten" in p.stderr
-    listed = json.loads(msgin5g("keys", "list", "--registry", reg, "--json").stdout)
-    assert [e["identity"] for e in listed] == [f"ue:{ue_id}", "admin:ops"]
-    assert [e["role"] for e in listed] == ["ue", "admin"]
-    proc = ServerProcess(f"sqlite:///{tmp_path}/scm.db", "--security", str(reg), insecure=False)
+    p = msgin5g("keys", "add", "ops", "--role", "admin", "--db", db, "--out", str(tmp_path / "a2.json"))
+    assert p.returncode != 0 and "already has an active key" in p.stderr
+    csv_file = tmp_path / "ids.csv"
+    csv_file.write_text(f"identity\nue:{ue2}\ngateway:gw9\n")
+    bundle = str(tmp_path / "fleet.jsonl")
+    p = msgin5g("keys", "import", str(csv_file), "--db", db, "--out", bundle)
+    assert p.returncode == 0 and "2 keys added" in p.stdout, p.stderr
+    assert [json.loads(line)["identity"] for line in Path(bundle).read_text().splitlines()] == [
+        f"ue:{ue2}",
+        "gateway:gw9",
+    ]
+    listed = json.loads(msgin5g("keys", "list", "--db", db, "--json").stdout)
+    assert [e["identity"] for e in listed] == [f"ue:{ue_id}", "admin:ops", f"ue:{ue2}", "gateway:gw9"]
+    assert [e["kid"] for e in listed] == ["01", "02", "03", "04"]
+    assert [e["role"] for e in listed] == ["ue", "admin", "ue", "gateway"]
+    proc = ServerProcess(db, insecure=False)
     try:
         server = f"coap://127.0.0.1:{proc.port}"
         fleet = tmp_path / "fleet.json"
-        fleet.write_text(json.dumps([make_doc(uris=[ue_id], service_id="svc-seven")]))
+        fleet.write_text(
+            json.dumps(
+                [make_doc(uris=[ue_id], service_id="svc-seven"), make_doc(uris=[ue2], service_id="svc-8")]
+            )
+        )
         p = msgin5g("config", "import", str(fleet), "--server", server)
-        assert p.returncode != 0 and "4.01" in p.stderr  # no credentials: refused
+        assert p.returncode != 0 and "4.01" in p.stderr and "--credentials" in p.stderr  # none given
+        p = msgin5g("config", "import", str(fleet), "--server", server, "--credentials", ue_file)
+        assert p.returncode != 0 and "not of an administrator" in p.stderr  # a UE's key
         p = msgin5g("config", "import", str(fleet), "--server", server, "--credentials", admin_file)
         assert p.returncode == 0, p.stderr
         ue_cmd = ("ue", "get-config", "--server", server, "--ue-uri", ue_id, "--json", "--timeout", "10")
         p = msgin5g(*ue_cmd, "--credentials", ue_file)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["config"]["ueServiceId"] == "svc-seven"
-        p = msgin5g("keys", "revoke", f"ue:{ue_id}", "--registry", reg)
+        ue2_cmd = ("ue", "get-config", "--server", server, "--ue-uri", ue2, "--json", "--timeout", "10")
+        p = msgin5g(*ue2_cmd, "--credentials", bundle)  # the bundle's entry ue:<--ue-uri>
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["config"]["ueServiceId"] == "svc-8"
+        p = msgin5g(*ue2_cmd, "--credentials", bundle, "--key-identity", "ue:urn:gsma:imei:000")
+        assert p.returncode != 0 and "holds no key of ue:urn:gsma:imei:000" in p.stderr
+        p = msgin5g("keys", "revoke", f"ue:{ue_id}", "--db", db)
         assert p.returncode == 0 and "revoked" in p.stdout
         p = msgin5g(*ue_cmd, "--credentials", ue_file)
         assert p.returncode == 1 and json.loads(p.stdout)["code"] == "4.01"
+        p = msgin5g("ue", "get-config", "--server", server, "--ue-uri", ue_id, "--credentials", ue_file)
+        assert p.returncode == 1 and "unknown or revoked on this server" in p.stdout + p.stderr
+        p = msgin5g("keys", "revoke", f"ue:{ue_id}", "--db", db)
+        assert p.returncode != 0 and "no active key" in p.stderr
     finally:
         proc.stop()
-
-
-def test_server_needs_security_or_insecure(tmp_path):
-    p = msgin5g("server", "--port", "0", "--db", f"sqlite:///{tmp_path}/x.db")
-    assert p.returncode != 0 and "--security" in p.stderr and "--insecure" in p.stderr
 
 
 # -- through the gateway: its own leg, and the gateway's own identity towards the SCM-S ---------------
@@ -654,16 +776,16 @@ def test_server_needs_security_or_insecure(tmp_path):
 
 @dataclass
 class GatewayKeys:
-    scm: Registry  # the SCM-S's registry, with the gateway's key
+    scm: Path  # the SCM-S's store, with the gateway's key
     gw: Registry  # the gateway's registry, with the constrained UEs' keys
-    gateway: ClientCredentials
+    gateway: KeyCredentials
     ue: ClientCredentials
     other: ClientCredentials
 
 
 def gateway_keys(tmp_path, algorithm: str = "AES-CCM-16-64-128") -> GatewayKeys:
-    scm, gw = Registry(tmp_path / "scm-keys"), Registry(tmp_path / "gw-keys")
-    _, gateway = scm.add(parse_identity("gateway:gw1"), tmp_path / "gw1.json", algorithm)
+    scm, gw = tmp_path / "scm.db", Registry(tmp_path / "gw-keys")
+    gateway = store_keys(scm, {"gw1": "gateway:gw1"}, tmp_path, algorithm=algorithm)["gw1"]
     _, ue = gw.add(parse_identity(f"ue:{ME}"), tmp_path / "ue-at-gw.json")
     _, other = gw.add(parse_identity(f"ue:{OTHER}"), tmp_path / "other-at-gw.json")
     return GatewayKeys(scm, gw, gateway, ue, other)
@@ -767,7 +889,7 @@ async def test_gateway_refused_by_the_scm_s_tells_its_ues(tmp_path):
     from msgin5g.ue.via_gateway import get_config_via_gateway
 
     keys = gateway_keys(tmp_path)
-    keys.scm.revoke(identity=parse_identity("gateway:gw1"))
+    revoke(keys.scm, "gateway:gw1")
     srv = await secured_server(tmp_path, keys.scm)
     try:
         provision(srv)

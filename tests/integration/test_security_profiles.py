@@ -2,7 +2,7 @@
 D16): a VAL UE or VAL user reads only its own profiles, only an administrator writes, everything
 unverifiable gets the one unprotected 4.01.
 
-A secured SCM-S on loopback with a real SQLite file and a real key registry; clients with real
+A secured SCM-S on loopback with a real SQLite file holding documents and keys; clients with real
 credentials files (the helpers of test_security.py). Every requester runs every operation; the
 code, whether the answer was protected, and that no foreign profile travels in the body are checked.
 """
@@ -19,12 +19,13 @@ from aiocoap import Message, oscore
 from aiocoap.numbers.codes import Code
 from aiocoap.transports.oscore import OSCOREAddress
 
-from msgin5g.authz import UNAUTHENTICATED, parse_identity
+from msgin5g.authz import UNAUTHENTICATED
 from msgin5g.codec import CF_CBOR
 from msgin5g.model import imei_urn
 from msgin5g.problem import CF_PROBLEM
-from msgin5g.security.registry import ClientCredentials, Registry
+from msgin5g.security.credentials import KeyCredentials
 
+from .keyhelp import store_keys
 from .test_security import client, secured_server, send
 
 TAC = "35209900"
@@ -75,19 +76,14 @@ MAY_SEE = {
 
 @dataclass
 class Keyset:
-    registry: Registry
-    creds: dict[str, ClientCredentials]
+    creds: dict[str, KeyCredentials]
 
 
-@pytest.fixture(scope="module")
-def profile_keys(tmp_path_factory) -> Keyset:
-    base = tmp_path_factory.mktemp("profile-keys")
-    registry = Registry(base / "scm-keys")
-    creds = {}
-    for name, identity in IDENTITIES.items():
-        _, creds[name] = registry.add(parse_identity(identity), base / f"{name}.json")
-    registry.revoke(identity=parse_identity(IDENTITIES["revoked"]))
-    return Keyset(registry, creds)
+@pytest.fixture
+def profile_keys(tmp_path) -> Keyset:
+    """The keys of IDENTITIES in the test's store (``scm.db``, which secured_server opens)."""
+    (tmp_path / "creds").mkdir()
+    return Keyset(store_keys(tmp_path / "scm.db", IDENTITIES, tmp_path / "creds", revoke=["revoked"]))
 
 
 def profile(target_kind: str, ident: str) -> dict:
@@ -138,7 +134,7 @@ def matrix_request(srv, operation: str, ids: dict[str, str]) -> Message:
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("requester", REQUESTERS)
 async def test_profile_authorization_matrix(tmp_path, profile_keys, requester, operation):
-    srv = await secured_server(tmp_path, profile_keys.registry)
+    srv = await secured_server(tmp_path)
     try:
         ids = provision(srv)
         async with client(profile_keys.creds.get(requester)) as ctx:
@@ -184,7 +180,7 @@ async def test_profile_authorization_matrix(tmp_path, profile_keys, requester, o
 async def test_foreign_and_missing_profiles_read_the_same(tmp_path, profile_keys):
     """A UE asking for another target's profiles, another's profile, or a missing one reads one
     and the same 4.03 (SPEC D12: nothing tells whether a profile exists)."""
-    srv = await secured_server(tmp_path, profile_keys.registry)
+    srv = await secured_server(tmp_path)
     try:
         ids = provision(srv)
         c = coll(srv)

@@ -22,6 +22,13 @@ The tweaks:
   same message; it keeps the whole Message (options, remote, the request it answers): about
   4 KiB per exchange, gigabytes at a few thousand requests per second. Resending needs only the
   encoded bytes and the remote: :class:`EncodedResponse`. Per server context.
+* :class:`LeasedSecurityContext` — not a patch but a reliance: an OSCORE security context
+  (RFC 8613) composed of aiocoap's ``CanProtect`` / ``CanUnprotect`` / ``SecurityContextUtils``
+  (protection, verification, HKDF) whose mutable state is the caller's, not a directory of files
+  (SPEC D12: keys in the store). Sender sequence numbers come from leases (App. B.1.1: a block
+  ``[start, end)`` persisted by the caller before any of it is used, renewed when used up); the
+  replay window is aiocoap's ``ReplayWindow``, loaded from and read back into ``(index, bits)``
+  (:func:`window_accepts`).
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import secrets
+from collections.abc import Callable
 
 from aiocoap import messagemanager as _messagemanager
 from aiocoap import options as _options
+from aiocoap import oscore
 from aiocoap.numbers.types import CON
 from aiocoap.transports import udp6 as _udp6
 
@@ -160,3 +170,88 @@ def install_process_tweaks() -> dict[str, bool]:
     """The process-wide tweaks every msgin5g process using aiocoap wants (servers and clients
     alike); returns which are in place. Per-context ones are installed where contexts are made."""
     return {"option-copy": install_option_copy()}
+
+
+# -- OSCORE contexts with caller-owned state (SPEC D12) -------------------------------------------------
+#: RFC 8613 §7.4 replay window size (aiocoap's default)
+WINDOW_SIZE = oscore.DEFAULT_WINDOWSIZE
+HASH = "sha256"  # RFC 8613 §3.2.1 HKDF SHA-256
+
+
+def _no_persist() -> None:
+    """The replay window is persisted by whoever owns the context, after each accepted request."""
+
+
+def window_accepts(state: tuple[int, int], seqno: int) -> tuple[int, int] | None:
+    """RFC 8613 §7.4 on a persisted replay window ``(index, bits)``: the window after accepting
+    ``seqno``, or None when ``seqno`` was seen already or fell behind the window. Pure; the rule
+    is aiocoap's ``ReplayWindow``."""
+    w = oscore.ReplayWindow(WINDOW_SIZE, _no_persist)
+    w.initialize_from_persisted({"index": state[0], "bitfield": state[1]})
+    if not w.is_valid(seqno):
+        return None
+    w.strike_out(seqno)
+    p = w.persist()
+    return p["index"], p["bitfield"]
+
+
+class LeasedSecurityContext(oscore.CanProtect, oscore.CanUnprotect, oscore.SecurityContextUtils):
+    """An OSCORE context between a sender and a recipient ID, keys derived from a master secret
+    and salt (RFC 8613 §3.2), with leased sender sequence numbers and a caller-owned replay window.
+
+    ``lease(count)`` returns a persisted block ``[start, end)`` of at least ``count`` numbers;
+    ``window`` is the replay window to start from (None: unknown — a server then answers the first
+    request with an Echo challenge, RFC 8613 App. B.1.2; a client never checks responses' numbers).
+    """
+
+    LEASE_START = 16
+    LEASE_LIMIT = 4096
+
+    def __init__(
+        self,
+        *,
+        sender_id: bytes,
+        recipient_id: bytes,
+        secret: bytes,
+        salt: bytes,
+        algorithm: str,
+        lease: Callable[[int], tuple[int, int]],
+        window: tuple[int, int] | None = None,
+        claims: list[str] | None = None,
+    ):
+        self.sender_id = sender_id
+        self.recipient_id = recipient_id
+        self.id_context = None
+        self.alg_aead = oscore.algorithms[algorithm]
+        self.hashfun = oscore.hashfunctions[HASH]
+        self.derive_keys(salt, secret)
+        self.recipient_replay_window = oscore.ReplayWindow(WINDOW_SIZE, _no_persist)
+        if window is None:
+            self.echo_recovery = secrets.token_bytes(8)
+        else:
+            self.echo_recovery = None
+            self.set_window(window)
+        self._lease = lease
+        self._chunk = self.LEASE_START
+        self.sender_sequence_number = 0
+        self.lease_end = 0  # nothing leased yet
+        if claims is not None:
+            self.authenticated_claims = claims
+
+    # -- replay window -----------------------------------------------------------------------------
+    def set_window(self, window: tuple[int, int]) -> None:
+        self.recipient_replay_window.initialize_from_persisted({"index": window[0], "bitfield": window[1]})
+
+    # -- sender sequence numbers (RFC 8613 App. B.1.1) ---------------------------------------------
+    def new_sequence_number(self):
+        if self.sender_sequence_number >= self.lease_end:
+            start, end = self._lease(self._chunk)
+            self._chunk = min(self._chunk * 2, self.LEASE_LIMIT)
+            if end <= start:
+                raise oscore.ContextUnavailable("no sequence numbers could be leased")
+            self.sender_sequence_number, self.lease_end = start, end
+        return super().new_sequence_number()
+
+    def post_seqnoincrease(self):
+        if self.sender_sequence_number > self.lease_end:  # never: new_sequence_number leased first
+            raise oscore.ContextUnavailable("sequence number outside the lease")

@@ -10,7 +10,7 @@ and through the gateway, unconstrained UEs directly, and one UE — an ``msgin5g
 --observe`` process — that observes its document while the demo changes it.
 
 Secured by default (SPEC D12): every identity gets its OSCORE credentials in the temporary
-directory (:mod:`.keys`), the SCM-S runs with ``--security``, the Gateway UE with its own key
+directory and store (:mod:`.keys`), the SCM-S is secured by them, the Gateway UE with its own key
 and a registry of its UEs' keys, and every request of every UE and of the administrator is
 protected; ``--insecure`` runs the lab mode instead (identities claimed with the lab option).
 
@@ -122,7 +122,7 @@ class Demo:
             check_store_empty(self.db_url)
         if not o.insecure:
             t_keys = time.monotonic()
-            self.keys = make_keys(plan, self.workdir)
+            self.keys = make_keys(plan, self.workdir, self.db_url)
             self.say(
                 f"       secured: {self.keys.count:,} OSCORE keys ({time.monotonic() - t_keys:.1f} s) — "
                 "administrator, Gateway UE, each UE with the SCM-S (end to end) or the Gateway UE"

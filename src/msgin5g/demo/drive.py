@@ -301,7 +301,11 @@ async def observe(
     first request got no answer (``--loss``) is started again, as a device would retry."""
     t0 = time.monotonic()
     child, first = None, {}
-    identity = ["--credentials", str(keys.at_scm[ue.device].path)] if keys else ["--identity", ue.identity]
+    identity = (
+        ["--credentials", str(keys.bundle), "--key-identity", f"ue:{ue.device}"]
+        if keys
+        else ["--identity", ue.identity]
+    )
     server = f"coap://{ep['uu-observer'][0]}:{ep['uu-observer'][1]}"
     argv = ["ue", "get-config", "--server", server, "--ue-uri", ue.asks_for, *identity, "--observe", "--json"]
     for attempt in range(1, OBSERVER_STARTS + 1):

@@ -175,7 +175,7 @@ async def start_topology(
 ) -> Topology:
     """The SCM-S and the wire, then the relay and the gateway behind their legs."""
     o = opts
-    security = ["--security", str(keys.scm_registry)] if keys else ["--insecure"]
+    security = [] if keys else ["--insecure"]  # secured: the keys are in its store
     server_task = sup.start(
         "server", "the SCM-S", ["server", *security, "--port", "0", "--db", db_url], "scm-s"
     )

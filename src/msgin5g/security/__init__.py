@@ -1,18 +1,22 @@
 """Authenticated identities with OSCORE (RFC 8613): TS 24.546 6.2.1.2; TS 33.501 Annex Y; SPEC D12.
 
 Every request to a secured SCM-S is OSCORE-protected end to end. The security context that
-verifies it names the requester; the key registry maps that context to an
+verifies it names the requester; the key's row in the store maps that context to an
 :class:`~msgin5g.authz.Identity` (UE with its MSGin5G UE ID, gateway, administrator), and the pure
 :mod:`msgin5g.authz` core decides what that identity may do.
 
 * :mod:`.keys` — pure: key identifiers, registry state and its transitions, the mapping from a
   verified context's claims to an identity (unit-tested without files or sockets);
-* :mod:`.registry` — the files: a server's key registry directory and a client's credentials
-  file, each OSCORE context an aiocoap ``FilesystemSecurityContext`` directory (sequence
-  numbers and replay window persist across restarts, RFC 8613 Appendix B.1);
-* :mod:`.server` — the server side: the registry as aiocoap server credentials (revocation
-  takes effect without a restart) and the site wrapper that answers every unprotected or
-  unverifiable request with one 4.01 problem details;
+* :mod:`.storekeys` — the SCM-S's keys in its store (:mod:`msgin5g.store.keys`): provisioning
+  (``keys add`` / ``keys import``) and the keyring every server process builds contexts from,
+  with leased sequence numbers and the shared replay window (RFC 8613 App. B.1);
+* :mod:`.credentials` — the client side: key files and JSON Lines bundles, sequence numbers
+  leased from ``FILE.state``;
+* :mod:`.registry` — the files of a Gateway UE's key registry directory (its constrained UEs'
+  keys; aiocoap ``FilesystemSecurityContext`` directories) and their credentials files;
+* :mod:`.server` — the secured site that verifies each request, claims it in the shared replay
+  window after decryption, and answers every unprotected or unverifiable request with one 4.01
+  problem details; and the registry keyring of the Gateway UE;
 * :mod:`.endpoint` — protection and verification for the project's own small CoAP clients
   (constrained UE through a relay or a gateway) and the gateway's MSGin5G-6 side, on aiocoap's
   ``protect`` / ``unprotect`` primitives;

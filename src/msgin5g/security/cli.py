@@ -1,30 +1,56 @@
 """``msgin5g keys``: provision OSCORE credentials (TS 24.546 6.2.1.2; TS 33.501 Annex Y; SPEC D12).
 
-``add`` creates one key: the server's context in the registry directory (the one ``msgin5g server
---security DIR`` or ``msgin5g gateway --security DIR`` serves) and the client's credentials file
-with its own context next to it. ``list`` shows the registry; ``revoke`` ends a key — a running
-server refuses it (4.01) from its next request on. Formats: docs/security.md.
+With ``--db URL`` the keys are the SCM-S's, rows in its store (:mod:`msgin5g.store.keys`):
+``add`` makes one key and writes its key file, ``import`` makes one per identity of a CSV file in
+one transaction and writes one JSON Lines bundle, ``list`` shows them, ``revoke`` ends a key — every
+running server refuses it (4.01) from its next request on. With ``--registry DIR`` they are a
+Gateway UE's registry directory for its constrained UEs (``msgin5g gateway --security DIR``).
+Formats: docs/security.md.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import time
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ..authz import parse_identity
 from ..model import ModelError
-from .keys import ALGORITHMS, DEFAULT_ALGORITHM, RegistryError, identity_arg, parse_kid
+from .keys import ALGORITHMS, DEFAULT_ALGORITHM, KeyEntry, RegistryError, identity_arg, kid_for, parse_kid
 from .registry import Registry
+from .storekeys import add_keys, utc_now
 
 registry_opt = click.option(
     "--registry",
     "registry_dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Key registry directory (created by the first add).",
+    help="A Gateway UE's key registry directory (created by the first add) instead of --db.",
 )
+db_opt = click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="The SCM-S's store (sqlite:///path.db or postgresql://...) that holds its keys.",
+)
+
+
+def _where(db_url, registry_dir):
+    if (db_url is None) == (registry_dir is None):
+        raise click.UsageError("give --db URL (the SCM-S's keys) or --registry DIR (a gateway's)")
+
+
+def _open(db_url):
+    from ..store import open_store
+
+    try:
+        return open_store(db_url)
+    except Exception as e:  # a URL that names no reachable store: one line, no traceback
+        raise click.ClickException(f"cannot open the store {db_url}: {e}") from None
 
 
 @click.group()
@@ -47,12 +73,13 @@ def _identity(text: str, role: str | None):
     default=None,
     help="Role of IDENTITY; without it IDENTITY is ue:<uri>, gateway:<id> or admin[:<label>].",
 )
+@db_opt
 @registry_opt
 @click.option(
     "--out",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Client credentials file to write (its OSCORE context goes to FILE's name + .oscore/).",
+    help="Client key file to write (never overwritten).",
 )
 @click.option(
     "--algorithm",
@@ -61,9 +88,21 @@ def _identity(text: str, role: str | None):
     show_default=True,
     help="AEAD; A128GCM suits unconstrained peers (a gateway's bulk GETs over TCP: no 64 KiB limit).",
 )
-def add(identity, role, registry_dir, out, algorithm) -> None:
-    """Create a key for IDENTITY: server side in --registry, client side in --out."""
+def add(identity, role, db_url, registry_dir, out, algorithm) -> None:
+    """Create a key for IDENTITY: server side in --db (or --registry), client side in --out."""
+    _where(db_url, registry_dir)
     ident = _identity(identity, role)
+    if db_url is not None:
+        store = _open(db_url)
+        try:
+            (number,) = add_keys(store, [ident], out, algorithm)
+        except RegistryError as e:
+            raise click.ClickException(str(e)) from None
+        finally:
+            store.close()
+        click.echo(f"{ident}: key {kid_for(number, algorithm).hex()} added to {db_url}")
+        click.echo(f"credentials: {out}")
+        return
     try:
         entry, creds = Registry(registry_dir).add(ident, out, algorithm)
     except RegistryError as e:
@@ -73,16 +112,32 @@ def add(identity, role, registry_dir, out, algorithm) -> None:
 
 
 @keys.command("list")
+@db_opt
 @registry_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
-def list_(registry_dir, as_json, show_all) -> None:
-    """List the keys of a registry."""
-    try:
-        state = Registry(registry_dir).load()
-    except RegistryError as e:
-        raise click.ClickException(str(e)) from None
-    entries = [e for e in state.entries.values() if show_all or e.active]
+def list_(db_url, registry_dir, as_json, show_all) -> None:
+    """List the keys (of --db or --registry)."""
+    _where(db_url, registry_dir)
+    if db_url is not None:
+        store = _open(db_url)
+        try:
+            rows = list(store.iter_keys(include_revoked=show_all))
+        finally:
+            store.close()
+        entries = [
+            KeyEntry(
+                kid_for(r.number, r.algorithm), parse_identity(r.identity), r.created, r.revoked, r.algorithm
+            )
+            for r in rows
+        ]
+        registry_dir = db_url
+    else:
+        try:
+            state = Registry(registry_dir).load()
+        except RegistryError as e:
+            raise click.ClickException(str(e)) from None
+        entries = [e for e in state.entries.values() if show_all or e.active]
     if as_json:
         click.echo(json.dumps([{**e.to_json(), "role": e.identity.role.value} for e in entries], indent=1))
         return
@@ -99,11 +154,29 @@ def list_(registry_dir, as_json, show_all) -> None:
 @click.argument("identity", required=False)
 @click.option("--role", type=click.Choice(["ue", "gateway", "admin"]), default=None)
 @click.option("--kid", default=None, help="Revoke this one key (hex) instead of an identity's keys.")
+@db_opt
 @registry_opt
-def revoke(identity, role, kid, registry_dir) -> None:
-    """Revoke IDENTITY's active key (or --kid): a running server refuses it from now on."""
+def revoke(identity, role, kid, db_url, registry_dir) -> None:
+    """Revoke IDENTITY's active key (or --kid): running servers refuse it from their next request on."""
     if (identity is None) == (kid is None):
         raise click.UsageError("give IDENTITY or --kid")
+    _where(db_url, registry_dir)
+    if db_url is not None:
+        try:
+            number = int.from_bytes(parse_kid(kid), "big") if kid is not None else None
+        except RegistryError as e:
+            raise click.BadParameter(str(e), param_hint="--kid") from None
+        who = str(_identity(identity, role)) if identity is not None else None
+        store = _open(db_url)
+        try:
+            done = store.revoke_keys(utc_now(), identity=who, number=number)
+        finally:
+            store.close()
+        if not done:
+            raise click.ClickException(f"{who or 'key ' + kid}: no active key to revoke in {db_url}")
+        for n, ident in done:
+            click.echo(f"{ident}: key {int(n).to_bytes((int(n).bit_length() + 7) // 8, 'big').hex()} revoked")
+        return
     try:
         if kid is not None:
             revoked = Registry(registry_dir).revoke(kid=parse_kid(kid))
@@ -113,3 +186,42 @@ def revoke(identity, role, kid, registry_dir) -> None:
         raise click.ClickException(str(e)) from None
     for e in revoked:
         click.echo(f"{e.identity}: key {e.kid.hex()} revoked")
+
+
+@keys.command("import")
+@click.argument("identities_csv", metavar="IDENTITIES.csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", "db_url", required=True, help="The SCM-S's store that holds its keys.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSON Lines bundle of the client keys to write (one line per identity; never overwritten).",
+)
+@click.option(
+    "--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM, show_default=True
+)
+def import_(identities_csv, db_url, out, algorithm) -> None:
+    """Make one key per identity of a CSV file (header ``identity``; ``ue:<MSGin5G UE ID>``,
+    ``gateway:<id>``, ``admin:<label>``), all in one transaction, and write their bundle."""
+    began = time.monotonic()
+    identities = []
+    with open(identities_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "identity" not in reader.fieldnames:
+            raise click.ClickException(f"{identities_csv}: the first line must be the header 'identity'")
+        for line, row in enumerate(reader, start=2):
+            text = (row.get("identity") or "").strip()
+            try:
+                identities.append(identity_arg(text))
+            except ModelError as e:
+                raise click.ClickException(f"{identities_csv} line {line}: {e}") from None
+    if not identities:
+        raise click.ClickException(f"{identities_csv}: no identities")
+    store = _open(db_url)
+    try:
+        numbers = add_keys(store, identities, out, algorithm)
+    except RegistryError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()
+    click.echo(f"{len(numbers)} keys added to {db_url} in {time.monotonic() - began:.1f} s; bundle: {out}")

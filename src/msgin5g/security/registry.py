@@ -1,7 +1,8 @@
 """Key registry directories and credentials files (TS 24.546 6.2.1.2; SPEC D12; format in docs/security.md).
 
-A **registry** is the server side of a set of keys (``msgin5g server --security DIR``, and the
-Gateway UE's MSGin5G-6 side)::
+A **registry** is the server side of a Gateway UE's keys for its constrained UEs (``msgin5g
+gateway --security DIR``, the MSGin5G-6 side; the SCM-S's keys are in its store,
+:mod:`msgin5g.store.keys`)::
 
     DIR/registry.json         entries: kid, identity, created, revoked (see :mod:`.keys`)
     DIR/contexts/<kid>/       the server's OSCORE context for that kid (aiocoap
@@ -139,8 +140,19 @@ class ClientCredentials:
         return open_context(self.context_dir)
 
 
-def load_credentials(path: str | os.PathLike) -> ClientCredentials:
-    """Read a credentials file (``--credentials FILE``); raises CredentialsError with the reason."""
+def load_credentials(path: str | os.PathLike):
+    """Read ``--credentials FILE``: a key file or a bundle (:mod:`.credentials`; a bundle of several
+    keys comes back as a :class:`~.credentials.KeyBundle` to choose from), or a credentials file of
+    a gateway's registry. Raises CredentialsError with the reason."""
+    from . import credentials as _keyfiles
+
+    if _keyfiles.is_key_file(path):
+        try:
+            if _keyfiles.bundle_size(path) > 1:
+                return _keyfiles.KeyBundle(Path(path).resolve())
+            return _keyfiles.load_key(path)
+        except (_keyfiles.CredentialsError, OSError) as e:
+            raise CredentialsError(str(e)) from None
     p = Path(path)
     try:
         m = json.loads(p.read_text(encoding="utf-8"))
@@ -221,6 +233,10 @@ def release_context(ctx) -> None:
 
 def release_credentials(credentials: ClientCredentials) -> None:
     """Release the context of ``credentials`` if this process has it loaded (:func:`release_context`)."""
+    release = getattr(credentials, "release", None)
+    if release is not None:  # a key file's context: nothing to write back
+        release()
+        return
     ctx = _open.get(credentials.context_dir)
     if ctx is not None:
         release_context(ctx)

@@ -19,22 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
+import aiocoap.pipe
 import filelock
 from aiocoap import Message, interfaces, oscore
-from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
-from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+from aiocoap.transports.oscore import OSCOREAddress
 
 from ..authz import ANONYMOUS, LAB_IDENTITY_OPTION, UNAUTHENTICATED, Identity
 from ..problem import CF_PROBLEM, Problem, ProblemError
 from .keys import RegistryError, RegistryState, claims_for, identity_from_claims
 from .registry import Registry, release_context
+from .storekeys import Verdict
 
 log = logging.getLogger("msgin5g.security")
 
@@ -216,54 +216,18 @@ class ServerKeyring:
             self.refresh()
 
 
-class _Remote:
-    """The outer request's remote as the OSCORE wrapper sees it: the same in everything, but its
-    repr is computed once (the wrapper names a task after the inner request for every request,
-    and aiocoap's UDP address repr parses the address and asks the kernel for the interface)."""
-
-    __slots__ = ("_remote",)
-
-    def __init__(self, remote):
-        self._remote = remote
-
-    def __getattr__(self, name):
-        return getattr(self._remote, name)
-
-    def __repr__(self):
-        return f"<{type(self._remote).__name__}>"
-
-    def __eq__(self, other):
-        return self._remote == (other._remote if isinstance(other, _Remote) else other)
-
-    def __hash__(self):
-        return hash(self._remote)
-
-
-class _GuardedPipe:
-    """The outer request's pipe as the OSCORE wrapper sees it: an unprotected error answer it would
-    send (a replay) becomes the uniform 4.01 problem details."""
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-        self.request = copy.copy(pipe.request)  # shallow: the same options and payload
-        self.request.remote = _Remote(pipe.request.remote)
-
-    def add_response(self, response: Message, is_last: bool = False) -> None:
-        if response.opt.oscore is None and not response.code.is_successful():
-            response = unauthenticated_message()
-        self._pipe.add_response(response, is_last=is_last)
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-
 class SecuredSite(interfaces.Resource):
-    """``OscoreSiteWrapper`` around the SCM-S site, with problem details on every refusal."""
+    """The SCM-S site behind OSCORE (RFC 8613 §8.2, §8.3), keys from the store (:class:`~.storekeys.
+    StoreKeyring`), with problem details on every refusal.
 
-    def __init__(self, site, keyring: ServerKeyring):
+    The steps of aiocoap's ``OscoreSiteWrapper`` with one more between verification and rendering:
+    a request that decrypted is accepted only once the shared replay window in the store took its
+    sequence number (:meth:`StoreKeyring.claim`) — at most once across every process serving the
+    key set, decided only after successful decryption."""
+
+    def __init__(self, site, keyring):
         self.site = site
         self.keyring = keyring
-        self._wrapper = OscoreSiteWrapper(site, keyring)
         self.counters: Counter = Counter()
 
     async def render(self, request):
@@ -282,7 +246,7 @@ class SecuredSite(interfaces.Resource):
     async def render_to_pipe(self, pipe) -> None:
         request = pipe.request
         try:
-            unprotected = oscore.verify_start(request)
+            bag = oscore.verify_start(request)
         except oscore.NotAProtectedMessage:
             self.counters["unprotected"] += 1
             pipe.add_response(unauthenticated_message(), is_last=True)
@@ -290,21 +254,7 @@ class SecuredSite(interfaces.Resource):
         except oscore.ProtectionInvalid as e:
             self._refuse(pipe, f"malformed OSCORE option: {e}")
             return
-        self.keyring.refresh()
-        kid = unprotected.get(oscore.COSE_KID)
-        pinned = kid if isinstance(kid, bytes) else None
-        if pinned is not None:
-            self.keyring.pin(pinned)
-        try:
-            await self._wrapper.render_to_pipe(_GuardedPipe(pipe))
-        except oscore.ReplayErrorWithEcho as e:
-            # RFC 8613 B.1.2: the replay window was lost (crash); ask for a fresh Echo, protected
-            self.counters["echo-challenges"] += 1
-            inner = Message(code=Code.UNAUTHORIZED, echo=e.echo, payload=UNAUTHENTICATED_PAYLOAD)
-            inner.opt.content_format = CF_PROBLEM
-            outer, _ = e.secctx.protect(inner, request_id=e.request_id)
-            pipe.add_response(outer, is_last=True)
-        except coap_error.MethodNotAllowed:
+        if request.code not in (Code.POST, Code.FETCH):
             self.counters["refused"] += 1
             m = Message(
                 code=Code.METHOD_NOT_ALLOWED,
@@ -314,8 +264,37 @@ class SecuredSite(interfaces.Resource):
             )
             m.opt.content_format = CF_PROBLEM
             pipe.add_response(m, is_last=True)
-        except coap_error.RenderableError as e:
-            self._refuse(pipe, repr(e))
+            return
+        kid = bag.get(oscore.COSE_KID)
+        sc = None if bag.get(oscore.COSE_KID_CONTEXT) is not None else await self.keyring.find_async(kid)
+        if sc is None:
+            self._refuse(pipe, "key unknown or revoked on this server")
+            return
+        try:
+            inner, request_id = sc.unprotect(request)
+        except oscore.ReplayErrorWithEcho as e:
+            # RFC 8613 B.1.2 (a context without a known replay window): a fresh Echo, protected
+            self.counters["echo-challenges"] += 1
+            m = Message(code=Code.UNAUTHORIZED, echo=e.echo, payload=UNAUTHENTICATED_PAYLOAD)
+            m.opt.content_format = CF_PROBLEM
+            outer, _ = e.secctx.protect(m, request_id=e.request_id)
+            pipe.add_response(outer, is_last=True)
+            return
+        except oscore.ReplayError:
+            self.counters["replays"] += 1
+            self._refuse(pipe, "replay")
+            return
+        except (oscore.ProtectionInvalid, ValueError) as e:
+            self._refuse(pipe, f"cannot be verified: {e}")
+            return
+        verdict = await self.keyring.claim(sc, int.from_bytes(request_id.partial_iv, "big"))
+        if verdict is not Verdict.ACCEPTED:
+            self.counters["replays" if verdict is Verdict.REPLAY else "revoked"] += 1
+            self._refuse(pipe, verdict.value)
+            return
+        inner.remote = OSCOREAddress(sc, request.remote)
+        try:
+            await self._render_inner(pipe, inner, sc.context_for_response(), request_id)
         except Exception:  # never a plain-text 5.00 from aiocoap: problem details, like every error
             log.exception("failure serving the protected request %r", request)
             m = Message(
@@ -324,6 +303,26 @@ class SecuredSite(interfaces.Resource):
             )
             m.opt.content_format = CF_PROBLEM
             pipe.add_response(m, is_last=True)
-        finally:
-            if pinned is not None:
-                self.keyring.unpin(pinned)
+
+    async def _render_inner(self, pipe, inner: Message, sc, request_id) -> None:
+        """Render the verified inner request and protect every response (as OscoreSiteWrapper)."""
+        inner_pipe = aiocoap.pipe.IterablePipe(inner)
+        errors_as_messages = aiocoap.pipe.error_to_message(inner_pipe, log)
+        aiocoap.pipe.run_driving_pipe(
+            errors_as_messages, self.site.render_to_pipe(inner_pipe), name="OSCORE inner request"
+        )
+        async for event in inner_pipe:
+            if event.exception is not None:
+                log.warning("error from the resource turned into a protected 5.00: %r", event.exception)
+                message = Message(code=Code.INTERNAL_SERVER_ERROR)
+                is_last = True
+            else:
+                message, is_last = event.message, event.is_last
+            if not is_last:
+                message.opt.observe = 0
+            protected, _ = sc.protect(message, request_id)
+            if message.opt.observe is not None:
+                protected.opt.observe = sc.sender_sequence_number & 0xFFFFFFFF
+            pipe.add_response(protected, is_last=is_last)
+            if is_last:
+                break

@@ -20,9 +20,8 @@ import aiocoap
 from ..authz import LAB_IDENTITY_OPTION
 from ..coap import aiocoap_tweaks
 from ..coap.qblock import QBlockParams
-from ..security.keys import RegistryError
-from ..security.registry import Registry
-from ..security.server import SecuredSite, ServerKeyring
+from ..security.server import SecuredSite
+from ..security.storekeys import StoreKeyring
 from ..store import Store, default_db_url, open_store
 from .changefeed import ChangeWatcher
 from .profile_service import ProfileService
@@ -68,8 +67,7 @@ class ServerConfig:
     tcp: bool = True
     insecure: bool = False
     insecure_anywhere: bool = False
-    security: str | None = None  # key registry directory (OSCORE, SPEC D12); None only with insecure
-    max_open_contexts: int = 1024  # OSCORE contexts kept loaded at once (each holds a lock file)
+    max_open_contexts: int = 65536  # OSCORE contexts kept in memory at once (their state is in the store)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     # Scale-out (SPEC D14)
     shared_port: bool = False  # a worker of --workers N: the port is bound by its siblings too
@@ -135,7 +133,7 @@ class RunningServer:
     site: ScmSite
     store: Store
     contexts: list = field(default_factory=list)
-    keyring: ServerKeyring | None = None
+    keyring: StoreKeyring | None = None
     root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
     _own_store: bool = True
     _watch: asyncio.Task | None = None
@@ -178,7 +176,7 @@ class RunningServer:
                 log.exception("error while shutting down a CoAP context")
         self.contexts.clear()
         if self.keyring is not None:
-            self.keyring.close()  # sequence numbers and replay windows written back
+            self.keyring.close()
             self.keyring = None
         if self.executor is not None:
             self.executor.shutdown(wait=True)
@@ -190,18 +188,11 @@ class RunningServer:
 async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
     """Bind every listener and return once the server is ready.
 
-    Secured (``config.security``, TS 24.546 6.2.1.2; SPEC D12): every request must be OSCORE-
-    protected with a key of the registry, whose entry names the requester's identity. Insecure
-    (``config.insecure``, labs only): loopback only unless ``insecure_anywhere``, with a warning
-    on every start.
+    Secured unless ``config.insecure`` (TS 24.546 6.2.1.2; SPEC D12): every request must be
+    OSCORE-protected with a key of the store (``msgin5g keys``), whose row names the requester's
+    identity. Insecure (labs only): loopback only unless ``insecure_anywhere``, with a warning on
+    every start.
     """
-    if config.security is not None and config.insecure:
-        raise ServerStartError("--security and --insecure exclude each other")
-    if config.security is None and not config.insecure:
-        raise ServerStartError(
-            "no key registry: pass --security DIR (keys made with 'msgin5g keys add'), "
-            "or --insecure for a lab where every requester is trusted"
-        )
     if config.insecure:
         if not _is_loopback(config.host) and not config.insecure_anywhere:
             raise ServerStartError(
@@ -227,14 +218,10 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     svc_cfg.api_prefix = tuple(config.api_prefix)
     service = ScmService(store, svc_cfg)
     keyring = None
-    if config.security is not None:
-        keyring = ServerKeyring(Registry(config.security), max_open=config.max_open_contexts)
-        try:
-            keyring.open()
-        except RegistryError as e:
-            if own:
-                store.close()
-            raise ServerStartError(str(e)) from None
+    if not config.insecure:
+        keyring = StoreKeyring(store, max_open=config.max_open_contexts)
+        if not store.count_keys():
+            log.warning("secured, and the store has no active key yet: add keys with 'msgin5g keys add'")
         site = ScmSite(service, identify=keyring.identify, qblock=config.qblock)
         root = SecuredSite(site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))

@@ -81,17 +81,10 @@ def _seal_cf(param, value):
     help="The same for application/vnd.3gpp.seal-user-profile-info+cbor (su-up).",
 )
 @click.option(
-    "--security",
-    "security",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Key registry directory (msgin5g keys): every request must be OSCORE-protected with its keys.",
-)
-@click.option(
     "--max-open-contexts",
-    default=1024,
+    default=65536,
     show_default=True,
-    help="OSCORE contexts kept loaded at once (least recently used released first).",
+    help="OSCORE contexts kept in memory at once (least recently used dropped first).",
 )
 @click.option(
     "--insecure", is_flag=True, help="Run without authenticated identities (labs only; loudly logged)."
@@ -132,7 +125,6 @@ def server(
     bulk_max_ues,
     seal_cf,
     seal_profile_cf,
-    security,
     max_open_contexts,
     insecure,
     insecure_anywhere,
@@ -143,7 +135,8 @@ def server(
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
 
-    Secured with --security DIR (OSCORE, TS 24.546 6.2.1.2; SPEC D12), or --insecure for labs."""
+    Secured by the OSCORE keys in the store (msgin5g keys; TS 24.546 6.2.1.2; SPEC D12), or
+    --insecure for labs."""
     setup_logging(verbose)
     if insecure:
         click.secho(
@@ -162,7 +155,6 @@ def server(
         tcp=not no_tcp,
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,
-        security=security,
         max_open_contexts=max_open_contexts,
         qblock=QBlockParams(max_payloads=qblock_max_payloads, non_timeout=qblock_non_timeout),
         service=ServiceConfig(

@@ -115,11 +115,6 @@ class Supervisor:
     """Starts, restarts and stops the worker processes of one SCM-S."""
 
     def __init__(self, config: ServerConfig, workers: int):
-        if workers > 1 and config.security is not None:
-            raise ServerStartError(
-                "--workers above 1 needs --insecure for now: a secured SCM-S keeps its OSCORE sequence "
-                "numbers in its key registry directory, which one process owns"
-            )
         self.config = config
         self.n = workers
         self.port = config.port or pick_port(config.host, config.tcp)

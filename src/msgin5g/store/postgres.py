@@ -34,6 +34,7 @@ from .base import (
     new_doc_id,
     with_id,
 )
+from .keys import POSTGRES_KEYS_DDL, KeyStoreMixin
 from .profiles import POSTGRES_DDL, ProfileStoreMixin
 from .sqlite import candidates_sql, key_rows, query_any_sql, vendor_of
 
@@ -101,7 +102,7 @@ SELECT q.i, k.seq FROM q JOIN doc_keys AS k
 """
 
 
-class PostgresStore(ProfileStoreMixin, Store):
+class PostgresStore(KeyStoreMixin, ProfileStoreMixin, Store):
     """UeConfigDoc and ProfileDoc store in a PostgreSQL database (TS 24.546 C.2, C.3; SPEC D4, D6,
     D12, D16)."""
 
@@ -139,10 +140,16 @@ class PostgresStore(ProfileStoreMixin, Store):
     def _profile_tx(self, write: bool):
         return self._tx()
 
+    def _keys_tx(self, write: bool):
+        return self._tx()
+
+    def _keys_serialize(self, cur) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK + 1,))
+
     def _create_schema(self) -> None:
         with self._tx() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for stmt in (*_SCHEMA, *POSTGRES_DDL, *shared.POSTGRES_SCHEMA):
+            for stmt in (*_SCHEMA, *POSTGRES_DDL, *POSTGRES_KEYS_DDL, *shared.POSTGRES_SCHEMA):
                 cur.execute(stmt)
             row = cur.execute("SELECT max(version) FROM msgin5g_schema").fetchone()
             version = row[0] if row and row[0] is not None else 0

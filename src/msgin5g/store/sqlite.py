@@ -13,6 +13,7 @@ Layout (schema version in ``PRAGMA user_version``):
   append-only.
 - ``gateways(gateway_id, coverage)`` — the gateway registry (SPEC D6, D12), coverage as CBOR.
 - ``profiles`` — VAL user profiles (TS 24.546 C.2; SPEC D16), see :mod:`msgin5g.store.profiles`.
+- ``oscore_keys`` — OSCORE keys and their shared state (SPEC D12), see :mod:`msgin5g.store.keys`.
 
 Several SCM-S processes may share one file: WAL journal, ``busy_timeout`` and ``BEGIN IMMEDIATE``
 for every write, so writers queue instead of failing. Inside one process a single connection is
@@ -42,6 +43,7 @@ from .base import (
     new_doc_id,
     with_id,
 )
+from .keys import SQLITE_KEYS_DDL, KeyStoreMixin
 from .profiles import SQLITE_DDL, ProfileStoreMixin
 
 SCHEMA_VERSION = 1
@@ -165,7 +167,7 @@ SELECT q.i, k.seq FROM q CROSS JOIN doc_keys AS k
 """
 
 
-class SqliteStore(ProfileStoreMixin, Store):
+class SqliteStore(KeyStoreMixin, ProfileStoreMixin, Store):
     """UeConfigDoc and ProfileDoc store in one SQLite file (TS 24.546 C.2, C.3; SPEC D4, D6, D12, D16)."""
 
     _mark = "?"
@@ -199,7 +201,7 @@ class SqliteStore(ProfileStoreMixin, Store):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
-            for stmt in (*SQLITE_DDL, *shared.SQLITE_SCHEMA):
+            for stmt in (*SQLITE_DDL, *SQLITE_KEYS_DDL, *shared.SQLITE_SCHEMA):
                 db.execute(stmt)
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -220,6 +222,9 @@ class SqliteStore(ProfileStoreMixin, Store):
                 raise
 
     def _profile_tx(self, write: bool):
+        return self._tx(write=write)
+
+    def _keys_tx(self, write: bool):
         return self._tx(write=write)
 
     def _select(self, sql: str, args) -> list:

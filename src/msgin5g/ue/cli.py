@@ -98,6 +98,9 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
     "OSCORE credentials file: the UE's key with the SCM-S (direct and through a relay), or its key "
     "with the gateway (--via-gateway)."
 )
+@click.option(
+    "--key-identity", default=None, help="The entry of a --credentials bundle to use (default ue:<--ue-uri>)."
+)
 @click.option("--observe", is_flag=True, help="Keep observing the applied document and print each update.")
 @click.option(
     "--preconfigured", default=None, type=click.Path(dir_okay=False), help="JSON file used on 4.03/4.04."
@@ -118,6 +121,7 @@ def get_config(
     urgent,
     identity,
     credentials,
+    key_identity,
     observe,
     preconfigured,
     timeout,
@@ -133,6 +137,8 @@ def get_config(
     params = dict(click.get_current_context().params, pre=_load_preconfigured(preconfigured))
     aiocoap_tweaks.install_process_tweaks()
     try:
+        if hasattr(credentials, "select"):  # a bundle: this UE's entry (SPEC D12)
+            params["credentials"] = credentials.select(key_identity or f"ue:{ue_uri}")
         result = asyncio.run(_get(**params))
     except CredentialsError as e:
         raise click.ClickException(str(e)) from None

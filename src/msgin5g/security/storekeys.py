@@ -1,0 +1,273 @@
+"""The SCM-S's OSCORE keys in its store: provisioning and the server-side keyring (RFC 8613;
+TS 24.546 6.2.1.2; SPEC D12).
+
+Provisioning (:func:`add_keys`, used by ``msgin5g keys``) draws a master secret and salt per
+identity, inserts every key in one transaction (:mod:`msgin5g.store.keys`) and writes the client
+side as key files or one JSON Lines bundle (:mod:`.credentials`).
+
+:class:`StoreKeyring` is what the secured site asks for a request's security context. A context is
+built from its row on the first request of its kid (at most ``max_open`` stay in memory, least
+recently used dropped first — dropping costs nothing, all state is in the store). Every process
+serving the key set shares the state in the store:
+
+* the server's sender sequence numbers are leased in blocks (RFC 8613 App. B.1.1);
+* a request is accepted only after it decrypted *and* a compare-and-set of the shared replay
+  window succeeded (:meth:`StoreKeyring.claim`): at most once across all processes, and a
+  restarted process starts from the shared window (no Echo round trip, App. B.1.2, is needed);
+* the same compare-and-set fails on a revoked key, so revocation takes effect at the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import enum
+import logging
+import os
+import secrets
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ..authz import ANONYMOUS, LAB_IDENTITY_OPTION, Identity, Role, parse_identity
+from ..coap.aiocoap_tweaks import LeasedSecurityContext, window_accepts
+from ..model import ModelError
+from ..problem import ProblemError
+from ..store.keys import KeyStoreError, NewKey
+from .credentials import key_json
+from .keys import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    MASTER_SALT_BYTES,
+    MASTER_SECRET_BYTES,
+    SERVER_SENDER_ID,
+    RegistryError,
+    claims_for,
+    kid_for,
+)
+
+log = logging.getLogger("msgin5g.security")
+
+#: Compare-and-set attempts on a replay window contended by sibling processes
+CAS_ATTEMPTS = 64
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def kid_number(kid: bytes) -> int:
+    return int.from_bytes(kid, "big")
+
+
+def new_keys(identities: Iterable[Identity], algorithm: str = DEFAULT_ALGORITHM) -> list[NewKey]:
+    """Fresh key material (RFC 8613 §3.3: a master secret per pair, 32 random bytes; salt 8)."""
+    if algorithm not in ALGORITHMS:
+        raise RegistryError(f"unknown algorithm {algorithm!r}; one of {', '.join(ALGORITHMS)}")
+    out = []
+    token = secrets.token_bytes
+    for identity in identities:
+        if identity.role is Role.ANONYMOUS:
+            raise RegistryError("keys are for UEs, gateways and administrators")
+        out.append(NewKey(str(identity), algorithm, token(MASTER_SECRET_BYTES), token(MASTER_SALT_BYTES)))
+    return out
+
+
+def add_keys(
+    store, identities: list[Identity], out: str | Path, algorithm: str = DEFAULT_ALGORITHM
+) -> list[int]:
+    """Keys for ``identities`` in the store, their client side written to ``out`` (a key file for
+    one identity, a JSON Lines bundle for several; never overwritten — a reused key file would
+    repeat sequence numbers). Returns the key numbers. Raises RegistryError."""
+    out = Path(out)
+    if out.exists():
+        raise RegistryError(
+            f"{out} exists; credentials are never overwritten — remove it or choose another --out"
+        )
+    keys = new_keys(identities, algorithm)
+    try:
+        numbers = store.add_keys(keys, utc_now())
+    except KeyStoreError as e:
+        raise RegistryError(str(e)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.writelines(
+            key_json(k.identity, kid_for(n, algorithm), k.secret, k.salt, algorithm) + "\n"
+            for n, k in zip(numbers, keys, strict=True)
+        )
+    tmp.rename(out)
+    return numbers
+
+
+class Verdict(enum.Enum):
+    """The shared replay check of one decrypted request (RFC 8613 §7.4)."""
+
+    ACCEPTED = "accepted"
+    REPLAY = "replay"
+    REVOKED = "revoked"
+
+
+class StoreKeyring:
+    """The store's keys as the secured site's server credentials (see the module docstring)."""
+
+    def __init__(self, store, *, max_open: int = 65536):
+        self.store = store
+        self.max_open = max(1, max_open)
+        self.counters: Counter = Counter()
+        self._contexts: OrderedDict[int, LeasedSecurityContext] = OrderedDict()
+        self._identities: dict[int, Identity] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._revoked_identities: set[Identity] = set()
+
+    def open(self) -> StoreKeyring:
+        return self
+
+    def close(self) -> None:
+        self._contexts.clear()  # nothing to write back: every state change is already in the store
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after a loaded key was revoked (to end its identity's observations)."""
+        self._listeners.append(callback)
+
+    # -- contexts ------------------------------------------------------------------------------------
+    def find(self, kid: object) -> LeasedSecurityContext | None:
+        """The context of an active key ``kid``, or None (unknown or revoked on this server)."""
+        number = self._number(kid)
+        if number is None:
+            return None
+        ctx = self._cached(number)
+        return ctx if ctx is not None else self._install(kid, number, self.store.get_key(number))
+
+    async def find_async(self, kid: object) -> LeasedSecurityContext | None:
+        """:meth:`find`, reading a key not yet in memory off the event loop (SPEC D14)."""
+        number = self._number(kid)
+        if number is None:
+            return None
+        ctx = self._cached(number)
+        if ctx is not None:
+            return ctx
+        return self._install(kid, number, await asyncio.to_thread(self.store.get_key, number))
+
+    @staticmethod
+    def _number(kid: object) -> int | None:
+        if not isinstance(kid, bytes) or not kid or len(kid) > 7:
+            return None
+        return kid_number(kid)
+
+    def _cached(self, number: int) -> LeasedSecurityContext | None:
+        ctx = self._contexts.get(number)
+        if ctx is not None:
+            self._contexts.move_to_end(number)
+        return ctx
+
+    def _install(self, kid: bytes, number: int, row) -> LeasedSecurityContext | None:
+        if row is None or not row.active or kid_for(number, row.algorithm) != kid:
+            self.counters["unknown-or-revoked"] += 1
+            return None
+        if number in self._contexts:  # built meanwhile by a concurrent request
+            return self._contexts[number]
+        try:
+            identity = parse_identity(row.identity)
+        except ModelError:
+            log.error("key %s names an unreadable identity %r", kid.hex(), row.identity)
+            return None
+        ctx = LeasedSecurityContext(
+            sender_id=SERVER_SENDER_ID,
+            recipient_id=kid,
+            secret=row.secret,
+            salt=row.salt,
+            algorithm=row.algorithm,
+            lease=lambda n: self.store.lease_sequence_numbers(number, n),
+            window=(row.rw_index, row.rw_bits),
+            claims=claims_for(kid),
+        )
+        self._revoked_identities.discard(identity)  # a new key of an identity revoked before
+        ctx.key_identity = identity  # read by identify(), even after the context left the cache
+        ctx.key_revoked = False
+        self._contexts[number] = ctx
+        self._identities[number] = identity
+        self.counters["contexts-loaded"] += 1
+        while len(self._contexts) > self.max_open:
+            old, _ = self._contexts.popitem(last=False)
+            self._identities.pop(old, None)
+        return ctx
+
+    def _forget(self, number: int) -> None:
+        self._contexts.pop(number, None)
+        self._identities.pop(number, None)
+
+    def claim_now(self, ctx: LeasedSecurityContext, seqno: int) -> Verdict:
+        """Accept request number ``seqno`` of ``ctx``'s key in the shared replay window (compare-
+        and-set in the store). Run after the request decrypted; blocking (see :meth:`claim`)."""
+        number = kid_number(ctx.recipient_id)
+        for _ in range(CAS_ATTEMPTS):
+            row = self.store.replay_window(number)
+            if row is None or not row[2]:
+                self._revoked(number)
+                return Verdict.REVOKED
+            old = (row[0], row[1])
+            new = window_accepts(old, seqno)
+            if new is None:
+                ctx.set_window(old)
+                return Verdict.REPLAY
+            if self.store.swap_replay_window(number, old, new):
+                ctx.set_window(new)
+                return Verdict.ACCEPTED
+            self.counters["replay-window-retries"] += 1
+        log.error("replay window of key %s: no compare-and-set succeeded", ctx.recipient_id.hex())
+        return Verdict.REPLAY
+
+    async def claim(self, ctx: LeasedSecurityContext, seqno: int) -> Verdict:
+        """:meth:`claim_now` off the event loop (SPEC D14: the loop never waits on the database)."""
+        return await asyncio.to_thread(self.claim_now, ctx, seqno)
+
+    def _revoked(self, number: int) -> None:
+        ctx = self._contexts.get(number)
+        if ctx is not None:
+            ctx.key_revoked = True
+        if number in self._identities:
+            self._revoked_identities.add(self._identities[number])
+            self._forget(number)
+            self.counters["revoked-seen"] += 1
+            for cb in self._listeners:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("key change listener failed")
+
+    # -- identity ------------------------------------------------------------------------------------
+    def identify(self, request) -> Identity:
+        """The authenticated identity of an inner request, for the SCM-S resources. The lab
+        identity option is refused on a secured server."""
+        from .server import LAB_IDENTITY_REFUSED
+
+        if request.opt.get_option(LAB_IDENTITY_OPTION):
+            raise ProblemError(LAB_IDENTITY_REFUSED)
+        ctx = getattr(request.remote, "security_context", None)
+        identity = getattr(ctx, "key_identity", None)
+        if identity is None or getattr(ctx, "key_revoked", True):
+            return ANONYMOUS
+        return identity
+
+    def is_active(self, identity: Identity) -> bool:
+        """False once a key of ``identity`` was seen revoked by this process (ends observations)."""
+        return identity not in self._revoked_identities
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Notice revocations of loaded keys that send nothing new (ends their observations)."""
+        while True:
+            await asyncio.sleep(interval)
+            numbers = list(self._identities)
+            try:
+                gone = await asyncio.to_thread(self.store.revoked_among, numbers)
+            except Exception:
+                log.exception("cannot read the keys' status")
+                continue
+            for n in gone:
+                self._revoked(n)
+
+    @property
+    def loaded(self) -> int:
+        return len(self._contexts)
