@@ -254,6 +254,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         aiocoap_tweaks.install_compact_duplicate_cache(udp)
         try:  # after the tweaks: the bounded cache takes over duplicate detection, compact as well
             running.hardening = aiocoap_hardening.install(udp, max_exchanges=config.max_exchanges)
+            aiocoap_hardening.install_stream_guard()
         except RuntimeError as e:
             raise ServerStartError(str(e)) from None
         if config.tcp:
