@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import math
+import socket
 
 import aiocoap
 import cbor2
@@ -387,3 +388,26 @@ async def test_a_full_duplicate_cache_sheds_the_oldest_and_says_so(tmp_path, coa
         log = s.stop()
     assert "duplicate detection full, oldest exchanges shed: duplicate-cache-shed +1" in log
     no_tracebacks(log)
+
+
+# -- CoAP over TCP (RFC 8323 §5.6) -------------------------------------------------------------------------
+def test_invalid_utf8_over_tcp_aborts_the_connection_with_a_diagnostic_not_a_traceback(srv):
+    conn = socket.create_connection(srv.addr, timeout=10)
+    try:
+        csm = bytes([0x00, 0xE1])  # 7.01 CSM, no options
+        opt = bytes([0xB0 | 2]) + b"\xff\xfe"  # Uri-Path (11) that is not UTF-8
+        get = bytes([len(opt) << 4, 0x01]) + opt  # RFC 8323 §3.2 framing, GET, no token
+        conn.sendall(csm + get)
+        received = b""
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        conn.close()
+    assert bytes([0xE5]) in received and b"Failed to parse message" in received  # 7.05 Abort
+    udp = UdpClient(srv.addr)
+    assert_answers_valid_request(udp)
+    udp.close()
+    no_tracebacks(srv.log())

@@ -169,3 +169,29 @@ def test_admission_table_is_bounded():
     for i in range(1000):
         a.admit(i, 0.0)
     assert len(a._buckets) == 10
+
+
+def test_aiocoap_stream_transports_abort_on_their_own_parse_error_only():
+    """What install_stream_guard relies on: the TCP and WebSocket transports decode with a module
+    function looked up at call time, and abort the connection on UnparsableMessage alone."""
+    from aiocoap.transports import tcp, ws
+
+    for module in (tcp, ws):
+        assert callable(module._decode_message)
+    tcp_src = inspect.getsource(tcp.TcpConnection.data_received)
+    assert "msg = _decode_message(msg)" in tcp_src and "except error.UnparsableMessage:" in tcp_src
+    assert 'self.abort("Failed to parse message")' in tcp_src
+    assert "_decode_message(received)" in inspect.getsource(ws)
+
+
+def test_stream_guard_turns_a_malformed_option_into_aiocoaps_parse_error():
+    from aiocoap import error
+    from aiocoap.transports import tcp
+
+    from msgin5g.coap.aiocoap_hardening import install_stream_guard
+
+    assert install_stream_guard() == ["tcp", "ws"]
+    assert install_stream_guard() == ["tcp", "ws"]  # idempotent
+    with pytest.raises(error.UnparsableMessage):
+        tcp._decode_message(bytes([0x30, 0x01, 0xB2]) + b"\xff\xfe")
+    assert tcp._decode_message(bytes([0x30, 0x01, 0xB2]) + b"ab").opt.uri_path == ("ab",)

@@ -23,7 +23,10 @@ on change (``tests/unit/test_aiocoap_hardening.py``):
    a flood triggers: a retransmission of a shed exchange is processed again instead of being
    answered from the cache (RFC 7252 §4.5 makes deduplication a SHOULD; every SU_UeConfig method
    but POST is idempotent).
-3. **Arrival time.** Each request is stamped with the loop time it arrived (:func:`arrival_time`),
+3. **Stream transports.** Over TCP and WebSockets the same malformed option value raised out of the
+   connection's ``data_received``; :func:`install_stream_guard` makes it aiocoap's own parse error,
+   which aborts the connection with a diagnostic (RFC 8323 §5.6) and no traceback.
+4. **Arrival time.** Each request is stamped with the loop time it arrived (:func:`arrival_time`),
    so the server can tell how long it waited and shed load with 5.03 + Max-Age rather than answer
    after the client has given up (SPEC §2 error table).
 """
@@ -352,6 +355,40 @@ def _install_guard(iface, summary: _Summary) -> None:
         return None
 
     iface.datagram_msg_received = guarded
+
+
+def _guarded_decoder(decode):
+    from aiocoap import error
+
+    def guarded(data):
+        try:
+            return decode(data)
+        except error.UnparsableMessage:
+            raise
+        except Exception as e:  # e.g. UnicodeDecodeError of a text option
+            raise error.UnparsableMessage(f"malformed option value ({type(e).__name__})") from None
+
+    guarded.msgin5g_guarded = True
+    return guarded
+
+
+def install_stream_guard() -> list[str]:
+    """CoAP over TCP and WebSockets (RFC 8323): make a decoding failure other than aiocoap's own
+    UnparsableMessage (invalid UTF-8 in a text option) one, so that aiocoap answers it as it answers
+    every malformed message on a connection — an Abort signal (7.05, RFC 8323 §5.6) with a
+    diagnostic, then close — instead of a traceback from the event loop. Process-wide (the
+    transports' module-level decoders); returns the transports guarded."""
+    from aiocoap.transports import tcp, ws
+
+    done = []
+    for name, module in (("tcp", tcp), ("ws", ws)):
+        decode = getattr(module, "_decode_message", None)
+        if decode is None:
+            raise RuntimeError(f"aiocoap's {name} transport has no _decode_message; cannot harden it")
+        if not getattr(decode, "msgin5g_guarded", False):
+            module._decode_message = _guarded_decoder(decode)
+        done.append(name)
+    return done
 
 
 def install(ctx, *, max_exchanges: int = 100_000) -> Hardening:
