@@ -11,9 +11,10 @@ does:
   sends with ``--no-bulk``;
 * **bulk, RFC 7959** — the UEs packed into bulk GETs that fit one datagram (``bulk.pack``, SPEC
   D7 a); each further 1,024-byte block costs a follow-up naming only the flag (D7 b);
-* **bulk, Q-Block2** — the same bulk GETs offering Q-Block2 (NUM 0, M set, confirmable): the
-  blocks come as a burst, the first piggybacked; a Continue (NON) after each full set of
-  MAX_PAYLOADS.
+* **bulk, Q-Block2** — the same bulk GETs offering Q-Block2 (NUM 0, M set, confirmable) through
+  the project's message layer (``CoapEndpoint.request(..., qblock=QBlockOffer(...))``, follow-ups
+  naming only the flag): the blocks come as a burst, the first piggybacked; a Continue (NON)
+  after each full set of MAX_PAYLOADS.
 
 Every UE's answer is checked (code and its own ``ueServiceId``). No loss here: the figures are the
 floor each mode needs. Usage: ``python bench/bench_qblock.py [--ues 10000] [--json]``.
@@ -33,9 +34,8 @@ from pathlib import Path
 import cbor2
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
-from aiocoap.numbers.optionnumbers import OptionNumber
-from aiocoap.numbers.types import CON, NON
-from aiocoap.optiontypes import BlockOption, OpaqueOption
+from aiocoap.numbers.types import CON
+from aiocoap.optiontypes import OpaqueOption
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_gateway import DOMAIN, check, setup, ue_uri
@@ -48,13 +48,14 @@ from msgin5g.bulk import (
     pack,
     request_options,
 )
-from msgin5g.coap.qblock import BlockOpt, QBlock2Receiver
+from msgin5g.coap import wire
+from msgin5g.coap.qblock_client import QBlockOffer
+from msgin5g.coap.udp import CoapEndpoint
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
 
 PATH = ("su-uc", "v1", "val-services", "msgin5g", "ue-configurations")
 IDENTITY = b"gateway:gw1"
-Q2 = OptionNumber.Q_BLOCK2
 
 
 class Uu:
@@ -67,15 +68,13 @@ class Uu:
         self.up = self.down = self.up_bytes = self.down_bytes = 0
         self.mids, self.tokens = itertools.count(1), itertools.count(1)
 
-    def request(self, query, mtype=CON, block2=None, qblock2: list[BlockOpt] = ()) -> bytes:
+    def request(self, query, mtype=CON, block2=None) -> bytes:
         m = Message(code=Code.GET, uri_path=PATH)
         m.mtype = mtype
         m.opt.uri_query = tuple(query)
         m.opt.add_option(OpaqueOption(LAB_IDENTITY_OPTION, IDENTITY))
         if block2 is not None:
             m.opt.block2 = block2
-        for o in qblock2:
-            m.opt.add_option(BlockOption(Q2, value=(o.num, o.more, o.szx)))
         m.mid = next(self.mids) & 0xFFFF
         m.token = next(self.tokens).to_bytes(4, "big")
         data = m.encode()
@@ -120,36 +119,41 @@ async def bulk_rfc7959(uu: Uu, get) -> bytes:
     return body
 
 
-async def bulk_qblock2(uu: Uu, get) -> bytes:
-    loop = asyncio.get_running_loop()
-    rx = QBlock2Receiver()
-    uu.request(get.uri_query(), qblock2=[BlockOpt(0, True, 6)])
-    rx.start(loop.time())
-    while not rx.complete:
-        try:
-            r = await uu.recv(max(0.001, rx.deadline() - loop.time()))
-        except TimeoutError:
-            ask = rx.poll(loop.time())
-            if ask:
-                uu.request(followup_query(get.flag), mtype=NON, qblock2=ask.options())
-            continue
-        raw = r.opt.get_option(Q2)
-        if not raw:
-            return r.payload  # fits one message
-        b = BlockOption(Q2)
-        b.decode(raw[0].value)
-        v = b.value
-        rx.on_block(
-            loop.time(),
-            BlockOpt(v.block_number, bool(v.more), v.size_exponent),
-            r.payload,
-            r.opt.etag,
-            r.opt.size2,
-        )
-        ask = rx.poll(loop.time())
-        if ask:
-            uu.request(followup_query(get.flag), mtype=NON, qblock2=ask.options())
-    return rx.body()
+class CountingEndpoint(CoapEndpoint):
+    """The message layer's datagram shell, counting bytes each way (datagrams it counts itself)."""
+
+    bytes_out = bytes_in = 0
+
+    def sendto(self, data: bytes, addr=None) -> None:
+        self.bytes_out += len(data)
+        super().sendto(data, addr)
+
+    def counts(self) -> dict:
+        return {
+            "up": self.datagrams_out,
+            "down": self.datagrams_in,
+            "up_bytes": self.bytes_out,
+            "down_bytes": self.bytes_in,
+        }
+
+
+def _count_in(holder: dict):
+    def demux(data: bytes, addr) -> bool:
+        holder["ep"].bytes_in += len(data)
+        return False
+
+    return demux
+
+
+async def bulk_qblock2(ep: CountingEndpoint, get) -> bytes:
+    fixed = [(wire.OPT_URI_PATH, p.encode()) for p in PATH] + [(LAB_IDENTITY_OPTION, IDENTITY)]
+    query = [(wire.OPT_URI_QUERY, q.encode()) for q in get.uri_query()]
+    followup = fixed + [(wire.OPT_URI_QUERY, q.encode()) for q in followup_query(get.flag)]
+    offer = QBlockOffer(followup_options=tuple(followup))
+    msg = wire.CoapMessage(wire.CON, wire.GET, 0, b"", fixed + query)
+    answer = await ep.request(msg, qblock=offer, blockwise=True, timeout=60)
+    assert answer.code == 0x45, wire.code_text(answer.code)
+    return answer.payload
 
 
 async def run_bulk(uu: Uu, n: int, fetch) -> dict[int, tuple[int, bytes]]:
@@ -183,13 +187,19 @@ async def main(n: int, as_json: bool) -> dict:
             for name, run in (
                 ("per-ue", lambda uu: per_ue(uu, n)),
                 ("bulk-rfc7959", lambda uu: run_bulk(uu, n, bulk_rfc7959)),
-                ("bulk-qblock2", lambda uu: run_bulk(uu, n, bulk_qblock2)),
+                ("bulk-qblock2", lambda ep: run_bulk(ep, n, bulk_qblock2)),
             ):
-                uu = Uu(srv.port)
+                if name == "bulk-qblock2":
+                    holder: dict = {}
+                    uu = holder["ep"] = CountingEndpoint.connect(
+                        "127.0.0.1", srv.port, demux=_count_in(holder)
+                    )
+                else:
+                    uu = Uu(srv.port)
                 answers = await run(uu)
                 bad = [i for i in range(n) if not check(i, *answers[i])]
                 results[name] = {**uu.counts(), "wrong": len(bad), "gets": len(bulk_gets(n))}
-                uu.sock.close()
+                uu.sock.close() if isinstance(uu, Uu) else uu.close()
         finally:
             await srv.close()
     base = results["per-ue"]

@@ -17,6 +17,7 @@ BENCHES = [
     "bench_security.py",
     "bench_keys.py",
     "bench_demo.py",
+    "bench_loss.py",
 ]
 
 

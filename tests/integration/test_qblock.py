@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import shutil
 import socket
 import subprocess
@@ -284,17 +285,15 @@ async def test_libcoap_client_asking_for_q_block_gets_the_whole_body(qserver, co
 async def test_over_oscore_every_block_is_protected_on_its_own(tmp_path, coap):
     """TS 24.546 6.2.1.2 / RFC 8613: each block response of a Q-Block2 burst is a separately
     protected message (own partial IV), verified by the client with the request's binding."""
-    from msgin5g.authz import parse_identity
     from msgin5g.security.endpoint import ClientProtection
-    from msgin5g.security.registry import Registry
 
-    registry = Registry(tmp_path / "keys")
-    _, creds = registry.add(parse_identity("admin:ops"), tmp_path / "admin.json")
+    from .keyhelp import store_keys
+
+    creds = store_keys(tmp_path / "scm.db", {"admin": "admin:ops"}, tmp_path)["admin"]
     srv = await start_server(
         ServerConfig(
             port=0,
             db_url=f"sqlite:///{tmp_path}/scm.db",
-            security=str(registry.path),
             service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
             qblock=QBlockParams(non_timeout=0.2),
         )
@@ -458,3 +457,77 @@ async def test_over_tcp_q_block2_is_served_as_one_message(qserver, coap):
     m.opt.add_option(qblock2_option(BlockOpt(0, True, 6)))
     r = await asyncio.wait_for(coap.request(m, handle_blockwise=False).response, 10)
     assert r.code == Code.CONTENT and r.payload == expected and not r.opt.get_option(Q2)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+async def test_message_layer_client_at_30_percent_loss_both_ways_gets_the_bulk_answer(qserver, seed):
+    """Seeded 30 % loss of every datagram each way (requests, Continues, requests for missing
+    blocks and the blocks themselves): the bulk answer still arrives whole and right."""
+    import random
+
+    from msgin5g.coap import wire as cw
+    from msgin5g.coap.msglayer import MessageLayer, Params
+    from msgin5g.coap.qblock_client import QBlockOffer
+    from msgin5g.coap.udp import CoapEndpoint
+
+    srv = qserver
+    srv.store.import_docs(
+        "msgin5g",
+        [
+            make_doc(
+                ranges=[{"tac": TAC, "snrRange": {"low": "0", "high": "99"}}],
+                service_id="s-{snr}-" + "y" * 300,
+            )
+        ],
+    )
+    uris = [imei_urn(TAC, i) for i in range(30)]
+    up, down = random.Random(seed), random.Random(seed + 1000)  # each direction its own stream
+
+    class LossyEndpoint(CoapEndpoint):
+        def sendto(self, data, addr=None):
+            if up.random() >= 0.3:
+                super().sendto(data, addr)
+
+    layer = MessageLayer(Params(ack_timeout=0.2, max_retransmit=12), random.Random(seed))
+    ep = LossyEndpoint.connect("127.0.0.1", srv.port, layer, demux=lambda data, addr: down.random() < 0.3)
+    path = [(cw.OPT_URI_PATH, p.encode()) for p in COLLECTION]
+    query = [(cw.OPT_URI_QUERY, q.encode()) for q in ["bulk-conf-flag=lossy", *(f"ue-uri={u}" for u in uris)]]
+    offer = QBlockOffer(
+        params=QBlockParams(non_receive_timeout=0.2, non_max_retransmit=8, non_partial_timeout=60),
+        followup_options=(*path, (cw.OPT_URI_QUERY, b"bulk-conf-flag=lossy")),
+    )
+    try:
+        answer = await ep.request(
+            cw.CoapMessage(cw.CON, cw.GET, 0, b"", path + query), qblock=offer, timeout=60
+        )
+    finally:
+        ep.close()
+    entries = cbor2.loads(answer.payload)
+    assert [e["valUeIds"]["uris"] for e in entries] == [[u] for u in uris]
+    assert [json.loads(e["ueConfigs"][0]["configData"])["ueServiceId"] for e in entries] == [
+        f"s-{i:06d}-" + "y" * 300 for i in range(30)
+    ]
+
+
+async def test_server_cli_sets_max_payloads(tmp_path):
+    """``msgin5g server --qblock-max-payloads 2``: sets of two blocks, each ended by a Continue
+    (NON_TIMEOUT set long so that the Continue, not the timer, moves the server on)."""
+    from msgin5g.store import open_store
+
+    from .procs import ServerProcess
+
+    db = f"sqlite:///{tmp_path}/cli.db"
+    store = open_store(db)
+    store.import_docs(
+        "msgin5g", [make_doc(uris=[imei_urn(TAC, i)], name=f"d{i}-" + "x" * 400) for i in range(8)]
+    )
+    store.close()
+    proc = ServerProcess(db, "--qblock-max-payloads", "2", "--qblock-non-timeout", "30")
+    try:
+        t = await qblock2_get(proc.port, params=QBlockParams(max_payloads=2, non_receive_timeout=20))
+    finally:
+        proc.stop()
+    total = -(-len(t.body) // 1024)
+    assert total >= 4 and len(cbor2.loads(t.body)) == 8
+    assert t.asks == [[BlockOpt(k, True, 6)] for k in range(2, total, 2)]
+    assert sorted(n for _, n in t.received) == list(range(total))

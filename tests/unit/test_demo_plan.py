@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from msgin5g.demo.drivers import UeRun
+from msgin5g.demo.drive import UeRun
 from msgin5g.demo.lossy import LossModel, TcpFramer
+from msgin5g.demo.oracle import Expectation, expected
 from msgin5g.demo.plan import (
     ALICE,
     BOB,
@@ -18,13 +19,9 @@ from msgin5g.demo.plan import (
     MALLORY,
     PHONE_TAC,
     SENSOR_TAC,
-    Expectation,
     Path,
     PlannedUe,
-    expected,
     make_plan,
-    provisioned_documents,
-    write_provisioning,
 )
 from msgin5g.demo.stats import PER_UE_FLOOR, UuCount, percentile, summarize_path, verdict
 from msgin5g.model import imei_urn
@@ -34,7 +31,7 @@ C, F, N = Outcome.CONFIGURED, Outcome.FORBIDDEN, Outcome.NOT_FOUND
 
 
 def oracle(plan, tmp_path):
-    docs = provisioned_documents(write_provisioning(plan, tmp_path))
+    docs = plan.all_documents()
     return {u: expected(u, docs, plan.gateway_coverage) for u in plan.ues}
 
 
@@ -99,7 +96,7 @@ def test_gateway_set_args_describe_the_coverage():
 @pytest.fixture
 def docs_and_coverage(tmp_path):
     plan = make_plan(100, 0.2, seed=3)
-    return plan, provisioned_documents(write_provisioning(plan, tmp_path)), plan.gateway_coverage
+    return plan, plan.all_documents(), plan.gateway_coverage
 
 
 def ue(device, path, asks_for=None, identity=None):
@@ -147,15 +144,46 @@ def test_oracle_applies_authorization_first(docs_and_coverage):
 
 
 # -- the wire -----------------------------------------------------------------------------------------
-def test_loss_model():
-    assert not any(LossModel(0.0, 1).lost() for _ in range(1000))
+def datagrams(n: int, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.randint(4, 60)) for _ in range(n)]
+
+
+def test_loss_model_rate_and_bounds():
+    assert not any(LossModel(0.0, 1).lost(d) for d in datagrams(1000))
     model = LossModel(0.2, 5)
-    lost = sum(model.lost() for _ in range(20_000))
+    lost = sum(model.lost(d) for d in datagrams(20_000))
     assert 3600 < lost < 4400
-    a, b = LossModel(0.3, "x"), LossModel(0.3, "x")
-    assert [a.lost() for _ in range(100)] == [b.lost() for _ in range(100)]
     with pytest.raises(ValueError):
         LossModel(1.0)
+
+
+def test_loss_is_seeded_and_independent_of_arrival_order():
+    """The fate of a datagram depends on the seed, its bytes and its repetition, not on what
+    else crossed the wire in between (the endpoints' traffic interleaves differently each run)."""
+    sent = datagrams(2000, seed=1)
+    a = LossModel(0.3, "7/pc5/up")
+    fate = {d: a.lost(d) for d in sent}
+    b = LossModel(0.3, "7/pc5/up")
+    shuffled = list(sent)
+    random.Random(2).shuffle(shuffled)
+    assert {d: b.lost(d) for d in shuffled} == fate
+    # another seed (or leg, or direction) draws anew
+    c = LossModel(0.3, "7/pc5/down")
+    assert {d: c.lost(d) for d in sent} != fate
+
+
+def test_a_retransmission_gets_a_draw_of_its_own():
+    """The same bytes again (a CON retransmitted, RFC 7252 4.2) are lost or not independently:
+    a datagram is not doomed for ever, and how often each repeat is lost is still the rate."""
+    model = LossModel(0.5, 3)
+    first_lost = [d for d in datagrams(400, seed=4) if model.lost(d)]
+    again = [model.lost(d) for d in first_lost]
+    assert 0 < sum(again) < len(again)
+    twin = LossModel(0.5, 3)
+    for d in datagrams(400, seed=4):
+        twin.lost(d)
+    assert [twin.lost(d) for d in first_lost] == again
 
 
 def tcp_frame(body_len: int, tkl: int = 2, code: int = 0x45) -> bytes:

@@ -305,3 +305,17 @@ def test_q1_bodies_are_kept_apart_and_expire():
     assert out.body == b"a" * 1024 + b"A" and len(a) == 1
     a.expire(11.0)
     assert len(a) == 0
+
+
+def test_back_off_never_waits_longer_than_non_probing_wait():
+    params = QBlockParams(non_receive_timeout=4.0, non_max_retransmit=20, non_probing_wait=30.0)
+    rx = QBlock2Receiver(params=params)
+    rx.start(0.0)
+    feed(rx, 0.0, body_of(3), [0, 2])
+    waits, now = [], 0.0
+    for _ in range(6):
+        due = rx.deadline()
+        waits.append(due - now)
+        now = due
+        assert rx.poll(now).numbers == (1,)
+    assert waits == [4.0, 8.0, 16.0, 30.0, 30.0, 30.0]

@@ -46,7 +46,7 @@ class QBlockParams:
     non_timeout: float = 2.0  # NON_TIMEOUT (s): pause between two sets without a Continue
     non_receive_timeout: float = 4.0  # NON_RECEIVE_TIMEOUT (s): silence before asking for missing blocks
     non_max_retransmit: int = 4  # NON_MAX_RETRANSMIT: rounds of asking for the same missing blocks
-    non_probing_wait: float = 247.0  # NON_PROBING_WAIT (s): wait after the last retry before probing
+    non_probing_wait: float = 247.0  # NON_PROBING_WAIT (s): the longest wait between two requests for blocks
     non_partial_timeout: float = 247.0  # NON_PARTIAL_TIMEOUT (s): a partial body is dropped after this
 
     def __post_init__(self):
@@ -258,7 +258,9 @@ class QBlock2Receiver:
         return min(base + self._timeout(), self._last_progress + self.params.non_partial_timeout)
 
     def _timeout(self) -> float:
-        return self.params.non_receive_timeout * (2 ** min(self._rounds, self.params.non_max_retransmit))
+        """NON_RECEIVE_TIMEOUT doubled per unanswered round, never beyond NON_PROBING_WAIT."""
+        p = self.params
+        return min(p.non_receive_timeout * (2 ** min(self._rounds, p.non_max_retransmit)), p.non_probing_wait)
 
     def poll(self, now: float) -> AskBlocks | None:
         """The request to send now, if any (raises :class:`QBlockFailed` when giving up)."""

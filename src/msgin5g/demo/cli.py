@@ -1,11 +1,11 @@
 """``msgin5g demo``: the whole topology on one machine, with live progress and a report.
 
-It starts, each as its own process talking real CoAP over loopback, the SCM-S (on SQLite in a
-temporary directory unless ``--db`` is given), the Relay UE, the Gateway UE (and, with
+It starts (:mod:`.topology`), each as its own process talking real CoAP over loopback, the
+SCM-S (on SQLite in a temporary directory unless ``--db`` is given), the Relay UE, the Gateway UE (and, with
 ``--cm-client separate``, its configuration management client, SEAL-C: SPEC D10), and the wire
 between them (:mod:`.lossy`: counts every leg, loses ``--loss`` of the UDP datagrams). It
 provisions a generated fleet through ``msgin5g config import`` and ``msgin5g config gateway
-set`` (:mod:`.plan`), then drives the UEs (:mod:`.drivers`): constrained UEs through the relay
+set`` (:mod:`.plan`), then drives the UEs (:mod:`.drive`): constrained UEs through the relay
 and through the gateway, unconstrained UEs directly, and one UE — an ``msgin5g ue get-config
 --observe`` process — that observes its document while the demo changes it.
 
@@ -14,17 +14,17 @@ directory and store (:mod:`.keys`), the SCM-S is secured by them, the Gateway UE
 and a registry of its UEs' keys, and every request of every UE and of the administrator is
 protected; ``--insecure`` runs the lab mode instead (identities claimed with the lab option).
 
-Every UE's outcome is checked against what the provisioning implies (:func:`.plan.expected`);
-the exit status is 0 only when each UE got exactly that. A child that dies, Ctrl-C, or SIGTERM
-stops every process the demo started (:mod:`.procs`) and says what had been done.
+Every UE's outcome is checked against what the provisioning implies (:mod:`.oracle`, written
+from the SPEC, independent of the server's code); the exit status is 0 only when each UE got
+exactly that, 1 when some UE did not, 2 when the run could not be carried out. A child that
+dies, Ctrl-C, or SIGTERM stops every process the demo started (:mod:`.procs`) and says what had
+been done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import resource
 import shutil
 import signal
@@ -32,77 +32,32 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..outcome import Outcome
-from ..scmc import ScmClient
-from ..store import open_store
-from . import drivers
-from .drivers import UeRun
-from .keys import DemoKeys, done_with, make_keys
+from .drive import OBSERVER_CHANGES, ObserverResult, UeRun, drive_fleet, observe
+from .keys import DemoKeys, make_keys
 from .lossy import raise_fd_limit
-from .plan import (
-    GATEWAY_ID,
-    SENSOR_TAC,
-    SERVICE_ID,
-    Expectation,
-    FleetPlan,
-    Path,
-    PlannedUe,
-    expected,
-    make_plan,
-    provisioned_documents,
-    write_provisioning,
-)
-from .procs import Child, ChildFailed, Supervisor, msgin5g_argv
+from .oracle import expected
+from .plan import FleetPlan, Path, make_plan
+from .procs import Child, ChildFailed, Supervisor
+from .progress import ProgressView
 from .report import MATPLOTLIB_HINT, TABLE_NOTES, console_table, write_report
 from .stats import PathSummary, UuCount, summarize_path, verdict
+from .topology import (
+    LEG_OF,
+    UE_SIDE_LEG,
+    DemoOptions,
+    Topology,
+    actor_counters,
+    check_store_empty,
+    provision,
+    start_topology,
+)
 
-RELAY_LINKS = 8  # TS 23.304's recommended PC5 link table size: the relay serves 8 UEs at a time
-GATEWAY_CONCURRENCY = 1000  # constrained UEs asking the gateway at the same time (fewer if files are scarce)
-UE_DEADLINE = 240.0  # s a UE keeps trying before it counts as an error
-OBSERVER_CHANGES = 2  # document changes the observing UE must see
-OBSERVER_STARTS = 3  # an observer whose first request got no answer is started again
-OBSERVER_WAIT = 5.0  # s for a notification before the document is changed once more
 EXIT_OK, EXIT_WRONG, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-LEG_OF = {
-    Path.RELAY: "uu-relay",
-    Path.GATEWAY: "uu-gateway",
-    Path.DIRECT: "uu-direct",
-    Path.OBSERVER: "uu-observer",
-}
-UE_SIDE_LEG = {Path.RELAY: "pc5", Path.GATEWAY: "msgin5g-6"}
-
-
-@dataclass
-class DemoOptions:
-    ues: int = 1000
-    relay_share: float = 0.2
-    relay_mode: str = "l3"
-    bulk: bool = True
-    max_batch: int = 1000
-    max_wait_ms: int = 500
-    transport: str = "udp"
-    cm_client: str = "collocated"
-    loss: float = 0.0
-    seed: int = 1
-    report: FsPath | None = None
-    db: str | None = None
-    insecure: bool = False
-
-    def path_label(self, path: Path) -> str:
-        return {
-            Path.RELAY: f"relay ({self.relay_mode.upper()})",
-            Path.GATEWAY: f"gateway ({'bulk' if self.bulk else 'no bulk'}, {self.transport.upper()})",
-            Path.DIRECT: "direct",
-            Path.OBSERVER: "observer",
-        }[path]
 
 
 def make_console() -> Console:
@@ -113,199 +68,8 @@ def make_console() -> Console:
     return console
 
 
-# --------------------------------------------------------------------------------------------
-# The wire process
-
-
-class Wire:
-    """Control of the :mod:`.lossy` forwarder process (one line per command, one per reply)."""
-
-    def __init__(self, child: Child):
-        self.child = child
-        self._lock = asyncio.Lock()
-        self.last: dict = {}
-
-    async def _ask(self, line: str) -> str:
-        proc = self.child.proc
-        async with self._lock:
-            proc.stdin.write((line + "\n").encode())
-            await proc.stdin.drain()
-            reply = (await asyncio.wait_for(proc.stdout.readline(), 10.0)).decode().strip()
-        if not reply or reply.startswith("error"):
-            raise ChildFailed(self.child, f"refused {line!r}: {reply or 'no reply'}")
-        return reply
-
-    async def leg(self, kind: str, name: str, target: tuple[str, int]) -> tuple[str, int]:
-        """A new leg towards ``target``; returns where its clients send instead."""
-        _, _, host, port = (await self._ask(f"{kind} {name} {target[0]} {target[1]}")).split()
-        return host, int(port)
-
-    async def stats(self) -> dict:
-        with contextlib.suppress(Exception):
-            self.last = json.loads((await self._ask("stats")).partition(" ")[2])
-        return self.last
-
-
-# --------------------------------------------------------------------------------------------
-# Live progress
-
-
-class ProgressView:
-    """Per-path progress: a rich live display on a terminal, a status line every few seconds
-    otherwise (CI logs, pipes)."""
-
-    def __init__(self, console: Console, opts: DemoOptions, totals: dict[Path, int], interval: float = 3.0):
-        self.console = console
-        self.opts = opts
-        self.totals = totals
-        self.interval = interval
-        self.tally: dict[Path, Counter] = {p: Counter() for p in totals}
-        self.uu: dict[Path, int] = dict.fromkeys(totals, 0)
-        self.t0 = time.monotonic()
-        self._progress: Progress | None = None
-        self._tasks: dict[Path, int] = {}
-        self._closed = False
-
-    def __enter__(self) -> ProgressView:
-        if self.console.is_terminal:
-            columns = [TextColumn("{task.description:<22}")]
-            if self.console.width >= 120:
-                columns.append(BarColumn(bar_width=24))
-            columns += [MofNCompleteColumn(), TextColumn("{task.fields[tally]}"), TimeElapsedColumn()]
-            self._progress = Progress(*columns, console=self.console)
-            self._progress.start()
-            for path, n in self.totals.items():
-                self._tasks[path] = self._progress.add_task(self.opts.path_label(path), total=n, tally="")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._progress is not None:
-            self._refresh()
-            self._progress.stop()
-        else:
-            self.print_line()
-
-    def _tally_text(self, path: Path) -> str:
-        t = self.tally[path]
-        text = f"2.05 {t['2.05']:,} · 4.03 {t['4.03']:,} · 4.04 {t['4.04']:,}"
-        if t["error"]:
-            text += f" · no answer {t['error']:,}"
-        if t["wrong"]:
-            text += f" · [red]wrong {t['wrong']:,}[/]"
-        return text + f" · Uu {self.uu[path]:,}"
-
-    def record(self, run: UeRun) -> None:
-        path = run.ue.path
-        self.tally[path][run.code if run.outcome is not Outcome.ERROR else "error"] += 1
-        self.tally[path]["done"] += 1
-        if not run.ok:
-            self.tally[path]["wrong"] += 1
-        if self._progress is not None:
-            self._progress.update(
-                self._tasks[path], completed=self.tally[path]["done"], tally=self._tally_text(path)
-            )
-
-    def set_uu(self, legs: dict) -> None:
-        for path in self.totals:
-            self.uu[path] = UuCount.from_leg(legs.get(LEG_OF[path])).messages
-        self._refresh()
-
-    def _refresh(self) -> None:
-        if self._progress is not None:
-            for path, task in self._tasks.items():
-                self._progress.update(task, tally=self._tally_text(path))
-
-    def print_line(self) -> None:
-        parts = [f"{self.opts.path_label(p)} {self.tally[p]['done']:,}/{n:,}" for p, n in self.totals.items()]
-        uu = sum(self.uu.values())
-        self.console.print(
-            f"  {time.monotonic() - self.t0:6.1f} s  " + " · ".join(parts) + f" | Uu {uu:,} msgs"
-        )
-
-    async def ticker(self, wire: Wire) -> None:
-        """Refresh the wire's counters; without a terminal, print a status line every few seconds
-        while UEs finish, and every 15 s while they wait."""
-        last_line, last_done = time.monotonic(), 0
-        while True:
-            await asyncio.sleep(0.5)
-            self.set_uu(await wire.stats())
-            if self._progress is not None:
-                continue
-            done = sum(t["done"] for t in self.tally.values())
-            quiet = time.monotonic() - last_line
-            if (done != last_done and quiet >= self.interval) or quiet >= 5 * self.interval:
-                last_line, last_done = time.monotonic(), done
-                self.print_line()
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-
-
-async def run_command(args: list[str], timeout: float = 120.0) -> tuple[int, str]:
-    """Run ``msgin5g ARGS`` to completion (output captured); killed if the demo is stopped."""
-    proc = await asyncio.create_subprocess_exec(
-        *msgin5g_argv(*args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode, out.decode(errors="replace").strip()
-
-
-def uri(addr: tuple[str, int], scheme: str = "coap") -> str:
-    return f"{scheme}://{_hostport(addr)}"
-
-
-def _hostport(addr: tuple[str, int]) -> str:
-    return f"{addr[0]}:{addr[1]}"
-
-
-def _json_after(text: str, marker: str) -> dict | None:
-    """The JSON document printed after ``marker`` in a child's log (its counters at shutdown)."""
-    i = text.rfind(marker)
-    if i < 0:
-        return None
-    with contextlib.suppress(ValueError):
-        return json.JSONDecoder().raw_decode(text[i + len(marker) :].lstrip())[0]
-    return None
-
-
-def _json_lines(child: Child) -> list[dict]:
-    """The JSON lines an ``msgin5g ue get-config --json`` child has printed so far."""
-    out = []
-    for line in child.log_text().splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
-
-
 def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.0f} MiB"
-
-
-@dataclass
-class ObserverResult:
-    run: UeRun
-    latencies: list[float]  # change (PUT) → notification seen, s
-    seen: int
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.run.ok and self.seen == OBSERVER_CHANGES
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,307 +97,9 @@ class Demo:
     def say(self, text: str) -> None:
         self.console.print(text)
 
-    # -- phases ----------------------------------------------------------------------------------
-    def check_store(self) -> None:
-        """A given store must be empty: the expectations are computed from this run's provisioning."""
-        try:
-            store = open_store(self.db_url)
-        except Exception as e:
-            raise click.ClickException(f"cannot open the store {self.opts.db}: {e}") from None
-        try:
-            n = store.count(SERVICE_ID)
-        finally:
-            store.close()
-        if n:
-            raise click.ClickException(
-                f"the store {self.opts.db} already holds {n} configuration documents for '{SERVICE_ID}'; "
-                "the demo provisions its own fleet and needs an empty store (e.g. a fresh database: "
-                "createdb -h 127.0.0.1 -U postgres msgin5g_demo)"
-            )
-
-    async def start_actors(self) -> dict:
-        """The SCM-S and the wire, then the relay and the gateway behind their legs."""
-        o = self.opts
-        security = [] if self.keys else ["--insecure"]  # secured: the keys are in its store
-        server_task = self.sup.start(
-            "server",
-            "the SCM-S",
-            ["server", *security, "--port", "0", "--db", self.db_url],
-            r"listening coap://([\d.]+):(\d+)/su-uc/v1\s+listening coap\+tcp://",
-        )
-        wire_task = self.sup.start(
-            "wire",
-            "the wire (lossy forwarder)",
-            [sys.executable, "-m", "msgin5g.demo.lossy", "--loss", str(o.loss), "--seed", str(o.seed)],
-            "",
-            stdin_pipe=True,
-            stdout_pipe=True,
-        )
-        server, wire_child = await asyncio.gather(server_task, wire_task)
-        scm = (server.ready_match.group(1), int(server.ready_match.group(2)))
-        self.say(
-            f"  started {server.label} (pid {server.pid}): {uri(scm)}/su-uc/v1 (UDP and TCP), "
-            f"store {self.db_url}" + ("" if self.keys else ", INSECURE lab mode")
-        )
-        self.wire = Wire(wire_child)
-        loss = f"loses {o.loss:.0%} of the UDP datagrams" if o.loss else "loses nothing"
-        self.say(f"  started {wire_child.label} (pid {wire_child.pid}): counts every leg, {loss}")
-        ep: dict = {"scm": scm}
-        for leg in ("uu-relay", "uu-direct", "uu-observer"):
-            ep[leg] = await self.wire.leg("udp", leg, scm)
-        ep["uu-gateway"] = await self.wire.leg(o.transport, "uu-gateway", scm)
-        gw_scheme = "coap+tcp" if o.transport == "tcp" else "coap"
-
-        async def relay() -> Child:
-            return await self.sup.start(
-                "relay",
-                "the Relay UE",
-                [
-                    "relay",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--server",
-                    uri(ep["uu-relay"]),
-                    "--mode",
-                    o.relay_mode,
-                    "--max-links",
-                    str(RELAY_LINKS),
-                    "--admin",
-                    "127.0.0.1:0",
-                ],
-                r"listening on ([\d.]+):(\d+) \(PC5\)",
-            )
-
-        async def gateway() -> tuple[Child, Child | None]:
-            cm = None
-            # secured: its own key towards the SCM-S, and its UEs' keys on MSGin5G-6 (SPEC D12)
-            if self.keys is not None:
-                uu_identity = ["--credentials", str(self.keys.gateway.path)]
-            else:
-                uu_identity = ["--gateway-id", GATEWAY_ID]
-            args = [
-                "gateway",
-                "--listen",
-                "127.0.0.1:0",
-                "--state",
-                str(self.workdir / "gateway-state.db"),
-                *(
-                    [
-                        "--security",
-                        str(self.keys.gateway_registry),
-                        # every UE's context stays loaded: no release and reload between request and answer
-                        "--max-open-contexts",
-                        str(max(1024, min(len(self.keys.at_gateway), self.fd_limit // 2))),
-                    ]
-                    if self.keys
-                    else []
-                ),
-                "--bulk" if o.bulk else "--no-bulk",
-                "--max-batch",
-                str(o.max_batch),
-                "--max-wait-ms",
-                str(o.max_wait_ms),
-            ]
-            if o.cm_client == "separate":
-                cm = await self.sup.start(
-                    "cm-client",
-                    "the CM client (SEAL-C)",
-                    [
-                        "cm-client",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--server",
-                        uri(ep["uu-gateway"], gw_scheme),
-                        *uu_identity,
-                    ],
-                    r"cm-client listening on ([\d.]+):(\d+)",
-                )
-                args += ["--cm-client", uri((cm.ready_match.group(1), int(cm.ready_match.group(2))))]
-            else:
-                args += ["--server", uri(ep["uu-gateway"], gw_scheme), *uu_identity]
-            gw = await self.sup.start(
-                "gateway", "the Gateway UE", args, r"gateway listening on ([\d.]+):(\d+)"
-            )
-            return gw, cm
-
-        relay_child, (gw_child, cm_child) = await asyncio.gather(relay(), gateway())
-        ep["relay"] = (relay_child.ready_match.group(1), int(relay_child.ready_match.group(2)))
-        ep["gateway"] = (gw_child.ready_match.group(1), int(gw_child.ready_match.group(2)))
-        ep["pc5"] = await self.wire.leg("udp", "pc5", ep["relay"])
-        ep["msgin5g-6"] = await self.wire.leg("udp", "msgin5g-6", ep["gateway"])
-        self.say(
-            f"  started {relay_child.label} (pid {relay_child.pid}): PC5 {_hostport(ep['relay'])}, "
-            f"{o.relay_mode.upper()} mode, {RELAY_LINKS} PC5 links"
-        )
-        if cm_child is not None:
-            cm_at = f"{cm_child.ready_match.group(1)}:{cm_child.ready_match.group(2)}"
-            self.say(f"  started {cm_child.label} (pid {cm_child.pid}): SEAL-C {cm_at}")
-        where = "CM client separate" if cm_child else "CM client collocated"
-        self.say(
-            f"  started {gw_child.label} (pid {gw_child.pid}): MSGin5G-6 {_hostport(ep['gateway'])}, "
-            f"{where}, Uu over {o.transport.upper()}"
-        )
-        self.say(
-            "  ports: every process picked a free port on 127.0.0.1; every PC5, MSGin5G-6 and Uu leg "
-            "goes through the wire"
-        )
-        self.done.append("started the SCM-S, the wire, the Relay UE and the Gateway UE")
-        return ep
-
-    async def provision(self, ep: dict) -> None:
-        """``msgin5g config import`` over CoAP (as administrator) and the gateway registry."""
-        self.provision_files = write_provisioning(self.plan, self.workdir)
-        api = uri(ep["scm"])
-        counts: dict[str, int] = {}
-        admin = ["--credentials", str(self.keys.admin.path)] if self.keys else []
-        for f in self.provision_files:
-            rc, out = await run_command(["config", "import", str(f), "--server", api, *admin])
-            if rc != 0:
-                raise click.ClickException(f"provisioning {f.name} failed: {out}")
-            imported = re.search(r"imported (\d+)", out)
-            counts[f.name] = int(imported.group(1)) if imported else 0
-        rc, out = await run_command(
-            ["config", "gateway", "set", GATEWAY_ID, *self.plan.gateway_set_args(), "--db", self.db_url]
-        )
-        if rc != 0:
-            raise click.ClickException(f"registering the gateway failed: {out}")
-        out = self.plan.outside_gateway
-        self.say(
-            f"  provisioned {sum(counts.values()):,} documents with 'msgin5g config import' "
-            f"({', '.join(f'{name}: {n}' for name, n in counts.items())})"
-        )
-        self.say(
-            f"  registered gateway {GATEWAY_ID} with 'msgin5g config gateway set': TAC {SENSOR_TAC} "
-            f"except SNR {out.start}-{out.stop - 1}"
-        )
-        self.done.append(f"provisioned {sum(counts.values()):,} documents and the gateway registry")
-
-    def expectations(self) -> dict[PlannedUe, Expectation]:
-        docs = provisioned_documents(self.provision_files)
-        return {u: expected(u, docs, self.plan.gateway_coverage) for u in self.plan.ues}
-
-    async def drive(self, ep: dict, exp: dict[PlannedUe, Expectation]) -> list[UeRun]:
-        """Every UE at once: relay (8 links at a time), gateway, direct."""
-        o = self.opts
-        loop = asyncio.get_running_loop()
-        relay_slots = asyncio.Semaphore(RELAY_LINKS)
-        # each UE waiting on the gateway holds a socket here and one in the wire process
-        gateway_slots = asyncio.Semaphore(max(16, min(GATEWAY_CONCURRENCY, self.fd_limit // 3)))
-        gw_timeout = max(drivers.ATTEMPT_TIMEOUT, 3 * o.max_wait_ms / 1000 + 30)
-        scm_via_relay = uri(ep["uu-relay"])
-
-        keys = self.keys
-
-        def creds(ue: PlannedUe):
-            if keys is None:
-                return None
-            return (keys.at_gateway if ue.path is Path.GATEWAY else keys.at_scm)[ue.device]
-
-        async def one(ue: PlannedUe) -> UeRun:
-            if ue.path is Path.RELAY:
-                async with relay_slots:
-                    run = await drivers.configure_via_relay(
-                        ep["pc5"], scm_via_relay, ue, exp[ue], loop.time() + UE_DEADLINE, creds(ue)
-                    )
-            elif ue.path is Path.GATEWAY:
-                async with gateway_slots:
-                    run = await drivers.configure_via_gateway(
-                        ep["msgin5g-6"], ue, exp[ue], loop.time() + UE_DEADLINE, gw_timeout, creds(ue)
-                    )
-            else:
-                run = await drivers.configure_direct(
-                    uri(ep["uu-direct"]), ue, exp[ue], loop.time() + UE_DEADLINE, creds(ue)
-                )
-            self.runs.append(run)
-            self.view.record(run)
-            return run
-
-        return list(await asyncio.gather(*(one(u) for u in self.plan.ues if u.path is not Path.OBSERVER)))
-
-    async def observe(self, ep: dict, exp: Expectation) -> ObserverResult:
-        """An ``msgin5g ue get-config --observe`` process watches its document (RFC 7641) while the
-        administrator changes it (PUT, TS 24.546 C.3.1.2.3.3.2); every change must reach it.
-
-        A notification lost on the wire is made good by the next change; an observer whose own
-        first request got no answer (``--loss``) is started again, as a device would retry."""
-        ue = self.plan.observer
-        t0 = time.monotonic()
-        child, first = None, {}
-        for attempt in range(1, OBSERVER_STARTS + 1):
-            child = await self.sup.start(
-                "observer" if attempt == 1 else f"observer-{attempt}",
-                "the observing UE",
-                [
-                    "ue",
-                    "get-config",
-                    "--server",
-                    uri(ep["uu-observer"]),
-                    "--ue-uri",
-                    ue.asks_for,
-                    *(
-                        ["--credentials", str(self.keys.bundle), "--key-identity", f"ue:{ue.device}"]
-                        if self.keys
-                        else ["--identity", ue.identity]
-                    ),
-                    "--observe",
-                    "--json",
-                    "--timeout",
-                    str(drivers.ATTEMPT_TIMEOUT),
-                ],
-                r"\{.*\"outcome\"",
-                timeout=2 * drivers.ATTEMPT_TIMEOUT,
-                may_exit=True,
-            )
-            first = _json_lines(child)[0]
-            if first.get("outcome") != Outcome.ERROR.value:
-                break
-            await self.sup.stop(child)
-        outcome = Outcome(first["outcome"])
-        cfg = first.get("config") or {}
-        run = UeRun(
-            ue, exp, outcome, first.get("code") or "-", cfg.get("ueServiceId"), time.monotonic() - t0, attempt
-        )
+    def _record(self, run: UeRun) -> None:
+        self.runs.append(run)
         self.view.record(run)
-        doc_id = first.get("ueConfigDocId")
-        latencies: list[float] = []
-        note = ""
-        if outcome is Outcome.CONFIGURED and doc_id:
-            admin_creds = self.keys.admin if self.keys else None
-            try:
-                async with ScmClient(
-                    uri(ep["scm"]), SERVICE_ID, credentials=admin_creds
-                ) as admin:  # the administrator is not on a radio leg
-                    for change in range(1, OBSERVER_CHANGES + 1):
-                        latency = await self._change_and_wait(admin, child, doc_id, 1024 + 256 * change)
-                        if latency is None:
-                            note = f"change {change} never arrived"
-                            break
-                        latencies.append(latency)
-            finally:
-                done_with(admin_creds)
-        else:
-            note = f"its first answer was {first.get('code')} {first.get('outcome')}"
-        await self.sup.stop(child)
-        return ObserverResult(run, latencies, len(latencies), note)
-
-    @staticmethod
-    async def _change_and_wait(admin: ScmClient, child: Child, doc_id: str, segment: int) -> float | None:
-        """PUT the document with a new segment size until the observer prints it (5 tries);
-        the time from the PUT to the notification, or None."""
-        for _ in range(5):
-            doc = await admin.get_doc(doc_id)
-            for c in doc["ueConfigs"]:
-                if c["configType"] == "ON_NETWORK":
-                    data = json.loads(c["configData"])
-                    data["segmentSize"] = segment
-                    c["configData"] = json.dumps(data)
-            t_put = time.monotonic()
-            await admin.replace(doc_id, doc)
-            while time.monotonic() - t_put < OBSERVER_WAIT:
-                if any((ln.get("config") or {}).get("segmentSize") == segment for ln in _json_lines(child)):
-                    return time.monotonic() - t_put
-                await asyncio.sleep(0.02)
-        return None
 
     # -- the whole run ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -653,7 +119,7 @@ class Demo:
             f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}"
         )
         if o.db:
-            self.check_store()
+            check_store_empty(self.db_url)
         if not o.insecure:
             t_keys = time.monotonic()
             self.keys = make_keys(plan, self.workdir, self.db_url)
@@ -668,10 +134,19 @@ class Demo:
         self.fd_limit = raise_fd_limit()  # before the children start: they inherit it
         watch = asyncio.ensure_future(self.sup.watch())
         try:
-            ep = await self._with_watch(watch, self.start_actors())
-            await self._with_watch(watch, self.provision(ep))
+            topo: Topology = await self._with_watch(
+                watch,
+                start_topology(self.sup, o, self.keys, self.workdir, self.db_url, self.fd_limit, self.say),
+            )
+            self.done.append("started the SCM-S, the wire, the Relay UE and the Gateway UE")
+            self.wire, ep = topo.wire, topo.ep
+            self.provision_files = await self._with_watch(
+                watch, provision(plan, ep["scm"], self.db_url, self.keys, self.workdir, self.say)
+            )
+            self.done.append("provisioned the documents and the gateway registry")
             self.times["start"] = time.monotonic() - t_start
-            exp = self.expectations()
+            docs = plan.all_documents()
+            exp = {u: expected(u, docs, plan.gateway_coverage) for u in plan.ues}
             totals = {p: len(plan.on(p)) for p in (Path.RELAY, Path.GATEWAY, Path.DIRECT, Path.OBSERVER)}
             totals = {p: n for p, n in totals.items() if n}
             self.say(f"configuring {sum(totals.values()):,} UEs …")
@@ -679,8 +154,23 @@ class Demo:
             with ProgressView(c, o, totals) as self.view:
                 ticker = asyncio.ensure_future(self.view.ticker(self.wire))
                 try:
+                    fleet = [u for u in plan.ues if u.path is not Path.OBSERVER]
                     _, observer = await self._with_watch(
-                        watch, asyncio.gather(self.drive(ep, exp), self.observe(ep, exp[plan.observer]))
+                        watch,
+                        asyncio.gather(
+                            drive_fleet(
+                                fleet,
+                                ep,
+                                exp,
+                                keys=self.keys,
+                                fd_limit=self.fd_limit,
+                                max_wait_ms=o.max_wait_ms,
+                                record=self._record,
+                            ),
+                            observe(
+                                self.sup, plan.observer, exp[plan.observer], ep, self.keys, self.view.record
+                            ),
+                        ),
                     )
                 finally:
                     ticker.cancel()
@@ -799,7 +289,7 @@ class Demo:
         c.print(console_table(rows, title, c.width))
         for note in TABLE_NOTES:
             c.print(f"  {note}", style="dim")
-        counters = self._child_counters()
+        counters = actor_counters(self.sup.children)
         for line in self._counter_lines(counters, observer):
             c.print(line)
         demo_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -865,21 +355,6 @@ class Demo:
             f"{' --insecure' if o.insecure else ''}` — "
             f"UE phase {self.times.get('ues', 0):.1f} s, total {self.times.get('total', 0):.1f} s"
         )
-
-    def _child_counters(self) -> dict:
-        """The counters the relay, the gateway and the CM client print when they stop."""
-        out = {}
-        for ch in self.sup.children:
-            marker = {
-                "relay": "relay counters at shutdown:",
-                "gateway": "gateway counters at shutdown:",
-                "cm-client": "cm-client counters at shutdown:",
-            }.get(ch.name)
-            if marker:
-                value = _json_after(ch.log_text(), marker)
-                if value is not None:
-                    out[ch.name] = value
-        return out
 
     def _counter_lines(self, counters: dict, observer: ObserverResult) -> list[str]:
         lines = []
@@ -947,7 +422,7 @@ class Demo:
     default=0.0,
     show_default=True,
     type=click.FloatRange(0.0, 0.9),
-    help="Share of UDP datagrams lost on the PC5, MSGin5G-6 and Uu legs.",
+    help="Share of UDP datagrams lost on every PC5, MSGin5G-6 and Uu leg, each way (seeded by --seed).",
 )
 @click.option("--seed", default=1, show_default=True, help="Fleet layout and loss pattern.")
 @click.option(

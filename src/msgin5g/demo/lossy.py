@@ -9,11 +9,16 @@ bytes each way — which is how the brief says bulk configuration is to be judge
 messages and bytes against per-UE configuration).
 
 * **UDP legs** forward each datagram with probability ``1 - loss``, independently per datagram
-  and direction. Every client endpoint gets an upstream socket of its own, so the far side still
-  sees one endpoint per client (the relay's PC5 link table and the gateway key on it, SPEC D8,
+  and direction — on every leg, both ways. The decision is seeded (``--seed``) and
+  deterministic: a keyed hash of the leg, the direction, the datagram's bytes and how often the
+  same bytes crossed before (so a retransmission gets a draw of its own), never of the arrival
+  order, so the same datagrams meet the same fate however the endpoints' traffic interleaves.
+  Every client endpoint gets an upstream socket of its own, so the far side still sees one
+  endpoint per client (the relay's PC5 link table and the gateway key on it, SPEC D8,
   D9). Counters are of datagrams *sent* by the endpoints (lost ones included, they used the
   radio) and of those lost.
-* **TCP legs** (``coap+tcp``, RFC 8323) are reliable by definition: nothing is lost; the leg
+* **TCP legs** (``coap+tcp``, RFC 8323) are reliable by definition: nothing is lost (TCP would
+  make a lost segment good itself, a delay rather than a loss the CoAP layer sees); the leg
   counts bytes and CoAP messages, the latter by following RFC 8323 §3.2 framing.
 
 Pure parts (:class:`LossModel`, :class:`TcpFramer`) are unit-tested; the rest is a thin asyncio
@@ -30,8 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
-import random
 import socket
 import sys
 import time
@@ -58,16 +63,30 @@ def raise_fd_limit(ceiling: int = 65_536) -> int:
 
 
 class LossModel:
-    """Independent random loss of each datagram (Bernoulli, probability ``loss``)."""
+    """Loss of each datagram with probability ``loss``, independently (Bernoulli), decided by a
+    keyed hash (BLAKE2b, key = the seed) of the datagram and of how many times the same bytes
+    were seen before. Pure and deterministic: the same seed and the same datagrams give the same
+    losses, in any order and interleaving."""
+
+    REMEMBERED = 100_000  # distinct datagrams whose repetitions are counted (oldest forgotten first)
 
     def __init__(self, loss: float, seed: int | str | None = None):
         if not 0.0 <= loss < 1.0:
             raise ValueError("loss must be in [0, 1)")
         self.loss = loss
-        self._rng = random.Random(seed)
+        self._key = hashlib.blake2b(str(seed).encode(), digest_size=32).digest()
+        self._seen: dict[bytes, int] = {}
 
-    def lost(self) -> bool:
-        return self.loss > 0.0 and self._rng.random() < self.loss
+    def lost(self, datagram: bytes) -> bool:
+        if self.loss <= 0.0:
+            return False
+        digest = hashlib.blake2b(datagram, digest_size=16, key=self._key).digest()
+        n = self._seen.pop(digest, 0)
+        self._seen[digest] = n + 1  # re-inserted: the dict keeps the most recent last
+        if len(self._seen) > self.REMEMBERED:
+            del self._seen[next(iter(self._seen))]
+        draw = hashlib.blake2b(digest + n.to_bytes(4, "big"), digest_size=8, key=self._key).digest()
+        return int.from_bytes(draw, "big") < self.loss * 2**64
 
 
 class TcpFramer:
@@ -143,13 +162,18 @@ class UdpLeg:
         self,
         name: str,
         target: tuple[str, int],
-        loss: LossModel,
+        loss: float,
+        seed: int | str,
         host: str = "127.0.0.1",
         max_clients: int = 10_000,
     ):
         self.name = name
         self.target = target
-        self.loss = loss
+        # each direction its own draws: towards the target (up) and back to the clients (down)
+        self.loss = {
+            "up": LossModel(loss, f"{seed}/{name}/up"),
+            "down": LossModel(loss, f"{seed}/{name}/down"),
+        }
         self.max_clients = max_clients  # beyond it the least recently active client's socket is closed
         self.counters = LegCounters()
         self._loop = asyncio.get_running_loop()
@@ -178,7 +202,7 @@ class UdpLeg:
                 self._loop.add_reader(sock.fileno(), self._from_target, addr, sock)
             self._up[addr] = entry
             entry[1][0] = time.monotonic()
-            self._forward(self.counters.up, data, lambda d, s=entry[0]: s.send(d))
+            self._forward("up", data, lambda d, s=entry[0]: s.send(d))
 
     def _from_target(self, addr: tuple, sock: socket.socket) -> None:
         for _ in range(RECV_BATCH):
@@ -188,12 +212,13 @@ class UdpLeg:
                 return
             except OSError:  # ICMP from the target (not listening yet or gone)
                 return
-            self._forward(self.counters.down, data, lambda d: self._listen.sendto(d, addr))
+            self._forward("down", data, lambda d: self._listen.sendto(d, addr))
 
-    def _forward(self, direction: Direction, data: bytes, send) -> None:
+    def _forward(self, way: str, data: bytes, send) -> None:
+        direction: Direction = getattr(self.counters, way)
         direction.datagrams += 1
         direction.bytes += len(data)
-        if self.loss.lost():
+        if self.loss[way].lost(data):
             direction.lost += 1
             return
         with contextlib.suppress(OSError):  # a full buffer is loss too
@@ -306,9 +331,7 @@ async def serve(loss: float, seed: int) -> None:
                 if words[0] in ("udp", "tcp") and len(words) == 4:
                     name, host, port = words[1], words[2], int(words[3])
                     if words[0] == "udp":
-                        leg: UdpLeg | TcpLeg = UdpLeg(
-                            name, (host, port), LossModel(loss, f"{seed}/{name}"), max_clients=max_clients
-                        )
+                        leg: UdpLeg | TcpLeg = UdpLeg(name, (host, port), loss, seed, max_clients=max_clients)
                     else:
                         leg = await TcpLeg(name, (host, port)).start()
                     legs[name] = leg

@@ -19,25 +19,19 @@ Pure: a seed and a size in, plain values out. :func:`make_plan` lays out a reali
 The constrained UEs are split between the relay and the gateway per category, so that at any
 size every outcome of SPEC §3.1 (2.05, 4.03, 4.04) appears on every path.
 
-:func:`expected` is the oracle the demo checks the wire against: it reads the provisioning
-*documents* (the files handed to ``msgin5g config import``) and the gateway registry entry, and
-applies the brief's rules — never the plan's categories.
+:func:`FleetPlan.all_documents` is what the provisioning files say, as documents; the oracle
+(:mod:`.oracle`) reads them and the gateway registry entry — never the plan's categories.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..applicability import applicable
-from ..authz import gateway_covers
-from ..configdata import expand_doc
-from ..model import UeIdentity, imei_urn, on_network_config
-from ..outcome import Outcome
+from ..model import imei_urn
 
 SENSOR_TAC = "35209900"
 PHONE_TAC = "86000000"
@@ -97,6 +91,21 @@ class FleetPlan:
     @property
     def observer(self) -> PlannedUe:
         return next(u for u in self.ues if u.path is Path.OBSERVER)
+
+    def all_documents(self) -> list[dict]:
+        """Every document the provisioning files describe: ``fleet.yaml``'s, and one per row of
+        ``meters.csv`` (a row is one UE's ON_NETWORK configuration, keyed by its URI)."""
+        rows = [
+            {
+                "configName": f"meter-{uri}",
+                "valServiceDomain": DOMAIN,
+                "valServiceId": SERVICE_ID,
+                "valUeIds": {"uris": [uri]},
+                "ueConfigs": [on_network(sid, segment)],
+            }
+            for uri, sid, _server, segment in self.meter_rows
+        ]
+        return [*self.documents, *rows]
 
     def gateway_set_args(self) -> list[str]:
         """``msgin5g config gateway set`` arguments for :attr:`gateway_coverage`."""
@@ -249,46 +258,6 @@ def make_plan(n: int, relay_share: float = 0.2, seed: int = 1) -> FleetPlan:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """What the provisioning implies for one UE: the outcome and, on 2.05, its UE Service ID."""
-
-    outcome: Outcome
-    ue_service_id: str | None = None
-
-    @property
-    def code(self) -> str:
-        return {Outcome.CONFIGURED: "2.05", Outcome.FORBIDDEN: "4.03", Outcome.NOT_FOUND: "4.04"}.get(
-            self.outcome, "-"
-        )
-
-
-def expected(ue: PlannedUe, documents: Sequence[dict], gateway_coverage: dict | None) -> Expectation:
-    """The outcome ``ue`` must get, from the provisioned documents and the gateway registry.
-
-    * Authorization first (TS 24.546 6.2.1.2; SPEC D12): through the gateway, a UE outside the
-      gateway's registry entry is withheld (4.03, whether or not it has a configuration); a UE
-      asking under its own identity for another UE's configuration is refused (4.03).
-    * Then applicability (TS 24.546 7.2.5; SPEC D3, D4): no applicable document → 4.04;
-      otherwise 2.05 with the most specific document, placeholders expanded (SPEC D5).
-    """
-    target = UeIdentity.from_query(uri=ue.asks_for)
-    if ue.path is Path.GATEWAY:
-        if not gateway_covers(gateway_coverage, target):
-            return Expectation(Outcome.FORBIDDEN)
-    elif ue.identity is not None and ue.identity != f"ue:{ue.asks_for}":
-        return Expectation(Outcome.FORBIDDEN)
-    docs = applicable(documents, target)
-    if not docs:
-        return Expectation(Outcome.NOT_FOUND)
-    cfg = on_network_config(expand_doc(docs[0], target))
-    if cfg is None:
-        return Expectation(Outcome.ERROR)
-    data = cfg["configData"]
-    data = json.loads(data) if isinstance(data, str) else data
-    return Expectation(Outcome.CONFIGURED, data["ueServiceId"])
-
-
 def write_provisioning(plan: FleetPlan, directory) -> list:
     """Write the provisioning files ``msgin5g config import`` reads: ``fleet.yaml`` (the range
     document with placeholders, the phones) and ``meters.csv`` (one UE per row)."""
@@ -312,13 +281,3 @@ def write_provisioning(plan: FleetPlan, directory) -> list:
         w.writerow(CSV_COLUMNS)
         w.writerows(plan.meter_rows)
     return [fleet, meters]
-
-
-def provisioned_documents(paths) -> list[dict]:
-    """The documents of provisioning files, read and validated exactly as ``config import`` does."""
-    from ..provisioning.files import load
-
-    docs: list[dict] = []
-    for p in paths:
-        docs += load(p, DOMAIN).docs
-    return docs

@@ -3,7 +3,9 @@
 Every actor is an ordinary ``msgin5g`` command in its own process. Each child
 
 * writes stdout and stderr to a log file (never a pipe that could fill and block it); the demo
-  reads the file for the child's "ready" line and shows its last lines if it fails;
+  reads the file for the child's machine-readable *ready line* — one JSON object, e.g.
+  ``{"ready": "relay", "listen": {"pc5": ["127.0.0.1", 40123]}}``, which every actor prints once
+  it serves — and shows its last lines if it fails;
 * runs in a session of its own, so that Ctrl-C at the terminal reaches only the demo, which then
   stops the children in order (each prints its counters on SIGINT);
 * on Linux, is killed by the kernel if the demo itself dies without cleaning up
@@ -18,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
-import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +84,7 @@ class Child:
     argv: list[str]
     log_path: Path
     proc: asyncio.subprocess.Process | None = None
-    ready_match: re.Match | None = None
+    ready: dict | None = None  # the child's ready line
     peak_rss_kib: int | None = None
     expected_exit: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -99,6 +102,22 @@ class Child:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+    def json_lines(self) -> list[dict]:
+        """The JSON objects the child has printed so far, one per line (ready lines, results)."""
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    value = json.loads(line)
+                    if isinstance(value, dict):
+                        out.append(value)
+        return out
+
+    def listen(self, side: str) -> tuple[str, int]:
+        """(host, port) of a side the ready line names, e.g. ``pc5``."""
+        host, port = self.ready["listen"][side]
+        return host, int(port)
 
     def log_tail(self, lines: int = 12) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -122,16 +141,17 @@ class Supervisor:
         name: str,
         label: str,
         args: list[str],
-        ready: str,
+        ready: str | Callable[[dict], bool] | None,
         *,
         stdin_pipe: bool = False,
         stdout_pipe: bool = False,
         timeout: float = READY_TIMEOUT,
         may_exit: bool = False,
     ) -> Child:
-        """Start ``msgin5g ARGS`` (or any argv when ``args[0]`` is absolute) and wait until its
-        log matches the regular expression ``ready`` (empty: do not wait). ``may_exit``: the
-        child ending on its own is not a failure of the demo (its caller judges it)."""
+        """Start ``msgin5g ARGS`` (or any argv when ``args[0]`` is absolute) and wait for its ready
+        line: a JSON line ``{"ready": READY, ...}``, or the first JSON line a predicate ``ready``
+        accepts (None: do not wait). ``may_exit``: the child ending on its own is not a failure of
+        the demo (its caller judges it)."""
         argv = args if args and os.path.isabs(args[0]) else msgin5g_argv(*args)
         child = Child(name, label, argv, self.log_dir / f"{name}.log", expected_exit=may_exit)
         log = child.log_path.open("wb")
@@ -148,16 +168,17 @@ class Supervisor:
         finally:
             log.close()
         self.children.append(child)
-        if ready:
-            await self._wait_ready(child, re.compile(ready), timeout)
+        if ready is not None:
+            accept = ready if callable(ready) else lambda line: line.get("ready") == ready
+            await self._wait_ready(child, accept, timeout)
         return child
 
-    async def _wait_ready(self, child: Child, pattern: re.Pattern, timeout: float) -> None:
+    async def _wait_ready(self, child: Child, accept: Callable[[dict], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            m = pattern.search(child.log_text())
-            if m:
-                child.ready_match = m
+            line = next((v for v in child.json_lines() if accept(v)), None)
+            if line is not None:
+                child.ready = line
                 return
             if not child.running:
                 await child.proc.wait()

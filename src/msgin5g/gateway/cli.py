@@ -100,6 +100,7 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
         f"{gw.stats['restored']} stored requests restored",
         nl=True,
     )
+    click.echo(json.dumps({"ready": "gateway", "listen": {"msgin5g-6": [config.host, gw.port]}}))
     try:
         await _wait_for_signal()
     finally:
@@ -295,6 +296,7 @@ def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credent
             await scm.close()
             raise click.ClickException(f"cannot start the CM client: {e}") from e
         click.echo(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
+        click.echo(json.dumps({"ready": "cm-client", "listen": {"seal-c": [host, seal_c.port]}}))
         try:
             await _wait_for_signal()
         finally:

@@ -42,6 +42,7 @@ async def _run(settings: RelaySettings) -> dict:
     )
     if relay.admin_uri:
         click.echo(f"counters: {relay.admin_uri}")
+    click.echo(json.dumps({"ready": "relay", "listen": {"pc5": [host, port], "admin": relay.admin_uri}}))
     try:
         await stop.wait()
     finally:

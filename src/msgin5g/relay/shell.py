@@ -146,6 +146,7 @@ class RunningRelay:
         self._loop = asyncio.get_running_loop()
         self._pc5: socket.socket | None = None
         self._uplinks: dict[int, socket.socket] = {}
+        self._bind_warned = False
         self._tick_task: asyncio.Task | None = None
         self._admin: aiocoap.Context | None = None
         self.pc5_address: tuple[str, int] = ("", 0)
@@ -296,17 +297,38 @@ class RunningRelay:
             self._pc5.sendto(data, endpoint)
 
     def _open_uplink(self, key: int, source: str | None) -> None:
-        """The upstream flow of one PC5 link: its own port (l3) or its own address (l2), SPEC D8."""
+        """The upstream flow of one PC5 link: its own port (l3) or its own address (l2), SPEC D8.
+
+        If the layer-2 address cannot be bound (a system that does not route all of 127.0.0.0/8 to
+        loopback), the flow gets a port of its own instead and the log says so once. If no socket
+        can be had at all (out of file descriptors), the error is counted and logged; the link's
+        requests then go unanswered until the UE releases it."""
         if key in self._uplinks:
             return
-        sock = _udp_socket(self._family)
+        try:
+            sock = _udp_socket(self._family)
+        except OSError as e:
+            self.core.counters.errors[f"open-uplink-{type(e).__name__}"] += 1
+            log.warning("cannot open an upstream socket for PC5 link %d: %s", key, e)
+            return
         try:
             if source is not None:
-                sock.bind((source, 0))
+                try:
+                    sock.bind((source, 0))
+                except OSError as e:
+                    if not self._bind_warned:
+                        self._bind_warned = True
+                        log.warning(
+                            "layer-2 mode: cannot bind %s (%s); remote UEs get an upstream port of their own",
+                            source,
+                            e,
+                        )
             sock.connect(self._server_addr)  # connected: only the server's datagrams are received
-        except OSError:
+        except OSError as e:
             sock.close()
-            raise
+            self.core.counters.errors[f"open-uplink-{type(e).__name__}"] += 1
+            log.warning("cannot open an upstream socket for PC5 link %d: %s", key, e)
+            return
         self._uplinks[key] = sock
         self._loop.add_reader(sock.fileno(), self._on_uplink_readable, key)
 

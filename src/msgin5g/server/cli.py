@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
 from ..clicommon import run_until_signal, setup_logging
+from ..coap.qblock import QBlockParams
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
 from .workers import run_supervised, worker_count
@@ -95,6 +97,20 @@ def _seal_cf(param, value):
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
 @click.option(
+    "--qblock-max-payloads",
+    type=click.IntRange(1, 1000),
+    default=QBlockParams.max_payloads,
+    show_default=True,
+    help="RFC 9177 MAX_PAYLOADS: Q-Block2 blocks sent back to back.",
+)
+@click.option(
+    "--qblock-non-timeout",
+    type=click.FloatRange(0.01, 60.0),
+    default=QBlockParams.non_timeout,
+    show_default=True,
+    help="RFC 9177 NON_TIMEOUT (s): pause between two Q-Block2 sets without a Continue.",
+)
+@click.option(
     "--workers",
     default="1",
     show_default=True,
@@ -119,6 +135,8 @@ def server(
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    qblock_max_payloads,
+    qblock_non_timeout,
     workers,
     verbose,
 ) -> None:
@@ -146,6 +164,7 @@ def server(
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,
         max_open_contexts=max_open_contexts,
+        qblock=QBlockParams(max_payloads=qblock_max_payloads, non_timeout=qblock_non_timeout),
         service=ServiceConfig(
             max_age=max_age,
             max_body=max_body,
@@ -171,6 +190,10 @@ def server(
         running = await start_server(cfg)
         for uri in running.listeners:
             click.echo(f"listening {uri}", err=False)
+        # one machine-readable line for supervisors (msgin5g demo): scheme → base URI
+        click.echo(
+            json.dumps({"ready": "scm-s", "listen": {u.split("://")[0]: u for u in running.listeners}})
+        )
         sys.stdout.flush()
         return running
 

@@ -1,0 +1,309 @@
+"""The demo's topology: every actor started as its own process, the wire between them, the fleet
+provisioned (SPEC §1, D8–D12).
+
+Each actor is an ordinary ``msgin5g`` command (:mod:`.procs` starts, watches and stops it). It is
+ready when it prints its machine-readable ready line — one JSON object with the addresses it
+serves, e.g. ``{"ready": "scm-s", "listen": {"coap": "coap://127.0.0.1:40321/su-uc/v1", ...}}`` —
+so nothing here depends on the wording of the actors' banners. Every port is picked by the
+kernel on 127.0.0.1.
+
+Every radio leg goes through the wire (:mod:`.lossy`): the PC5 side of the Relay UE, the
+MSGin5G-6 side of the Gateway UE, and the Uu side of the relay, of the gateway (or its separate
+CM client, SPEC D10), of the directly attached UEs and of the observing UE. ``--loss`` applies
+to the UDP datagrams of every one of them, both ways; a TCP leg is reliable by definition and
+only counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+
+import click
+
+from ..api import parse_api_root
+from ..store import open_store
+from .keys import DemoKeys
+from .plan import GATEWAY_ID, SENSOR_TAC, SERVICE_ID, FleetPlan, Path, write_provisioning
+from .procs import Child, ChildFailed, Supervisor, msgin5g_argv
+
+RELAY_LINKS = 8  # TS 23.304's recommended PC5 link table size: the relay serves 8 UEs at a time
+
+#: the wire leg each path's Uu traffic crosses, and the UE-side leg of the relayed paths
+LEG_OF = {
+    Path.RELAY: "uu-relay",
+    Path.GATEWAY: "uu-gateway",
+    Path.DIRECT: "uu-direct",
+    Path.OBSERVER: "uu-observer",
+}
+UE_SIDE_LEG = {Path.RELAY: "pc5", Path.GATEWAY: "msgin5g-6"}
+UDP_LEGS = ("pc5", "msgin5g-6", "uu-relay", "uu-direct", "uu-observer")
+
+
+class PreconditionFailed(click.ClickException):
+    """The demo cannot run as asked (a store that is not empty, a provisioning step refused): exit 2,
+    as for any run that could not be carried out — 1 means "some UE got the wrong answer"."""
+
+    exit_code = 2
+
+
+@dataclass
+class DemoOptions:
+    ues: int = 1000
+    relay_share: float = 0.2
+    relay_mode: str = "l3"
+    bulk: bool = True
+    max_batch: int = 1000
+    max_wait_ms: int = 500
+    transport: str = "udp"
+    cm_client: str = "collocated"
+    loss: float = 0.0
+    seed: int = 1
+    report: FsPath | None = None
+    db: str | None = None
+    insecure: bool = False
+
+    def path_label(self, path: Path) -> str:
+        return {
+            Path.RELAY: f"relay ({self.relay_mode.upper()})",
+            Path.GATEWAY: f"gateway ({'bulk' if self.bulk else 'no bulk'}, {self.transport.upper()})",
+            Path.DIRECT: "direct",
+            Path.OBSERVER: "observer",
+        }[path]
+
+
+def uri(addr: tuple[str, int], scheme: str = "coap") -> str:
+    return f"{scheme}://{hostport(addr)}"
+
+
+def hostport(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+async def run_command(args: list[str], timeout: float = 120.0) -> tuple[int, str]:
+    """Run ``msgin5g ARGS`` to completion (output captured); killed if the demo is stopped."""
+    proc = await asyncio.create_subprocess_exec(
+        *msgin5g_argv(*args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode, out.decode(errors="replace").strip()
+
+
+class Wire:
+    """Control of the :mod:`.lossy` forwarder process (one line per command, one per reply)."""
+
+    def __init__(self, child: Child):
+        self.child = child
+        self._lock = asyncio.Lock()
+        self.last: dict = {}
+
+    async def _ask(self, line: str) -> str:
+        proc = self.child.proc
+        async with self._lock:
+            proc.stdin.write((line + "\n").encode())
+            await proc.stdin.drain()
+            reply = (await asyncio.wait_for(proc.stdout.readline(), 10.0)).decode().strip()
+        if not reply or reply.startswith("error"):
+            raise ChildFailed(self.child, f"refused {line!r}: {reply or 'no reply'}")
+        return reply
+
+    async def leg(self, kind: str, name: str, target: tuple[str, int]) -> tuple[str, int]:
+        """A new leg towards ``target``; returns where its clients send instead."""
+        _, _, host, port = (await self._ask(f"{kind} {name} {target[0]} {target[1]}")).split()
+        return host, int(port)
+
+    async def stats(self) -> dict:
+        with contextlib.suppress(Exception):
+            self.last = json.loads((await self._ask("stats")).partition(" ")[2])
+        return self.last
+
+
+def check_store_empty(db_url: str) -> None:
+    """A given store must be empty: the expectations are computed from this run's provisioning."""
+    try:
+        store = open_store(db_url)
+    except Exception as e:
+        raise PreconditionFailed(f"cannot open the store {db_url}: {e}") from None
+    try:
+        n = store.count(SERVICE_ID)
+    finally:
+        store.close()
+    if n:
+        raise PreconditionFailed(
+            f"the store {db_url} already holds {n} configuration documents for '{SERVICE_ID}'; "
+            "the demo provisions its own fleet and needs an empty store (e.g. a fresh database: "
+            "createdb -h 127.0.0.1 -U postgres msgin5g_demo)"
+        )
+
+
+@dataclass
+class Topology:
+    """The running actors and where each one is reached (every address through the wire but
+    ``scm``, the SCM-S itself, which only the administrator uses)."""
+
+    wire: Wire
+    ep: dict[str, tuple[str, int]]
+    server: Child
+    relay: Child
+    gateway: Child
+    cm_client: Child | None
+
+
+async def start_topology(
+    sup: Supervisor,
+    opts: DemoOptions,
+    keys: DemoKeys | None,
+    workdir: FsPath,
+    db_url: str,
+    fd_limit: int,
+    say,
+) -> Topology:
+    """The SCM-S and the wire, then the relay and the gateway behind their legs."""
+    o = opts
+    security = [] if keys else ["--insecure"]  # secured: the keys are in its store
+    server_task = sup.start(
+        "server", "the SCM-S", ["server", *security, "--port", "0", "--db", db_url], "scm-s"
+    )
+    wire_task = sup.start(
+        "wire",
+        "the wire (lossy forwarder)",
+        [sys.executable, "-m", "msgin5g.demo.lossy", "--loss", str(o.loss), "--seed", str(o.seed)],
+        None,
+        stdin_pipe=True,
+        stdout_pipe=True,
+    )
+    server, wire_child = await asyncio.gather(server_task, wire_task)
+    root = parse_api_root(server.ready["listen"]["coap"])
+    scm = (root.host, root.port)
+    say(
+        f"  started {server.label} (pid {server.pid}): {uri(scm)}/su-uc/v1 (UDP and TCP), "
+        f"store {db_url}" + ("" if keys else ", INSECURE lab mode")
+    )
+    wire = Wire(wire_child)
+    loss = f"loses {o.loss:.0%} of the UDP datagrams on every leg, both ways" if o.loss else "loses nothing"
+    if o.loss and o.transport == "tcp":
+        loss += " (the gateway's Uu leg is TCP: reliable)"
+    say(f"  started {wire_child.label} (pid {wire_child.pid}): counts every leg, {loss}")
+    ep: dict = {"scm": scm}
+    for leg in ("uu-relay", "uu-direct", "uu-observer"):
+        ep[leg] = await wire.leg("udp", leg, scm)
+    ep["uu-gateway"] = await wire.leg(o.transport, "uu-gateway", scm)
+    gw_scheme = "coap+tcp" if o.transport == "tcp" else "coap"
+
+    async def relay() -> Child:
+        args = ["relay", "--listen", "127.0.0.1:0", "--server", uri(ep["uu-relay"]), "--mode", o.relay_mode]
+        args += ["--max-links", str(RELAY_LINKS), "--admin", "127.0.0.1:0"]
+        return await sup.start("relay", "the Relay UE", args, "relay")
+
+    async def gateway() -> tuple[Child, Child | None]:
+        cm = None
+        # secured: its own key towards the SCM-S, and its UEs' keys on MSGin5G-6 (SPEC D12)
+        uu_identity = ["--credentials", str(keys.gateway.path)] if keys else ["--gateway-id", GATEWAY_ID]
+        args = ["gateway", "--listen", "127.0.0.1:0", "--state", str(workdir / "gateway-state.db")]
+        if keys is not None:
+            # every UE's context stays loaded: no release and reload between request and answer
+            contexts = max(1024, min(len(keys.at_gateway), fd_limit // 2))
+            args += ["--security", str(keys.gateway_registry), "--max-open-contexts", str(contexts)]
+        args += ["--bulk" if o.bulk else "--no-bulk", "--max-batch", str(o.max_batch)]
+        args += ["--max-wait-ms", str(o.max_wait_ms)]
+        if o.cm_client == "separate":
+            cm_args = ["cm-client", "--listen", "127.0.0.1:0", "--server", uri(ep["uu-gateway"], gw_scheme)]
+            cm = await sup.start("cm-client", "the CM client (SEAL-C)", [*cm_args, *uu_identity], "cm-client")
+            args += ["--cm-client", uri(cm.listen("seal-c"))]
+        else:
+            args += ["--server", uri(ep["uu-gateway"], gw_scheme), *uu_identity]
+        return await sup.start("gateway", "the Gateway UE", args, "gateway"), cm
+
+    relay_child, (gw_child, cm_child) = await asyncio.gather(relay(), gateway())
+    ep["relay"] = relay_child.listen("pc5")
+    ep["gateway"] = gw_child.listen("msgin5g-6")
+    ep["pc5"] = await wire.leg("udp", "pc5", ep["relay"])
+    ep["msgin5g-6"] = await wire.leg("udp", "msgin5g-6", ep["gateway"])
+    say(
+        f"  started {relay_child.label} (pid {relay_child.pid}): PC5 {hostport(ep['relay'])}, "
+        f"{o.relay_mode.upper()} mode, {RELAY_LINKS} PC5 links"
+    )
+    if cm_child is not None:
+        say(f"  started {cm_child.label} (pid {cm_child.pid}): SEAL-C {hostport(cm_child.listen('seal-c'))}")
+    where = "CM client separate" if cm_child else "CM client collocated"
+    say(
+        f"  started {gw_child.label} (pid {gw_child.pid}): MSGin5G-6 {hostport(ep['gateway'])}, "
+        f"{where}, Uu over {o.transport.upper()}"
+    )
+    say(
+        "  ports: every process picked a free port on 127.0.0.1; every PC5, MSGin5G-6 and Uu leg "
+        "goes through the wire"
+    )
+    return Topology(wire, ep, server, relay_child, gw_child, cm_child)
+
+
+async def provision(
+    plan: FleetPlan, scm: tuple[str, int], db_url: str, keys: DemoKeys | None, workdir: FsPath, say
+) -> list[FsPath]:
+    """``msgin5g config import`` over CoAP (as administrator) and the gateway registry
+    (``msgin5g config gateway set``); returns the provisioning files."""
+    files = write_provisioning(plan, workdir)
+    counts: dict[str, int] = {}
+    admin = ["--credentials", str(keys.admin.path)] if keys else []
+    for f in files:
+        rc, out = await run_command(["config", "import", str(f), "--server", uri(scm), *admin])
+        if rc != 0:
+            raise PreconditionFailed(f"provisioning {f.name} failed: {out}")
+        imported = re.search(r"imported (\d+)", out)
+        counts[f.name] = int(imported.group(1)) if imported else 0
+    rc, out = await run_command(
+        ["config", "gateway", "set", GATEWAY_ID, *plan.gateway_set_args(), "--db", db_url]
+    )
+    if rc != 0:
+        raise PreconditionFailed(f"registering the gateway failed: {out}")
+    outside = plan.outside_gateway
+    say(
+        f"  provisioned {sum(counts.values()):,} documents with 'msgin5g config import' "
+        f"({', '.join(f'{name}: {n}' for name, n in counts.items())})"
+    )
+    say(
+        f"  registered gateway {GATEWAY_ID} with 'msgin5g config gateway set': TAC {SENSOR_TAC} "
+        f"except SNR {outside.start}-{outside.stop - 1}"
+    )
+    return files
+
+
+def _json_after(text: str, marker: str) -> dict | None:
+    """The JSON document printed after ``marker`` in a child's log (its counters at shutdown)."""
+    i = text.rfind(marker)
+    if i < 0:
+        return None
+    with contextlib.suppress(ValueError):
+        return json.JSONDecoder().raw_decode(text[i + len(marker) :].lstrip())[0]
+    return None
+
+
+def actor_counters(children: list[Child]) -> dict:
+    """The counters the relay, the gateway and the CM client print when they stop."""
+    markers = {
+        "relay": "relay counters at shutdown:",
+        "gateway": "gateway counters at shutdown:",
+        "cm-client": "cm-client counters at shutdown:",
+    }
+    out = {}
+    for ch in children:
+        if ch.name in markers:
+            value = _json_after(ch.log_text(), markers[ch.name])
+            if value is not None:
+                out[ch.name] = value
+    return out
