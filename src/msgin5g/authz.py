@@ -112,6 +112,31 @@ def gateway_covers(coverage: dict | None, ue: UeIdentity) -> bool:
     return specificity(probe, UeIdentity(uri=ue.uri, tac=ue.tac, snr=ue.snr)) is not None
 
 
+def requested_ue(
+    identity: Identity,
+    uri: str,
+    tac: str | None = None,
+    snr: str | None = None,
+    vendor: str | None = None,
+) -> UeIdentity:
+    """The UE a scoped or bulk query is resolved for (SPEC D3; TS 24.546 6.2.1.2).
+
+    For a UE or a gateway, the TAC and serial number come only from the named UE's own IMEI URN
+    (RFC 7254): ``ue-type`` / ``ue-snr`` may narrow what that URN already implies — a value that
+    contradicts it is a 4.00 (``IDENTITY_MISMATCH``, raised as :class:`ModelError`) — and never
+    widen it: a UE whose ID is not an IMEI URN gets no TAC or serial number from a claim, so it
+    never matches a TAC- or serial-number-scoped document, and neither does a gateway asking for it.
+    ``ue-vendor`` is kept: it only chooses among documents whose ``valUeIds`` already apply to
+    that identity (a vendor restriction never reaches another UE's URI, TAC or serial number).
+    An administrator's claims are taken as given ("what would such a UE get", SPEC D4).
+    """
+    claimed = UeIdentity.from_query(uri, tac, snr, vendor)  # validates; rejects contradictions
+    if identity.role is Role.ADMIN:
+        return claimed
+    own = UeIdentity.from_query(uri)
+    return UeIdentity(uri=own.uri, tac=own.tac, snr=own.snr, vendor=claimed.vendor)
+
+
 def authorize(
     identity: Identity, op: Op, *, ue: UeIdentity | None = None, coverage: dict | None = None
 ) -> Problem | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 
+from .codec import CodecError, loads_json
 from .model import CONFIG_TYPE_ON_NETWORK, ModelError, UeIdentity
 
 PLACEHOLDERS = ("{ueUri}", "{tac}", "{snr}")
@@ -106,8 +107,8 @@ def validate_config_data(config_data: Any, field: str = "configData") -> dict:
     if not isinstance(config_data, str):
         raise ModelError(field, "must be a text string holding a JSON document", "INVALID_CONFIG_DATA")
     try:
-        data = json.loads(config_data)
-    except ValueError as e:
+        data = loads_json(config_data)  # strict: no NaN, no lone surrogates, bounded nesting
+    except CodecError as e:
         raise ModelError(field, f"not a JSON document: {e}", "INVALID_CONFIG_DATA") from None
     return check_config_object(data, field)
 

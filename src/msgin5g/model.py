@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-TAC_RE = re.compile(r"^[0-9]{8}$")  # TypeAllocationCode, Table C.3.1.3.3.1-1
-SNR_RE = re.compile(r"^[0-9]{1,6}$")  # SerialNumber, leading zeros may be dropped
-IMEI_URN_RE = re.compile(r"^urn:gsma:imei:([0-9]{8})-([0-9]{6})-([0-9])$", re.IGNORECASE)  # RFC 7254
-URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s]+$")  # RFC 3986 scheme ":" hier-part (no spaces)
+# Anchored with \A...\Z: ``$`` would also match before a trailing newline ("12345678\n").
+TAC_RE = re.compile(r"\A[0-9]{8}\Z")  # TypeAllocationCode, Table C.3.1.3.3.1-1
+SNR_RE = re.compile(r"\A[0-9]{1,6}\Z")  # SerialNumber, leading zeros may be dropped
+IMEI_URN_RE = re.compile(r"\Aurn:gsma:imei:([0-9]{8})-([0-9]{6})-([0-9])\Z", re.IGNORECASE)  # RFC 7254
+URI_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9+.\-]*:[^\s\x00-\x1f\x7f]+\Z")  # RFC 3986 scheme ":" hier-part
 
 CONFIG_TYPE_COMMON = "COMMON"
 CONFIG_TYPE_ON_NETWORK = "ON_NETWORK"
@@ -41,19 +42,19 @@ class ModelError(ValueError):
 
 def snr_value(snr: str, field: str = "ue-snr") -> int:
     """Numeric value of a SerialNumber; compared numerically (Table C.3.1.3.3.1-1)."""
-    if not isinstance(snr, str) or not SNR_RE.match(snr):
+    if not isinstance(snr, str) or not SNR_RE.fullmatch(snr):
         raise ModelError(field, f"serial number must be 1 to 6 digits, got {snr!r}", "INVALID_SNR")
     return int(snr)
 
 
 def check_tac(tac: Any, field: str = "ue-type") -> str:
-    if not isinstance(tac, str) or not TAC_RE.match(tac):
+    if not isinstance(tac, str) or not TAC_RE.fullmatch(tac):
         raise ModelError(field, f"type allocation code must be 8 digits, got {tac!r}", "INVALID_TAC")
     return tac
 
 
 def check_uri(uri: Any, field: str = "ue-uri") -> str:
-    if not isinstance(uri, str) or not URI_RE.match(uri):
+    if not isinstance(uri, str) or not URI_RE.fullmatch(uri):
         raise ModelError(field, f"not a URI: {uri!r}", "INVALID_URI")
     return uri
 
@@ -86,7 +87,7 @@ class UeIdentity:
             check_tac(tac)
         snr_num = snr_value(snr) if snr is not None else None
         if uri is not None:
-            m = IMEI_URN_RE.match(uri)
+            m = IMEI_URN_RE.fullmatch(uri)
             if m:
                 urn_tac, urn_snr = m.group(1), int(m.group(2))
                 if tac is not None and tac != urn_tac:
@@ -177,6 +178,14 @@ def validate_doc(doc: Any) -> dict:
             _text(doc[key], key)
     if "valUeIds" in doc:
         ids = _map(doc["valUeIds"], "valUeIds")
+        if "uris" not in ids and "imeiRanges" not in ids:
+            # present but naming no UE: it would apply to nobody, which is never what was meant
+            # (absent valUeIds is how a document applies to the whole domain, C.3.1.3.2.1)
+            raise ModelError(
+                "valUeIds",
+                "names no UE (give uris and/or imeiRanges, or omit valUeIds)",
+                "EMPTY_VAL_UE_IDS",
+            )
         if "uris" in ids:
             for i, u in enumerate(_non_empty_list(ids["uris"], "valUeIds/uris")):
                 check_uri(u, f"valUeIds/uris/{i}")

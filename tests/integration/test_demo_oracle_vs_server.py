@@ -39,7 +39,6 @@ GATEWAY = "gw-oracle"
 COVERAGE = {"imeiRanges": [{"tac": T, "snrRange": {"low": "0", "high": "149"}}], "uris": [ALICE]}
 DOCS = {"narrow": NARROW, "wide": WIDE}
 UES = [ALICE, BOB, IMEI_T_7, IMEI_T_42, IMEI_T_99, IMEI_T_100, IMEI_T_150, IMEI_T_199, IMEI_T_200, IMEI_T2_5]
-ISSUE_13 = "issue 13 (SPEC D3 revised): a UE information claim widens what a non-IMEI identity matches"
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +94,11 @@ async def test_claims_that_agree_with_the_imei(server):
     assert got == want("narrow", IMEI_T_42, requester=IMEI_T_42, ue_type=T, ue_snr="000042")
 
 
-@pytest.mark.xfail(reason=ISSUE_13, strict=False)
 async def test_a_non_imei_ue_claiming_a_tac_gets_no_tac_document(server):
     got = await ask(server, "narrow", BOB, f"ue:{BOB}", ue_type=T2, ue_snr="5")
     assert got == want("narrow", BOB, requester=BOB, ue_type=T2, ue_snr="5")
 
 
-@pytest.mark.xfail(reason=ISSUE_13, strict=False)
 async def test_a_gateway_cannot_widen_its_coverage_with_a_claim(server):
     got = await ask(server, "narrow", BOB, f"gateway:{GATEWAY}", ue_type=T, ue_snr="42")
     assert got == want("narrow", BOB, gateway_coverage=COVERAGE, via_gateway=True, ue_type=T, ue_snr="42")

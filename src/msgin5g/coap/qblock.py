@@ -29,6 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .blockwise import MAX_BODY, BlockError, BlockwiseTransfer
+from .wire import block_size
+
 #: Option numbers (RFC 9177 §4.1, IANA CoAP Option Numbers): critical, unsafe, repeatable.
 Q_BLOCK1 = 19
 Q_BLOCK2 = 31
@@ -170,28 +173,29 @@ class QBlock2Receiver:
 
     Feed every Q-Block2 response with :meth:`on_block`; call :meth:`poll` at :meth:`deadline`
     (and after each block) to learn which request to send next. :attr:`complete` says when the
-    body is whole; :meth:`body` reassembles it.
+    body is whole; :meth:`body` reassembles it. The bytes are kept by the message layer's one
+    reassembly state, :class:`~msgin5g.coap.blockwise.BlockwiseTransfer` (out of order, ETag and
+    size checked); this class adds what RFC 9177 decides: Continue, which blocks to ask for and
+    when, a restart on a new ETag.
     """
 
     params: QBlockParams = DEFAULT_PARAMS
     send_continue: bool = True
-    etag: bytes | None = None
-    size: int | None = None
+    max_body: int = MAX_BODY
     szx: int | None = None
-    total: int | None = None  # number of blocks, once known (last block seen or Size2)
-    blocks: dict[int, bytes] = field(default_factory=dict)
+    received: set[int] = field(default_factory=set)  # block numbers held (at szx)
     restarts: int = 0
     duplicates: int = 0
+    transfer: BlockwiseTransfer | None = None
     _last_progress: float = 0.0
     _asked: tuple[int, ...] = ()
     _asked_at: float | None = None
     _rounds: int = 0
     _continued: set[int] = field(default_factory=set)
-    _started: float | None = None
 
     def start(self, now: float) -> None:
         """The first request (Q-Block2 NUM 0, M set) has just been sent."""
-        self._started = self._last_progress = now
+        self._last_progress = now
 
     # -- input --------------------------------------------------------------------------------------
     def on_block(
@@ -199,55 +203,63 @@ class QBlock2Receiver:
     ) -> str:
         """Record one block; returns ``stored``, ``duplicate``, ``restarted`` (the ETag changed:
         everything before is dropped and this block starts the new representation) or ``ignored``
-        (a block that contradicts the size already agreed)."""
+        (a block that contradicts the size or the end already agreed)."""
         result = "stored"
-        if self.etag is not None and etag != self.etag:
+        if self.transfer is not None and etag != self.transfer.etag:
             self._reset()
             self.restarts += 1
             result = "restarted"
-        if self.etag is None:
-            self.etag = etag
-        if self.szx is None:
-            self.szx, self.size = opt.szx, opt.size
+        if self.transfer is None:
+            self.transfer, self.szx = BlockwiseTransfer(self.max_body), opt.szx
         elif opt.szx != self.szx:
             return "ignored"
-        if size2 is not None and self.total is None:
-            self.total = block_count(size2, self.size)
-        if opt.more and len(payload) != self.size:
-            return "ignored"
-        if not opt.more:
-            self.total = opt.num + 1
-        if opt.num in self.blocks:
+        if opt.num in self.received:
             self.duplicates += 1
-            return "duplicate" if result == "stored" else result
-        self.blocks[opt.num] = payload
+            return "duplicate"
+        try:
+            self.transfer.add(opt.num, opt.more, opt.szx, payload, etag, size2)
+        except BlockError:
+            return "ignored"
+        self.received.add(opt.num)
         self._last_progress = now
         self._rounds = 0 if self._asked_at is None or opt.num in self._asked else self._rounds
         return result
 
     def _reset(self) -> None:
-        self.blocks.clear()
-        self.etag = self.size = self.szx = self.total = None
+        self.transfer = self.szx = None
+        self.received.clear()
         self._asked, self._asked_at, self._rounds = (), None, 0
         self._continued.clear()
 
     # -- state --------------------------------------------------------------------------------------
     @property
+    def etag(self) -> bytes | None:
+        return None if self.transfer is None else self.transfer.etag
+
+    @property
+    def total(self) -> int | None:
+        """Number of blocks, once known (the last block seen, or Size2)."""
+        t = self.transfer
+        end = None if t is None else (t.end if t.end is not None else t.size2)
+        return None if end is None else block_count(end, block_size(self.szx))
+
+    @property
     def complete(self) -> bool:
-        return self.total is not None and all(n in self.blocks for n in range(self.total))
+        return self.transfer is not None and self.transfer.complete
 
     def missing(self) -> list[int]:
-        """Blocks known to be missing: gaps below the highest block seen, and up to the end when
-        the number of blocks is known."""
-        if not self.blocks:
+        """Blocks known to be missing: every one up to the end when the end is known
+        (:meth:`BlockwiseTransfer.missing`), else the gaps below the highest block seen."""
+        if not self.received:
             return [0] if self.total is None else list(range(self.total))
-        top = self.total if self.total is not None else max(self.blocks) + 1
-        return [n for n in range(top) if n not in self.blocks]
+        if self.total is not None:
+            return self.transfer.missing()
+        return [n for n in range(max(self.received)) if n not in self.received]
 
     def body(self) -> bytes:
         if not self.complete:
             raise QBlockFailed(f"body incomplete: missing blocks {self.missing()}")
-        return b"".join(self.blocks[n] for n in range(self.total))
+        return self.transfer.body()
 
     # -- decisions ----------------------------------------------------------------------------------
     def deadline(self) -> float | None:
@@ -270,31 +282,31 @@ class QBlock2Receiver:
         if now - self._last_progress >= self.params.non_partial_timeout:
             raise QBlockFailed(f"no block for {self.params.non_partial_timeout:g} s; partial body dropped")
         # a set just completed with more to come: Continue at once (§4.4), once per set
-        if self.send_continue and self.blocks and self._asked_at is None:
-            top = max(self.blocks)
+        if self.send_continue and self.received and self._asked_at is None:
+            top = max(self.received)
             nxt = top + 1
             if (
                 nxt % mp == 0
                 and nxt not in self._continued
                 and (self.total is None or nxt < self.total)
-                and all(n in self.blocks for n in range(nxt - mp, nxt))
+                and all(n in self.received for n in range(nxt - mp, nxt))
             ):
                 self._continued.add(nxt)
                 return AskBlocks(continue_from=nxt, szx=self.szx)
         # the blocks asked for last time all came: ask for the next lot now
-        asked_done = self._asked_at is not None and all(n in self.blocks for n in self._asked)
+        asked_done = self._asked_at is not None and all(n in self.received for n in self._asked)
         due = self.deadline()
         if not asked_done and (due is None or now < due):
             return None
         if self._rounds >= self.params.non_max_retransmit and not asked_done:
             raise QBlockFailed(f"blocks {list(self._asked)} still missing after {self._rounds} requests")
-        if not self.blocks:
+        if not self.received:
             self._rounds += 1
             self._asked, self._asked_at = (), now
             return AskBlocks(continue_from=0, szx=self.szx if self.szx is not None else 6)
         want = self.missing()
         if self.total is None:
-            nxt = max(self.blocks) + 1
+            nxt = max(self.received) + 1
             if nxt not in want:
                 want.append(nxt)  # the end is not known yet: ask for the next block too
         want = want[:mp]

@@ -76,7 +76,7 @@ def on_response(layer, now: float, ex, msg: CoapMessage, addr, out: list) -> boo
     st: QBlockState = ex.q
     value = msg.first(wire.OPT_Q_BLOCK2) if 64 <= msg.code < 96 else None
     if value is None:
-        if st.rx.blocks or st.requests:
+        if st.rx.received or st.requests:
             if msg.token != ex.token and msg.code < 128:
                 return True  # a stray answer to a request for blocks: the receiver asks again
             layer._fail(ex, f"Q-Block2 transfer ended by {wire.code_text(msg.code)}", out)

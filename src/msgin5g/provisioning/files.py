@@ -14,14 +14,19 @@ the file, the entry (or CSV line) and the field, and nothing is imported.
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import multiprocessing
+import os
+import queue as stdlib_queue
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from ..codec import CodecError, check_value
 from ..configdata import check_config_object, validate_doc_config_data
 from ..model import CONFIG_TYPE_ON_NETWORK, ModelError, check_uri, validate_doc
 
@@ -51,11 +56,15 @@ def _normalise(doc: object) -> object:
 
 
 def _check(doc: object, file: str, where: str) -> dict:
+    """The same checks as a POST (data model, admitted values, configData schema)."""
     try:
         validate_doc(doc)
+        check_value(doc)  # e.g. YAML's .nan or !!binary, JSON's NaN: not storable (docs/hardening.md)
         validate_doc_config_data(doc)  # type: ignore[arg-type]
     except ModelError as e:
         raise ProvisioningError(file, where, e.field, e.detail) from None
+    except CodecError as e:
+        raise ProvisioningError(file, where, "", str(e)) from None
     return doc  # type: ignore[return-value]
 
 
@@ -143,22 +152,53 @@ def load(path: str | Path, domain: str = "msgin5g.example") -> Provisioned:
 _ERROR = "error"
 
 
-def _parse_worker(path: str, domain: str, chunk: int, queue) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_CHECK_SECONDS = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (child) process end when ``parent_pid`` does — also on kill -9, which gives the
+    parent no chance to clean up: Linux delivers SIGKILL to the child (prctl PR_SET_PDEATHSIG);
+    elsewhere :func:`_put` notices the re-parenting. A parent already gone ends the child at once."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the periodic check in _put remains
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _put(queue, item, parent_pid: int) -> None:
+    """queue.put that gives up (ending the process) once the parent is gone, instead of blocking
+    forever on a full queue nobody reads."""
+    while True:
+        try:
+            queue.put(item, timeout=PARENT_CHECK_SECONDS)
+            return
+        except stdlib_queue.Full:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+
+def _parse_worker(path: str, domain: str, chunk: int, queue, parent_pid: int | None = None) -> None:
     """Child process of :func:`iter_docs_in_worker`: parse, validate and send chunks of documents."""
+    parent_pid = os.getppid() if parent_pid is None else parent_pid
+    die_with_parent(parent_pid)
     try:
         batch: list[dict] = []
         for doc in iter_docs(path, domain):
             batch.append(doc)
             if len(batch) >= chunk:
-                queue.put(batch)
+                _put(queue, batch, parent_pid)
                 batch = []
         if batch:
-            queue.put(batch)
-        queue.put(None)
+            _put(queue, batch, parent_pid)
+        _put(queue, None, parent_pid)
     except ProvisioningError as e:
-        queue.put((_ERROR, e.file, e.where, e.field, e.detail))
+        _put(queue, (_ERROR, e.file, e.where, e.field, e.detail), parent_pid)
     except Exception as e:  # report anything else too, rather than leave the parent waiting
-        queue.put((_ERROR, path, "read", "", f"{type(e).__name__}: {e}"))
+        _put(queue, (_ERROR, path, "read", "", f"{type(e).__name__}: {e}"), parent_pid)
 
 
 def iter_docs_in_worker(
@@ -169,11 +209,20 @@ def iter_docs_in_worker(
     the child is raised here as the same ProvisioningError, so the caller's transaction rolls back."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue(maxsize=8)
-    worker = ctx.Process(target=_parse_worker, args=(str(path), domain, chunk, queue), daemon=True)
+    worker = ctx.Process(
+        target=_parse_worker, args=(str(path), domain, chunk, queue, os.getpid()), daemon=True
+    )
     worker.start()
     try:
         while True:
-            item = queue.get()
+            try:
+                item = queue.get(timeout=PARENT_CHECK_SECONDS)
+            except stdlib_queue.Empty:
+                if worker.is_alive():
+                    continue
+                raise ProvisioningError(
+                    str(path), "read", "", f"the parsing process ended unexpectedly ({worker.exitcode})"
+                ) from None
             if item is None:
                 return
             if isinstance(item, tuple) and item and item[0] == _ERROR:

@@ -245,6 +245,10 @@ class SecuredSite(interfaces.Resource):
 
     async def render_to_pipe(self, pipe) -> None:
         request = pipe.request
+        refused = self.site.admit(request)  # overload / client rate before any cryptography
+        if refused is not None:
+            pipe.add_response(refused, is_last=True)
+            return
         try:
             bag = oscore.verify_start(request)
         except oscore.NotAProtectedMessage:

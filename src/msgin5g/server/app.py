@@ -19,11 +19,12 @@ import aiocoap
 from aiocoap.numbers.constants import COAP_PORT, COAPS_PORT
 
 from ..authz import LAB_IDENTITY_OPTION
-from ..coap import aiocoap_tweaks
+from ..coap import aiocoap_hardening, aiocoap_tweaks
 from ..coap.qblock import QBlockParams
 from ..security.server import SecuredSite
 from ..security.storekeys import StoreKeyring
 from ..store import Store, default_db_url, open_store
+from .admission import Admission, AdmissionConfig
 from .changefeed import ChangeWatcher
 from .profile_service import ProfileService
 from .profiles import ProfileSite
@@ -106,6 +107,8 @@ class ServerConfig:
     insecure: bool = False
     insecure_anywhere: bool = False
     max_open_contexts: int = 65536  # OSCORE contexts kept in memory at once (their state is in the store)
+    max_exchanges: int = 100_000  # UDP message IDs remembered for deduplication (oldest shed beyond)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # 5.03 / 4.29 policy
     service: ServiceConfig = field(default_factory=ServiceConfig)
     # Scale-out (SPEC D14)
     shared_port: bool = False  # a worker of --workers N: the port is bound by its siblings too
@@ -173,6 +176,7 @@ class RunningServer:
     contexts: list = field(default_factory=list)
     keyring: StoreKeyring | None = None
     root: object | None = None  # what the CoAP contexts serve: the site, or SecuredSite around it
+    hardening: aiocoap_hardening.Hardening | None = None  # UDP guard and bounded deduplication
     _own_store: bool = True
     _watch: asyncio.Task | None = None
     _background: list = field(default_factory=list)
@@ -270,11 +274,13 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         keyring = StoreKeyring(store, max_open=config.max_open_contexts)
         if not store.count_keys():
             log.warning("secured, and the store has no active key yet: add keys with 'msgin5g keys add'")
-        site = ScmSite(service, identify=_identify(keyring), qblock=config.qblock)
+        site = ScmSite(
+            service, identify=_identify(keyring), qblock=config.qblock, admission=Admission(config.admission)
+        )
         root = SecuredSite(site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
-        site = ScmSite(service, qblock=config.qblock)
+        site = ScmSite(service, qblock=config.qblock, admission=Admission(config.admission))
         root = site
     profiles = ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix)
     profiles.changed = site.changed  # its changes reach observers of every process (SPEC D14)
@@ -289,6 +295,11 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         udp = await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["udp6"])
         running.contexts.append(udp)
         aiocoap_tweaks.install_compact_duplicate_cache(udp)
+        try:  # after the tweaks: the bounded cache takes over duplicate detection, compact as well
+            running.hardening = aiocoap_hardening.install(udp, max_exchanges=config.max_exchanges)
+            aiocoap_hardening.install_stream_guard()
+        except RuntimeError as e:
+            raise ServerStartError(str(e)) from None
         if config.tcp:
             running.contexts.append(
                 await aiocoap.Context.create_server_context(root, bind=(host, port), transports=["tcpserver"])

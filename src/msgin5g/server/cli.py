@@ -9,6 +9,7 @@ import click
 
 from ..clicommon import run_until_signal, setup_logging
 from ..coap.qblock import QBlockParams
+from .admission import AdmissionConfig
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
 from .workers import run_supervised, worker_count
@@ -97,6 +98,27 @@ def _seal_cf(param, value):
 )
 @click.option("--insecure-anywhere", is_flag=True, help="Allow --insecure on a non-loopback address.")
 @click.option(
+    "--max-exchanges",
+    default=100_000,
+    show_default=True,
+    help="UDP message IDs remembered for duplicate detection (RFC 7252 §4.5); the oldest are shed beyond.",
+)
+@click.option(
+    "--client-rate",
+    default=0.0,
+    show_default=True,
+    help="Requests per second one client endpoint may send (4.29 + Max-Age beyond); 0 = no limit.",
+)
+@click.option(
+    "--client-burst", default=0, show_default=True, help="Burst of --client-rate (0: twice the rate)."
+)
+@click.option(
+    "--overload-delay",
+    default=2.0,
+    show_default=True,
+    help="Seconds a request may wait in the queue before it is shed with 5.03 + Max-Age; 0 = never.",
+)
+@click.option(
     "--qblock-max-payloads",
     type=click.IntRange(1, 1000),
     default=QBlockParams.max_payloads,
@@ -135,6 +157,10 @@ def server(
     max_open_contexts,
     insecure,
     insecure_anywhere,
+    max_exchanges,
+    client_rate,
+    client_burst,
+    overload_delay,
     qblock_max_payloads,
     qblock_non_timeout,
     workers,
@@ -164,6 +190,10 @@ def server(
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,
         max_open_contexts=max_open_contexts,
+        max_exchanges=max_exchanges,
+        admission=AdmissionConfig(
+            client_rate=client_rate, client_burst=client_burst, overload_delay=overload_delay
+        ),
         qblock=QBlockParams(max_payloads=qblock_max_payloads, non_timeout=qblock_non_timeout),
         service=ServiceConfig(
             max_age=max_age,

@@ -21,7 +21,7 @@ from concurrent.futures import Executor
 
 from aiocoap import Message
 from aiocoap import error as coap_error
-from aiocoap.blockwise import Block1Spool, Block2Cache
+from aiocoap.blockwise import Block1Spool, Block2Cache, IncompleteException
 from aiocoap.interfaces import ObservableResource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
@@ -29,10 +29,12 @@ from aiocoap.resource import PathCapable
 
 from ..api import SU_UC
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
+from ..coap.aiocoap_hardening import arrival_time
 from ..coap.qblock import QBlockParams
 from ..model import ModelError
 from ..problem import Problem, ProblemError
 from ..security.endpoint import max_plaintext
+from .admission import Admission
 from .qblock_site import QBlockServer, has_qblock
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
@@ -83,6 +85,23 @@ def to_message(reply: Reply) -> Message:
     return m
 
 
+def _no_cancellation() -> None:
+    """Cancellation callback of a declined observation (nothing was registered)."""
+
+
+def observation_accepted(serverobservation) -> bool:
+    """Whether a resource accepted ``serverobservation`` (aiocoap's ServerObservation keeps it in
+    ``_accepted``; tests/unit/test_aiocoap_hardening.py guards that)."""
+    return bool(getattr(serverobservation, "_accepted", False))
+
+
+def decline_observation(serverobservation) -> None:
+    """Decline an Observe registration: accept, then deregister early, so that aiocoap sends the
+    first answer as a plain response and can end the (never started) observation cleanly."""
+    serverobservation.accept(_no_cancellation)
+    serverobservation.deregister()
+
+
 async def _ready(message: Message) -> Message:
     return message
 
@@ -114,6 +133,27 @@ def payload_limits(remote) -> tuple[int, int]:
     return size, szx
 
 
+class ScmBlock1Spool(Block1Spool):
+    """aiocoap's Block1 reassembly, with a gap or overlap in the blocks answered 4.08 Request
+    Entity Incomplete (RFC 7959 §2.9.2) — aiocoap raises a bare ValueError for it (a 5.00)."""
+
+    def feed_and_take(self, req: Message) -> Message:
+        try:
+            return super().feed_and_take(req)
+        except ValueError:  # a block that does not continue the assembled body
+            raise IncompleteException("a Block1 block is missing or overlaps (RFC 7959 §2.9.2)") from None
+
+
+#: Causes of the problem details made from aiocoap's own error answers, by response code.
+AIOCOAP_CAUSES = {
+    0x80: "BAD_REQUEST",
+    0x88: "REQUEST_ENTITY_INCOMPLETE",
+    0x8D: "REQUEST_TOO_LARGE",
+    0x85: "METHOD_NOT_ALLOWED",
+    0x84: "NO_SUCH_RESOURCE",
+}
+
+
 def slice_block2(full: Message, request: Message) -> Message:
     """Serve one Block2 block of a complete response (RFC 7959 §2.4), with Size2 on block 0."""
     if not full.code.is_successful() or request.opt.get_option(OptionNumber.Q_BLOCK2):
@@ -142,13 +182,15 @@ class ScmSite(ObservableResource, PathCapable):
         *,
         identify: Callable[[Message], Identity] | None = None,
         qblock: QBlockParams | None = None,
+        admission: Admission | None = None,
     ):
         super().__init__()
         self.qblock = QBlockServer(self.render, payload_limits, service.config.max_body, qblock)
         self.service = service
         self.identify = identify
+        self.admission = admission or Admission()
         self.prefix = tuple(service.config.api_prefix)
-        self._block1 = Block1Spool()
+        self._block1 = ScmBlock1Spool()
         self._block2 = Block2Cache()
         self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
         # Store calls run here when set, so the event loop never waits on the database (SPEC D14)
@@ -185,8 +227,27 @@ class ScmSite(ObservableResource, PathCapable):
             q.startswith(("bulk-conf-flag=", "bulkConfFlag=")) for q in request.opt.uri_query
         )
 
+    def admit(self, request: Message) -> Message | None:
+        """None to serve ``request``, or the 5.03 / 4.29 (+ Max-Age) to answer it with instead
+        (:mod:`msgin5g.server.admission`). Called by whichever site receives the request first."""
+        remote = request.remote
+        client = getattr(remote, "underlying_address", None) or remote
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        arrived = arrival_time(request)
+        verdict = self.admission.admit(client, now, None if arrived is None else now - arrived)
+        if verdict is None:
+            return None
+        problem, max_age = verdict
+        return to_message(Reply.from_problem(problem, max_age=max_age))
+
     async def render_to_pipe(self, pipe) -> None:
         """Like aiocoap's, but every failure — also in its block-wise layers — becomes problem details."""
+        if self.insecure:
+            refused = self.admit(pipe.request)
+            if refused is not None:
+                pipe.add_response(refused, is_last=True)
+                return
         too_large = self._too_large(pipe.request)
         if too_large is not None:
             pipe.add_response(too_large, is_last=True)
@@ -235,21 +296,33 @@ class ScmSite(ObservableResource, PathCapable):
         if m.code.is_successful():  # e.g. 2.31 Continue of a Block1 transfer: not an error
             return m
         detail = m.payload.decode("utf-8", "replace") or type(e).__name__
-        return problem_message(Problem(int(m.code), detail, type(e).__name__.upper()))
+        cause = AIOCOAP_CAUSES.get(int(m.code), type(e).__name__.upper())
+        return problem_message(Problem(int(m.code), detail, cause))
 
     async def add_observation(self, request: Message, serverobservation) -> None:
-        """Accept Observe on an individual document the requester may read (RFC 7641)."""
+        """Accept Observe on an individual document the requester may read (RFC 7641).
+
+        Anything else (a collection, a foreign or missing document, a bad identity — also on a
+        sub-API such as su-up) is declined the way aiocoap's interface provides for: accept, then
+        deregister before the first response, which then goes out as an ordinary answer without
+        Observe (RFC 7641 §4.1) — never left unaccepted, which aiocoap cannot finish cleanly."""
         for sub in self.apis:
             if sub.handles(request.opt.uri_path):
-                return await sub.add_observation(request, serverobservation, self.identity_of)
+                await sub.add_observation(request, serverobservation, self.identity_of)
+                if not observation_accepted(serverobservation):
+                    decline_observation(serverobservation)
+                return
         target = parse_path(request.opt.uri_path, self.prefix)
-        if request.code != Code.GET or target is None or target.doc_id is None:
-            return
-        try:
-            identity = self.identity_of(request)
-        except ProblemError:
-            return
-        if not await self._offload(self.service.may_observe, identity, target.service_id, target.doc_id):
+        identity = None
+        if request.code == Code.GET and target is not None and target.doc_id is not None:
+            try:
+                identity = self.identity_of(request)
+            except ProblemError:
+                identity = None
+        if identity is None or not await self._offload(
+            self.service.may_observe, identity, target.service_id, target.doc_id
+        ):
+            decline_observation(serverobservation)
             return
         key = (target.service_id, target.doc_id)
         self._observers.setdefault(key, {})[serverobservation] = identity

@@ -20,7 +20,7 @@ from ..applicability import applicable
 from ..authz import Identity, Op, Role
 from ..codec import CF_JSON, CodecError, decode, encode
 from ..configdata import ExpansionError, expand_doc, validate_doc_config_data
-from ..model import ModelError, UeIdentity, validate_doc
+from ..model import DOC_ID_KEY, ModelError, UeIdentity, validate_doc
 from ..problem import CF_PROBLEM, Problem, ProblemError
 from ..store import DocNotFound, Store, StoredDoc, VersionMismatch
 from .requests import CollectionQuery, body_format, doc_path, response_format
@@ -172,7 +172,7 @@ class ScmService:
             )
         fmt = body_format(content_format, self.config.seal_cf)
         try:
-            doc = decode(body, fmt)
+            doc = decode(body, fmt, model=True)
         except CodecError as e:
             raise ProblemError(Problem(0x80, str(e), "MALFORMED_BODY")) from None
         try:
@@ -213,7 +213,7 @@ class ScmService:
 
     def _scoped_get(self, identity, service_id, query, accept, if_etags) -> Reply:
         try:
-            ue = UeIdentity.from_query(query.uris[0], query.tac, query.snr, query.vendor)
+            ue = authz.requested_ue(identity, query.uris[0], query.tac, query.snr, query.vendor)
         except ModelError as e:
             return Reply.from_problem(Problem(0x80, str(e), e.cause))
         problem = authz.authorize(identity, Op.QUERY_SCOPED, ue=ue, coverage=self._coverage(identity))
@@ -289,7 +289,7 @@ class ScmService:
         ues = []
         for i, uri in enumerate(query.uris):
             try:
-                ues.append(UeIdentity.from_query(uri, query.tac, None, query.vendor))
+                ues.append(authz.requested_ue(identity, uri, query.tac, None, query.vendor))
             except ModelError as e:
                 raise ProblemError(Problem(0x80, f"ue-uri #{i}: {e}", e.cause)) from None
         coverage = self._coverage(identity)
@@ -336,6 +336,16 @@ class ScmService:
             if problem:
                 return Reply.from_problem(problem), None
             doc = self.decode_doc(body, content_format)
+            named = doc.get(DOC_ID_KEY)
+            if named is not None and self.store.get(service_id, named) is not None:
+                raise ProblemError(
+                    Problem(
+                        0x80,
+                        f"ueConfigDocId {named!r} already exists; the SCM-S sets the id of a new "
+                        "document (C.3.1.3.2.1) — to replace that one, PUT it",
+                        "DOCUMENT_ID_EXISTS",
+                    )
+                )
             cf = response_format(accept, self.config.seal_cf)
             stored = self.store.create(service_id, doc)
             self._count("created")
@@ -428,6 +438,15 @@ class ScmService:
             if if_none_match:
                 raise ProblemError(Problem(0x8C, "If-None-Match: the document exists", "PRECONDITION_FAILED"))
             doc = self.decode_doc(body, content_format)
+            named = doc.get(DOC_ID_KEY)
+            if named is not None and named != doc_id:
+                raise ProblemError(
+                    Problem(
+                        0x80,
+                        f"the body's ueConfigDocId {named!r} is not the document addressed ({doc_id!r})",
+                        "DOCUMENT_ID_MISMATCH",
+                    )
+                )
             self._check_if_match(stored, if_match)
             cf = response_format(accept, self.config.seal_cf)
             try:

@@ -1,0 +1,1 @@
+"""Helpers for testing the actors over real sockets (fuzzing, swarms)."""
