@@ -18,6 +18,7 @@ BENCHES = [
     "bench_keys.py",
     "bench_demo.py",
     "bench_loss.py",
+    "bench_ops.py",
 ]
 
 

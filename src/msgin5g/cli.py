@@ -7,10 +7,12 @@ them together, importing each lazily so that ``msgin5g relay --help`` does not l
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
 from . import __version__
+from .clicommon import EXIT_FAILED, EXIT_INTERRUPTED, explain
 
 #: subcommand → "module:attribute" of its click command/group
 SUBCOMMANDS = {
@@ -27,6 +29,33 @@ SUBCOMMANDS = {
 
 
 class LazyGroup(click.Group):
+    """Subcommands loaded on demand; every failure ends as one line and an exit status (SPEC D15):
+    0 done, 1 failed, 2 usage error or precondition not met, 3 refused (4.01/4.03), 4 not found
+    (4.04), 130 interrupted (Ctrl-C). Never a traceback for what an operator can fix."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except (KeyboardInterrupt, click.Abort):
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            sys.exit(EXIT_FAILED)
+        except Exception as e:
+            known = explain(e)
+            if known is None:
+                raise
+            click.echo(f"Error: {known[0]}", err=True)
+            sys.exit(known[1])
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)
 

@@ -3,21 +3,87 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import click
 
 from . import api
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def setup_logging(verbose: int) -> None:
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (ISO 8601, UTC), level, logger, msg (SPEC D15 ``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(verbose: int, log_format: str = "text") -> None:
+    """Logs to stderr with timestamps and levels (SPEC D15): WARNING by default (refused requests,
+    failures), INFO with -v (an access line per request), DEBUG with -vv (also aiocoap's)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     if verbose < 2:
         logging.getLogger("coap").setLevel(logging.ERROR)
         logging.getLogger("coap-server").setLevel(logging.ERROR)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_options(f):
+    """``-v`` (repeatable) and ``--log-format text|json`` for every long-running command."""
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Log lines on stderr as text or as one JSON object per line.",
+    )(f)
+    return click.option("-v", "--verbose", count=True, help="-v: access log; -vv: debug.")(f)
+
+
+def report_counters(actor: str, counters: dict) -> None:
+    """The one shutdown summary of every actor: one line of JSON on stdout, next to its start banner,
+    with the names its ``/metrics`` series carry (SPEC D15); the live values are on ``--http``."""
+    click.echo(f"{actor} counters at shutdown: {json.dumps(counters, sort_keys=True)}")
+
+
+def http_option(what: str = "/metrics and /healthz"):
+    """``--http HOST:PORT``: serve the operations side (SPEC D15) on loopback by default."""
+
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        from .ops.http import parse_http_address
+
+        try:
+            return parse_http_address(value)
+        except api.ApiUriError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return click.option(
+        "--http",
+        "http",
+        default=None,
+        metavar="HOST:PORT",
+        callback=convert,
+        help=f"Serve {what} over HTTP here (loopback unless a host is given; port 0 picks one).",
+    )
 
 
 def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
@@ -43,9 +109,10 @@ def credentials_option(help_text: str = "OSCORE credentials file (msgin5g keys a
         "--credentials",
         "credentials",
         default=None,
+        envvar="MSGIN5G_CREDENTIALS",
         type=click.Path(dir_okay=False),
         callback=_load_credentials,
-        help=help_text,
+        help=help_text + " [env: MSGIN5G_CREDENTIALS]",
     )
 
 
@@ -75,3 +142,96 @@ def run_until_signal(start: Callable[[], Awaitable], stop: Callable[[object], Aw
             await stop(started)
 
     asyncio.run(main())
+
+
+# -- options shared by the commands that talk to an SCM-S or open a store ------------------------
+#: what the current command talks to, for the one-line failure messages below
+TARGET: dict[str, str | None] = {"server": None, "db": None}
+
+EXIT_FAILED = 1  # the operation failed (an error answer other than those below)
+EXIT_PRECONDITION = 2  # usage error or precondition not met (server or store unreachable, port taken)
+EXIT_FORBIDDEN = 3  # 4.01 / 4.03
+EXIT_NOT_FOUND = 4  # 4.04
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+def check_server_uri(value: str) -> str:
+    """``--server``: an apiRoot with a scheme (TS 24.546 C.1.1 via :func:`api.parse_api_root`)."""
+    try:
+        api.parse_api_root(value)
+    except api.ApiUriError as e:
+        hint = ""
+        if value.startswith("coaps"):
+            hint = " (DTLS is not offered: secure the exchange with OSCORE, --credentials, over coap://)"
+        raise click.BadParameter(f"{e}{hint}", param_hint="--server") from None
+    TARGET["server"] = value
+    return value
+
+
+def server_option(default: str = "coap://127.0.0.1:5683", help_text: str = "apiRoot of the SCM-S."):
+    """``--server URI`` (or ``MSGIN5G_SERVER``), validated at once."""
+    return click.option(
+        "--server",
+        default=default,
+        show_default=True,
+        envvar="MSGIN5G_SERVER",
+        callback=lambda c, p, v: None if v is None else check_server_uri(v),
+        help=help_text + " [env: MSGIN5G_SERVER]",
+    )
+
+
+def db_option(help_text: str = "Store URL: sqlite:///path.db or postgresql://HOST/DB."):
+    """``--db URL`` (or ``MSGIN5G_DB``)."""
+
+    def note(ctx, param, value):
+        TARGET["db"] = value
+        return value
+
+    return click.option(
+        "--db",
+        "db_url",
+        default=None,
+        envvar="MSGIN5G_DB",
+        callback=note,
+        help=help_text + " [env: MSGIN5G_DB]",
+    )
+
+
+def explain(e: BaseException) -> tuple[str, int] | None:
+    """One line saying what went wrong and what to do, and the exit status, for the failures an
+    operator meets (server or store unreachable, store missing); None for anything else."""
+    import sqlite3
+
+    server = TARGET.get("server") or "the SCM-S"
+    try:
+        import aiocoap.error as coap_error
+    except ImportError:  # pragma: no cover
+        coap_error = None
+    if coap_error is not None and isinstance(e, coap_error.NetworkError | coap_error.ResolutionError):
+        detail = str(e.args[0]) if e.args else type(e).__name__
+        return f"cannot reach {server} — is `msgin5g server` running there? ({detail})", EXIT_PRECONDITION
+    if isinstance(e, TimeoutError | ConnectionError):
+        return f"no answer from {server} — is `msgin5g server` running there? ({type(e).__name__})", (
+            EXIT_PRECONDITION
+        )
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        psycopg = None
+    if psycopg is not None and isinstance(e, psycopg.OperationalError):
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "does not exist" in text and "database" in text:
+            name = text.split('database "', 1)[-1].split('"', 1)[0]
+            return f"PostgreSQL: database {name!r} does not exist — create it with `createdb {name}`", (
+                EXIT_PRECONDITION
+            )
+        return f"cannot reach PostgreSQL ({text.removeprefix('connection failed: ')}) — is it running?", (
+            EXIT_PRECONDITION
+        )
+    if isinstance(e, sqlite3.OperationalError):
+        db = TARGET.get("db") or "the SQLite database"
+        hint = " — does its directory exist and is it writable?" if "unable to open" in str(e) else ""
+        return f"cannot open {db}: {e}{hint}", EXIT_PRECONDITION
+    if isinstance(e, ValueError) and "database URL" in str(e):
+        return str(e), EXIT_PRECONDITION
+    return None

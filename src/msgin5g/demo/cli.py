@@ -44,7 +44,7 @@ from .oracle import expected
 from .plan import FleetPlan, Path, make_plan
 from .procs import Child, ChildFailed, Supervisor
 from .progress import ProgressView
-from .report import MATPLOTLIB_HINT, TABLE_NOTES, console_table, write_report
+from .report import MATPLOTLIB_HINT_MARKUP, TABLE_NOTES, console_table, write_report
 from .stats import PathSummary, UuCount, summarize_path, verdict
 from .topology import (
     LEG_OF,
@@ -440,6 +440,7 @@ class Demo:
     is_flag=True,
     help="Lab mode: no OSCORE keys; the SCM-S runs --insecure and UEs claim their identities.",
 )
+@click.option("--console", "web_console", is_flag=True, help="Serve the SCM-S web console during the run.")
 def demo(
     ues,
     relay_share,
@@ -454,6 +455,7 @@ def demo(
     report,
     db,
     insecure,
+    web_console,
 ):
     """Run the whole topology on this machine and check that every UE gets what its provisioning
     implies: SCM-S, Relay UE, Gateway UE (bulk), constrained and unconstrained UEs — secured with
@@ -461,13 +463,13 @@ def demo(
     opts = DemoOptions(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
-    opts.report, opts.db, opts.insecure = report, db, insecure
+    opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
     console = make_console()
     if report is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            console.print(f"[yellow]--report: the chart needs matplotlib: {MATPLOTLIB_HINT}[/]")
+            console.print(f"[yellow]--report: the chart needs matplotlib: {MATPLOTLIB_HINT_MARKUP}[/]")
     with tempfile.TemporaryDirectory(prefix="msgin5g-demo-") as tmp:
         code = _run(Demo(opts, console, FsPath(tmp)))
     sys.exit(code)

@@ -14,12 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path as FsPath
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from .drivers import UeRun
 from .stats import PER_UE_FLOOR, PathSummary
 
 MATPLOTLIB_HINT = "pip install 'msgin5g[report]'  (or: pip install matplotlib)"
+#: the same hint for rich's console.print (whose markup would take "[report]" for a style)
+MATPLOTLIB_HINT_MARKUP = escape(MATPLOTLIB_HINT)
 
 
 def duration(ms: float | None) -> str:
@@ -170,9 +173,15 @@ def write_chart(
         values = sorted(1000 * t for t in latencies.get(r.path, ()))
         if not values:
             continue
-        frac = [(i + 1) / len(values) for i in range(len(values))]
+        # the empirical CDF starts at 0 at the first latency: without that point a curve of a few
+        # UEs would start partway up (at 1/n)
+        frac = [0.0] + [(i + 1) / len(values) for i in range(len(values))]
         ax_lat.step(
-            values, frac, where="post", color=colors.get(r.path), label=f"{r.label} (n={len(values)})"
+            [values[0], *values],
+            frac,
+            where="post",
+            color=colors.get(r.path),
+            label=f"{r.label} (n={len(values)})",
         )
     ax_lat.set_xscale("log")
     ax_lat.set_xlabel("configuration latency, ms (log scale)")
@@ -186,15 +195,12 @@ def write_chart(
     values = [r.uu_per_configured for r in uu_rows]
     bars = ax_uu.bar(labels, values, color=[colors.get(r.path) for r in uu_rows])
     ax_uu.bar_label(bars, fmt="%.2f")
-    ax_uu.axhline(PER_UE_FLOOR, color="grey", linestyle="--", linewidth=1)
-    ax_uu.text(
-        len(uu_rows) - 0.5,
-        PER_UE_FLOOR,
-        f"per-UE floor ({PER_UE_FLOOR}) ",
-        ha="right",
-        va="bottom",
-        fontsize=8,
+    # the floor is named in a legend, not by a text on the line, which ran into the last bar
+    ax_uu.axhline(
+        PER_UE_FLOOR, color="grey", linestyle="--", linewidth=1, label=f"per-UE floor ({PER_UE_FLOOR})"
     )
+    ax_uu.legend(loc="upper left", fontsize=8)
+    ax_uu.margins(y=0.2)  # room above the tallest bar for its value label and the legend
     ax_uu.set_ylabel("Uu messages per configured UE")
     ax_uu.set_title("Uu cost of one configuration")
     ax_uu.tick_params(axis="x", labelsize=8, rotation=10)
@@ -208,6 +214,7 @@ def write_chart(
         ]
         bars = ax_bulk.bar([p[0] for p in pairs], [p[1] for p in pairs], color=[p[2] for p in pairs])
         ax_bulk.bar_label(bars, labels=[f"{p[1]:,}" for p in pairs])
+        ax_bulk.margins(y=0.12)
         ax_bulk.set_title(f"Gateway: Uu messages for {answered:,} UEs")
         ax_bulk.set_ylabel("Uu messages (both directions)")
     else:
@@ -238,7 +245,7 @@ def write_report(
     (directory / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     chart_problem = write_chart(directory / "chart.png", rows, latencies, chart_title)
     if chart_problem:
-        notes.append(chart_problem)
+        notes.append(escape(chart_problem))  # printed with rich: keep "[report]" from being markup
     md = [
         "# msgin5g demo report",
         "",

@@ -67,6 +67,7 @@ class DemoOptions:
     report: FsPath | None = None
     db: str | None = None
     insecure: bool = False
+    console: bool = False  # serve the SCM-S web console during the run (SPEC D15)
 
     def path_label(self, path: Path) -> str:
         return {
@@ -177,7 +178,10 @@ async def start_topology(
     o = opts
     security = [] if keys else ["--insecure"]  # secured: the keys are in its store
     server_task = sup.start(
-        "server", "the SCM-S", ["server", *security, "--port", "0", "--db", db_url], "scm-s"
+        "server",
+        "the SCM-S",
+        ["server", *security, "--port", "0", "--db", db_url, *(["--http", "0"] if o.console else [])],
+        "scm-s",
     )
     wire_task = sup.start(
         "wire",
@@ -194,6 +198,8 @@ async def start_topology(
         f"  started {server.label} (pid {server.pid}): {uri(scm)}/su-uc/v1 (UDP and TCP), "
         f"store {db_url}" + ("" if keys else ", INSECURE lab mode")
     )
+    if server.ready.get("console"):
+        say(f"  console of the SCM-S (up during the run):\n  {server.ready['console']}")
     wire = Wire(wire_child)
     loss = f"loses {o.loss:.0%} of the UDP datagrams on every leg, both ways" if o.loss else "loses nothing"
     if o.loss and o.transport == "tcp":

@@ -13,7 +13,14 @@ from pathlib import Path
 import click
 
 from ..authz import Role
-from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..clicommon import (
+    credentials_option,
+    http_option,
+    log_options,
+    parse_hostport,
+    report_counters,
+    setup_logging,
+)
 from ..coap import aiocoap_tweaks
 from ..security.keys import RegistryError
 from ..security.registry import ClientCredentials, CredentialsError
@@ -88,10 +95,14 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> dict:
+async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str, http=None) -> dict:
+    from ..ops.actors import gateway_registry
+    from ..ops.http import serve_ops
+
     gw = GatewayUe(config, cm)
     try:
         await gw.start()
+        ops = await serve_ops(http, gateway_registry(gw, cm), actor="gateway")
     except (OSError, RegistryError, CredentialsError) as e:
         await cm.close()
         raise click.ClickException(f"cannot start the gateway: {e}") from e
@@ -100,15 +111,32 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str) -> di
         f"{gw.stats['restored']} stored requests restored",
         nl=True,
     )
+    if ops is not None:
+        click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
     click.echo(json.dumps({"ready": "gateway", "listen": {"msgin5g-6": [config.host, gw.port]}}))
     try:
         await _wait_for_signal()
     finally:
+        if ops is not None:
+            await ops.close()
         stats = dict(gw.stats)
         stats.update({f"cm-{k}": v for k, v in getattr(cm, "stats", {}).items()})
         stats["unanswered"] = gw.unanswered
         await gw.close()
     return stats
+
+
+async def _serve_cm_ops(http, scm):
+    from ..ops.actors import cmclient_registry
+    from ..ops.http import serve_ops
+
+    try:
+        ops = await serve_ops(http, cmclient_registry(scm), actor="cm-client")
+    except OSError as e:
+        raise click.ClickException(f"cannot serve HTTP: {e}") from e
+    if ops is not None:
+        click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
+    return ops
 
 
 def scm_c_options(credentials_help: str):
@@ -215,7 +243,8 @@ def scm_c_options(credentials_help: str):
     help="Constrained UEs' OSCORE contexts kept loaded at once (each holds a lock file open).",
 )
 @click.option("--no-cache", is_flag=True, help="Do not answer repeat requests from the cache.")
-@click.option("-v", "--verbose", count=True)
+@http_option()
+@log_options
 def gateway(
     listen,
     server,
@@ -233,10 +262,12 @@ def gateway(
     max_open_contexts,
     max_ues_per_get,
     no_cache,
+    http,
     verbose,
+    log_format,
 ) -> None:
     """MSGin5G Gateway UE: bulk configuration of constrained UEs (TS 24.538 6.2.2.x)."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_GATEWAY_PORT)
     credentials = _gateway_credentials(credentials)
@@ -254,8 +285,8 @@ def gateway(
     )
     where = f"SCM-S {server}" if cm_client == "collocated" else f"CM client {cm_client} (SEAL-C)"
     mode = f"bulk ≤{max_batch} UEs / {max_wait_ms} ms" if bulk else "no bulk"
-    stats = asyncio.run(_run_gateway(config, cm, f"{where}; {mode}"))
-    click.echo("gateway counters at shutdown: " + json.dumps(stats, sort_keys=True))
+    stats = asyncio.run(_run_gateway(config, cm, f"{where}; {mode}", http))
+    report_counters("gateway", stats)
 
 
 @click.command("cm-client")
@@ -273,10 +304,13 @@ def gateway(
     help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT.",
 )
 @scm_c_options("The gateway's OSCORE credentials with the SCM-S.")
-@click.option("-v", "--verbose", count=True)
-def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credentials, verbose) -> None:
+@http_option()
+@log_options
+def cm_client(
+    listen, server, gateway_id, uu_endpoints, max_ues_per_get, credentials, http, verbose, log_format
+) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
     credentials = _gateway_credentials(credentials)
@@ -296,14 +330,17 @@ def cm_client(listen, server, gateway_id, uu_endpoints, max_ues_per_get, credent
             await scm.close()
             raise click.ClickException(f"cannot start the CM client: {e}") from e
         click.echo(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
+        ops = await _serve_cm_ops(http, scm)
         click.echo(json.dumps({"ready": "cm-client", "listen": {"seal-c": [host, seal_c.port]}}))
         try:
             await _wait_for_signal()
         finally:
             stats = dict(scm.stats)
+            if ops is not None:
+                await ops.close()
             await seal_c.close()
         return stats
 
     stats = asyncio.run(run())
-    click.echo("cm-client counters at shutdown: " + json.dumps(stats, sort_keys=True))
+    report_counters("cm-client", stats)
     logging.shutdown()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 
 import click
 
+from ..clicommon import http_option, log_options, report_counters, setup_logging
 from .shell import DEFAULT_ADMIN_PORT, DEFAULT_PC5_PORT, RelaySettings, parse_hostport, start_relay
 
 
@@ -25,9 +25,13 @@ def _hostport(default_port: int):
     return convert
 
 
-async def _run(settings: RelaySettings) -> dict:
+async def _run(settings: RelaySettings, http=None) -> dict:
+    from ..ops.actors import relay_registry
+    from ..ops.http import serve_ops
+
     try:
         relay = await start_relay(settings)
+        ops = await serve_ops(http, relay_registry(relay), actor="relay")
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot start the relay: {e}") from e
     stop = asyncio.Event()
@@ -42,11 +46,15 @@ async def _run(settings: RelaySettings) -> dict:
     )
     if relay.admin_uri:
         click.echo(f"counters: {relay.admin_uri}")
+    if ops is not None:
+        click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
     click.echo(json.dumps({"ready": "relay", "listen": {"pc5": [host, port], "admin": relay.admin_uri}}))
     try:
         await stop.wait()
     finally:
         snapshot = relay.core.snapshot()
+        if ops is not None:
+            await ops.close()
         await relay.close()
     return snapshot
 
@@ -107,12 +115,23 @@ async def _run(settings: RelaySettings) -> dict:
     show_default=True,
     help="Requests one remote UE may have open through the relay; beyond that it gets 5.03 + Max-Age.",
 )
-@click.option("-v", "--verbose", count=True)
+@http_option()
+@log_options
 def relay(
-    listen, server_uri, mode, max_links, auto_link, admin, link_timeout, max_exchanges, verbose
+    listen,
+    server_uri,
+    mode,
+    max_links,
+    auto_link,
+    admin,
+    link_timeout,
+    max_exchanges,
+    http,
+    verbose,
+    log_format,
 ) -> None:
     """MSGin5G Relay UE: relay constrained UEs' configuration GETs to the SCM-S (TS 24.538 6.2.2.1)."""
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2))
+    setup_logging(verbose, log_format)
     settings = RelaySettings(
         server_uri=server_uri,
         listen_host=listen[0],
@@ -125,6 +144,5 @@ def relay(
         link_timeout=link_timeout,
         max_exchanges=max_exchanges,
     )
-    snapshot = asyncio.run(_run(settings))
-    click.echo("relay counters at shutdown:")
-    click.echo(json.dumps(snapshot["counters"], indent=2, sort_keys=True))
+    snapshot = asyncio.run(_run(settings, http))
+    report_counters("relay", snapshot["counters"])

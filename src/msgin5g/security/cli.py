@@ -24,6 +24,19 @@ from .keys import ALGORITHMS, DEFAULT_ALGORITHM, KeyEntry, RegistryError, identi
 from .registry import Registry
 from .storekeys import add_keys, utc_now
 
+
+def output_options(f):
+    f = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")(f)
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
+
+
+def emit(as_json: bool, quiet: bool, text: str, value) -> None:
+    if as_json:
+        click.echo(json.dumps(value, indent=1))
+    elif not quiet:
+        click.echo(text)
+
+
 registry_opt = click.option(
     "--registry",
     "registry_dir",
@@ -88,7 +101,8 @@ def _identity(text: str, role: str | None):
     show_default=True,
     help="AEAD; A128GCM suits unconstrained peers (a gateway's bulk GETs over TCP: no 64 KiB limit).",
 )
-def add(identity, role, db_url, registry_dir, out, algorithm) -> None:
+@output_options
+def add(identity, role, db_url, registry_dir, out, algorithm, as_json, quiet) -> None:
     """Create a key for IDENTITY: server side in --db (or --registry), client side in --out."""
     _where(db_url, registry_dir)
     ident = _identity(identity, role)
@@ -100,23 +114,33 @@ def add(identity, role, db_url, registry_dir, out, algorithm) -> None:
             raise click.ClickException(str(e)) from None
         finally:
             store.close()
-        click.echo(f"{ident}: key {kid_for(number, algorithm).hex()} added to {db_url}")
-        click.echo(f"credentials: {out}")
+        kid = kid_for(number, algorithm).hex()
+        emit(
+            as_json,
+            quiet,
+            f"{ident}: key {kid} added to {db_url}\ncredentials: {out}",
+            {"identity": str(ident), "kid": kid, "store": db_url, "credentials": str(out)},
+        )
         return
     try:
         entry, creds = Registry(registry_dir).add(ident, out, algorithm)
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{ident}: key {entry.kid.hex()} added to {registry_dir}")
-    click.echo(f"credentials: {out} (OSCORE context {creds.context_dir})")
+    emit(
+        as_json,
+        quiet,
+        f"{ident}: key {entry.kid.hex()} added to {registry_dir}\n"
+        f"credentials: {out} (OSCORE context {creds.context_dir})",
+        {**entry.to_json(), "registry": str(registry_dir), "credentials": str(out)},
+    )
 
 
 @keys.command("list")
 @db_opt
 @registry_opt
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@output_options
 @click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
-def list_(db_url, registry_dir, as_json, show_all) -> None:
+def list_(db_url, registry_dir, as_json, quiet, show_all) -> None:
     """List the keys (of --db or --registry)."""
     _where(db_url, registry_dir)
     if db_url is not None:
@@ -141,6 +165,8 @@ def list_(db_url, registry_dir, as_json, show_all) -> None:
     if as_json:
         click.echo(json.dumps([{**e.to_json(), "role": e.identity.role.value} for e in entries], indent=1))
         return
+    if quiet:
+        return
     table = Table(title=f"{len(entries)} keys in {registry_dir}")
     for col in ("kid", "identity", "role", "algorithm", "created", "status"):
         table.add_column(col, overflow="fold")
@@ -156,7 +182,8 @@ def list_(db_url, registry_dir, as_json, show_all) -> None:
 @click.option("--kid", default=None, help="Revoke this one key (hex) instead of an identity's keys.")
 @db_opt
 @registry_opt
-def revoke(identity, role, kid, db_url, registry_dir) -> None:
+@output_options
+def revoke(identity, role, kid, db_url, registry_dir, as_json, quiet) -> None:
     """Revoke IDENTITY's active key (or --kid): running servers refuse it from their next request on."""
     if (identity is None) == (kid is None):
         raise click.UsageError("give IDENTITY or --kid")
@@ -174,13 +201,19 @@ def revoke(identity, role, kid, db_url, registry_dir) -> None:
             store.close()
         if not done:
             raise click.ClickException(f"{who or 'key ' + kid}: no active key to revoke in {db_url}")
-        for n, ident in done:
-            if n is None:
-                click.echo(f"{ident}: TLS client certificates revoked")
-            else:
-                click.echo(
-                    f"{ident}: key {int(n).to_bytes((int(n).bit_length() + 7) // 8, 'big').hex()} revoked"
-                )
+        gone = [
+            (str(ident), None if n is None else int(n).to_bytes((int(n).bit_length() + 7) // 8, "big").hex())
+            for n, ident in done
+        ]
+        emit(
+            as_json,
+            quiet,
+            "\n".join(
+                f"{ident}: TLS client certificates revoked" if k is None else f"{ident}: key {k} revoked"
+                for ident, k in gone
+            ),
+            [{"identity": ident, "kid": k} for ident, k in gone],
+        )
         return
     try:
         if kid is not None:
@@ -189,8 +222,12 @@ def revoke(identity, role, kid, db_url, registry_dir) -> None:
             revoked = Registry(registry_dir).revoke(identity=_identity(identity, role))
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
-    for e in revoked:
-        click.echo(f"{e.identity}: key {e.kid.hex()} revoked")
+    emit(
+        as_json,
+        quiet,
+        "\n".join(f"{e.identity}: key {e.kid.hex()} revoked" for e in revoked),
+        [e.to_json() for e in revoked],
+    )
 
 
 @keys.command("import")
@@ -205,7 +242,8 @@ def revoke(identity, role, kid, db_url, registry_dir) -> None:
 @click.option(
     "--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM, show_default=True
 )
-def import_(identities_csv, db_url, out, algorithm) -> None:
+@output_options
+def import_(identities_csv, db_url, out, algorithm, as_json, quiet) -> None:
     """Make one key per identity of a CSV file (header ``identity``; ``ue:<MSGin5G UE ID>``,
     ``gateway:<id>``, ``admin:<label>``), all in one transaction, and write their bundle."""
     began = time.monotonic()
@@ -229,7 +267,12 @@ def import_(identities_csv, db_url, out, algorithm) -> None:
         raise click.ClickException(str(e)) from None
     finally:
         store.close()
-    click.echo(f"{len(numbers)} keys added to {db_url} in {time.monotonic() - began:.1f} s; bundle: {out}")
+    emit(
+        as_json,
+        quiet,
+        f"{len(numbers)} keys added to {db_url} in {time.monotonic() - began:.1f} s; bundle: {out}",
+        {"added": len(numbers), "store": db_url, "bundle": str(out)},
+    )
 
 
 @keys.command("cert")
@@ -239,9 +282,10 @@ def import_(identities_csv, db_url, out, algorithm) -> None:
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Directory for cert.pem, key.pem, ca.pem."
 )
-def cert(identity, role, db_url, out) -> None:
-    """Issue a TLS client certificate for IDENTITY (coaps+tcp / coaps+ws with mutual TLS): the
-    identity in its subjectAltName URI, signed by the CA kept in the store."""
+@output_options
+def cert(identity, role, db_url, out, as_json, quiet) -> None:
+    """Issue a TLS client certificate for IDENTITY (coaps+tcp with mutual TLS): the identity in
+    its subjectAltName URI, signed by the CA kept in the store."""
     from pathlib import Path
 
     from . import tls
@@ -259,4 +303,9 @@ def cert(identity, role, db_url, out) -> None:
     finally:
         store.close()
     tls.write_client_files(target, cert_pem, key_pem, ca_cert)
-    click.echo(f"{ident}: certificate {serial:x} in {target}/cert.pem (key.pem, ca.pem)")
+    emit(
+        as_json,
+        quiet,
+        f"{ident}: certificate {serial:x} in {target}/cert.pem (key.pem, ca.pem)",
+        {"identity": str(ident), "serial": format(serial, "x"), "directory": str(target)},
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -116,6 +117,8 @@ class ServerConfig:
     store_threads: int = 4
     feed_poll: float = 0.05  # s between reads of the change feed on SQLite
     qblock: QBlockParams = field(default_factory=QBlockParams)  # RFC 9177 §7.2 parameters
+    #: wraps the resource tree (inner) and the OSCORE layer (outer): metrics and logs (SPEC D15)
+    wrap_site: Callable | None = None
 
 
 def _is_loopback(host: str) -> bool:
@@ -277,7 +280,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         site = ScmSite(
             service, identify=_identify(keyring), qblock=config.qblock, admission=Admission(config.admission)
         )
-        root = SecuredSite(site, keyring)
+        root = SecuredSite(config.wrap_site(site) if config.wrap_site else site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
     else:
         site = ScmSite(service, qblock=config.qblock, admission=Admission(config.admission))
@@ -285,6 +288,8 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     profiles = ProfileSite(ProfileService(store, svc_cfg, svc_cfg.seal_profile_cf), site.prefix)
     profiles.changed = site.changed  # its changes reach observers of every process (SPEC D14)
     site.apis.append(profiles)
+    if config.wrap_site is not None:
+        root = config.wrap_site(root, outer=keyring is not None)
     running = RunningServer(
         config, host, port, config.ws_port, service, site, store, keyring=keyring, root=root, _own_store=own
     )

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
 
-from ..clicommon import run_until_signal, setup_logging
+from ..clicommon import (
+    EXIT_PRECONDITION,
+    db_option,
+    http_option,
+    log_options,
+    report_counters,
+    run_until_signal,
+    setup_logging,
+)
 from ..coap.qblock import QBlockParams
 from .admission import AdmissionConfig
 from .app import RunningServer, ServerConfig, ServerStartError, start_server
 from .service import ServiceConfig
 from .workers import run_supervised, worker_count
+
+log = logging.getLogger("msgin5g.server")
 
 #: Content-Formats the SCM-S already gives a meaning (link-format, JSON, CBOR, problem details)
 TAKEN_CONTENT_FORMATS = (40, 50, 60, 257)
@@ -35,12 +46,7 @@ def _seal_cf(param, value):
 @click.option(
     "--port", default=5683, show_default=True, type=int, help="UDP and TCP port; 0 picks a free one."
 )
-@click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="sqlite:///path.db (default: a file under the user's data dir) or postgresql://...",
-)
+@db_option("sqlite:///path.db (default: a file under the user's data dir) or postgresql://HOST/DB.")
 @click.option(
     "--service-id",
     "service_ids",
@@ -138,7 +144,16 @@ def _seal_cf(param, value):
     show_default=True,
     help="Server processes sharing the port (SO_REUSEPORT; UDP flows stay on one); 'auto': one per core.",
 )
-@click.option("-v", "--verbose", count=True)
+@http_option("/metrics, /healthz, /readyz and the web console (/console/)")
+@click.option(
+    "--console-token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Secured mode: the console's administrator token (created, mode 0600, when missing); "
+    "default: a fresh token printed with the console URL. See docs/operations.md.",
+)
+@click.option("--no-console", is_flag=True, help="Serve only /metrics and the health checks over --http.")
+@log_options
 def server(
     host,
     port,
@@ -164,13 +179,17 @@ def server(
     qblock_max_payloads,
     qblock_non_timeout,
     workers,
+    http,
+    console_token_file,
+    no_console,
     verbose,
+    log_format,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
 
     Secured by the OSCORE keys in the store (msgin5g keys; TS 24.546 6.2.1.2; SPEC D12), or
     --insecure for labs."""
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     if insecure:
         click.secho(
             "WARNING: insecure mode — requests are not authenticated and every requester is trusted. "
@@ -178,6 +197,19 @@ def server(
             fg="red",
             err=True,
         )
+    from ..ops.server import ServerOps
+
+    ops = ServerOps(
+        http=http,
+        console=not no_console,
+        token_file=console_token_file,
+        insecure=insecure,
+        api_prefix=tuple(p for p in api_prefix.split("/") if p),
+    )
+    try:
+        ops.check()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     cfg = ServerConfig(
         host=host,
         port=port,
@@ -203,6 +235,7 @@ def server(
             seal_profile_cf=seal_profile_cf,
             service_domains={sid: service_domain for sid in service_ids},
         ),
+        wrap_site=ops.wrap_site,
     )
 
     try:
@@ -210,28 +243,47 @@ def server(
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--workers") from None
     if n_workers > 1:
+        if http is not None:
+            # the metrics are ready for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR),
+            # but the worker supervisor has no event loop to serve them from yet
+            raise click.UsageError("--http is served by a single server process; use it without --workers")
         try:
             run_supervised(cfg, n_workers, lambda uri: click.echo(f"listening {uri}"))
         except ServerStartError as e:
-            raise click.ClickException(str(e)) from None
+            err = click.ClickException(str(e))
+            err.exit_code = EXIT_PRECONDITION
+            raise err from None
         return
 
     async def start() -> RunningServer:
         running = await start_server(cfg)
         for uri in running.listeners:
             click.echo(f"listening {uri}", err=False)
+        try:
+            for line in await ops.start(running):
+                click.echo(line)
+        except OSError as e:
+            await running.close()
+            raise ServerStartError(f"cannot serve HTTP on {http[0]}:{http[1]}: {e}") from None
+        ready = {"ready": "scm-s", "listen": {u.split("://")[0]: u for u in running.listeners}}
+        if ops.http is not None:
+            ready["http"] = ops.http.url
+        if ops.console_url:
+            ready["console"] = ops.console_url
         # one machine-readable line for supervisors (msgin5g demo): scheme → base URI
-        click.echo(
-            json.dumps({"ready": "scm-s", "listen": {u.split("://")[0]: u for u in running.listeners}})
-        )
+        click.echo(json.dumps(ready))
         sys.stdout.flush()
         return running
 
     async def stop(running: RunningServer) -> None:
-        click.echo(f"stopping; counters: {running.service.counters}", err=True)
+        log.info("stopping")
+        report_counters("server", dict(running.service.counters))
+        await ops.close()
         await running.close()
 
     try:
         run_until_signal(start, stop)
     except ServerStartError as e:
-        raise click.ClickException(str(e)) from None
+        err = click.ClickException(str(e))
+        err.exit_code = EXIT_PRECONDITION  # port taken, refused insecure address: fix and retry
+        raise err from None

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from ..clicommon import credentials_option, parse_hostport, setup_logging
+from ..clicommon import credentials_option, parse_hostport, server_option, setup_logging
 from ..coap import aiocoap_tweaks
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..security.registry import CredentialsError
@@ -34,6 +34,9 @@ def _load_preconfigured(path: str | None) -> Msgin5gConfig | None:
         raise click.BadParameter(f"{path}: {e}", param_hint="--preconfigured") from None
 
 
+QUIET = {"on": False}  # -q: the exit status alone tells the outcome
+
+
 def result_json(result: ConfigResult) -> dict:
     out = {
         "outcome": result.outcome.value,
@@ -52,6 +55,8 @@ def result_json(result: ConfigResult) -> dict:
 
 
 def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
+    if QUIET["on"]:
+        return
     if as_json:
         click.echo(json.dumps({"ueUri": ue_uri, **result_json(result)}))
         return
@@ -70,12 +75,7 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
 
 
 @ue.command("get-config")
-@click.option(
-    "--server",
-    default="coap://127.0.0.1:5683",
-    show_default=True,
-    help="apiRoot of the SCM-S (coap://, coap+tcp://).",
-)
+@server_option(help_text="apiRoot of the SCM-S (coap://, coap+tcp://, coap+ws://).")
 @click.option(
     "--via-relay", default=None, metavar="HOST:PORT", help="Ask through a Relay UE (PC5, SPEC §3.2)."
 )
@@ -107,6 +107,7 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
 )
 @click.option("--timeout", default=30.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit status tells the outcome.")
 @click.option("-v", "--verbose", count=True)
 def get_config(
     server,
@@ -126,10 +127,12 @@ def get_config(
     preconfigured,
     timeout,
     as_json,
+    quiet,
     verbose,
 ) -> None:
     """Get this UE's configuration (TS 24.538 6.2.1.2) and print what it applied."""
     setup_logging(verbose)
+    QUIET["on"] = quiet
     if via_relay and via_gateway:
         raise click.UsageError("--via-relay and --via-gateway exclude each other")
     if identity is not None and credentials is not None:
@@ -227,15 +230,11 @@ async def _observe(client, ue_uri: str, doc_id: str, as_json: bool) -> None:
     from ..outcome import result_from_docs, result_from_problem
 
     first = True
-    try:
-        async for code, body in client.observe_doc(doc_id):
-            if first:
-                first = False
-                continue  # the registration answer repeats what was just applied
-            result = (
-                result_from_docs(code, [body]) if isinstance(body, dict) else result_from_problem(code, body)
-            )
-            print_result(ue_uri, result, as_json)
-            sys.stdout.flush()
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
+    async for code, body in client.observe_doc(doc_id):
+        if first:
+            first = False
+            continue  # the registration answer repeats what was just applied
+        result = result_from_docs(code, [body]) if isinstance(body, dict) else result_from_problem(code, body)
+        print_result(ue_uri, result, as_json)
+        sys.stdout.flush()
+    # Ctrl-C cancels this loop; the command then exits 130 (msgin5g.cli)
