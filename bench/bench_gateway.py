@@ -11,7 +11,7 @@ allows:
   what crosses the gateway's upstream side — messages and bytes each way, CoAP headers included,
   CSM/ping and retransmissions included. It sits in the path in every mode alike;
 * the Gateway UE, the real CLI (``msgin5g gateway``), freshly started for each measurement;
-* this driver, with the N constrained UEs (:class:`msgin5g.gateway.swarm.UeSwarm`: real CoAP
+* this driver, with the N constrained UEs (:class:`msgin5g.testing.swarm.UeSwarm`: real CoAP
   requests, each UE its own token, a bounded window so that no socket buffer overflows).
 
 For each Uu transport (UDP, TCP) the same UEs are configured with ``--bulk`` and with
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import cbor2
 
-from msgin5g.gateway.swarm import SwarmRequest, UeSwarm
 from msgin5g.model import imei_urn
+from msgin5g.testing.swarm import SwarmRequest, UeSwarm
 
 TAC = "35209900"
 DOMAIN = "msgin5g.example"

@@ -210,6 +210,13 @@ def with_query(uri: str, items: list[str]) -> str:
     return f"{uri}?{'&'.join(query_item(i) for i in items)}" if items else uri
 
 
+def collection_uri(api_root: str | ApiRoot, service_id: str = DEFAULT_SERVICE_ID) -> str:
+    """``{apiRoot}/su-uc/v1/val-services/{valServiceId}/ue-configurations`` as a URI (C.3.1.2.1);
+    ``api_root`` may also be the API base ending in ``/su-uc/v1``."""
+    root = api_root if isinstance(api_root, ApiRoot) else parse_api_root(api_root)
+    return root.collection_uri(service_id)
+
+
 def config_query_uri(
     api_root: str | ApiRoot,
     service_id: str,

@@ -88,3 +88,30 @@ async def test_aiocoap_client_talks_to_the_endpoint(server):
         assert big.payload == BIG
     finally:
         await ctx.shutdown()
+
+
+async def test_constrained_ue_reassembles_blocks_and_refuses_a_changed_representation():
+    """The UE's Block2 above the message layer (RFC 7959 §2.4): whole body; an ETag that changes
+    between blocks ends the transfer with an error instead of a body spliced from two versions."""
+    from msgin5g.ue.constrained import ConstrainedUe, get_request
+
+    version = {"etag": b"v1"}
+
+    def on_request(incoming):
+        ep = holder["ep"]
+        answer = CoapMessage(CON, CONTENT, 0, b"", [(wire.OPT_ETAG, version["etag"])], BIG)
+        ep.respond(incoming, answer)
+        if incoming.message.first(OPT_URI_PATH) == b"changing":
+            version["etag"] += b"+"
+
+    holder: dict = {}
+    ep = holder["ep"] = CoapEndpoint.bind("127.0.0.1", 0, on_request=on_request)
+    try:
+        host, port = ep.local_address
+        async with ConstrainedUe(host, port) as ue:
+            whole = await ue.fetch(get_request(f"coap://{host}:{port}/stable", via_proxy=False), timeout=5)
+            assert whole.payload == BIG and whole.opt.block2 is None and whole.opt.etag == b"v1"
+            with pytest.raises(CoapError, match="ETag"):
+                await ue.fetch(get_request(f"coap://{host}:{port}/changing", via_proxy=False), timeout=5)
+    finally:
+        ep.close()

@@ -1,7 +1,7 @@
 """Gateway UE bulk configuration end to end (TS 24.538 6.2.2.x, 6.2.2.2; SPEC D6, D7, D9, D10).
 
 Real loopback sockets, a real SCM-S on SQLite, a real request store on SQLite: constrained UEs
-(a :class:`~msgin5g.gateway.swarm.UeSwarm`, or the ``get_config_via_gateway`` client) → Gateway
+(a :class:`~msgin5g.testing.swarm.UeSwarm`, or the ``get_config_via_gateway`` client) → Gateway
 UE → SCM-S. No timing assertions: batching triggers are observed through the gateway's counters.
 """
 
@@ -26,12 +26,12 @@ from msgin5g.gateway import wire
 from msgin5g.gateway.cmclient import ScmClient, SealCClient, SealCServer
 from msgin5g.gateway.policy import ServicePolicy
 from msgin5g.gateway.shell import GatewayConfig, GatewayUe
-from msgin5g.gateway.swarm import SwarmRequest, UeSwarm
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.problem import CF_PROBLEM, decode_problem
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
+from msgin5g.testing.swarm import SwarmRequest, UeSwarm
 from msgin5g.ue.via_gateway import get_config_via_gateway
 
 from .conftest import DOMAIN, free_port, make_doc

@@ -26,20 +26,15 @@ from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
 
 from msgin5g import pc5
+from msgin5g.api import collection_uri, config_query_uri
 from msgin5g.authz import LAB_IDENTITY_OPTION
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.pc5 import Pc5Cause, Pc5Message, Pc5Type
 from msgin5g.relay.shell import RelaySettings, start_relay
-from msgin5g.ue.via_relay import (
-    ConstrainedUe,
-    LinkRejected,
-    collection_uri,
-    config_query_uri,
-    get_config_via_relay,
-    get_request,
-    result_from_response,
-)
+from msgin5g.ue.constrained import ConstrainedUe, LinkRejected, get_request
+from msgin5g.ue.outcome import result_from_response
+from msgin5g.ue.via_relay import get_config_via_relay
 
 from .conftest import make_doc
 

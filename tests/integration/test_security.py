@@ -27,6 +27,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
 from aiocoap.transports.oscore import OSCOREAddress
 
+from msgin5g.api import collection_uri, config_query_uri
 from msgin5g.authz import LAB_IDENTITY_OPTION, UNAUTHENTICATED, parse_identity
 from msgin5g.codec import CF_CBOR
 from msgin5g.model import imei_urn
@@ -38,7 +39,8 @@ from msgin5g.security.endpoint import ClientProtection, forward_proxy_request
 from msgin5g.security.registry import ClientCredentials, Registry
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
-from msgin5g.ue.via_relay import ConstrainedUe, collection_uri, config_query_uri, get_config_via_relay
+from msgin5g.ue.constrained import ConstrainedUe
+from msgin5g.ue.via_relay import get_config_via_relay
 
 from .conftest import DOMAIN, make_doc
 from .keyhelp import revoke, store_keys

@@ -62,6 +62,10 @@ def test_collection_uri_and_query_uri_encode_items():
     assert root.collection_uri("svc") == "coap://[::1]:5683/x/su-uc/v1/val-services/svc/ue-configurations"
     uri = api.config_query_uri(root, "svc", "urn:a&b", ue_type="35209900")
     assert uri.endswith("/ue-configurations?ue-uri=urn:a%26b&ue-type=35209900")
+    # the apiRoot or the API base URI, as a string (what the relay's clients are given)
+    expected = "coap://127.0.0.1:5683/su-uc/v1/val-services/svc/ue-configurations"
+    assert api.collection_uri("coap://127.0.0.1/su-uc/v1", "svc") == expected
+    assert api.collection_uri("coap://127.0.0.1", "svc") == expected
 
 
 def test_bulk_query_puts_the_flag_first_and_one_ue_uri_per_ue():

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from msgin5g.coap import wire
 from msgin5g.coap.blockwise import BlockError, BlockwiseTransfer, slice_block2
 from msgin5g.coap.msglayer import (
+    Acked,
     Confirmed,
     Deliver,
     Fail,
@@ -132,7 +133,7 @@ def test_retransmission_schedule_within_rfc_bounds_and_give_up(seed):
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == pytest.approx([t0, 2 * t0, 4 * t0, 8 * t0])
     ((at, fail),) = outcome
-    assert isinstance(fail, Fail) and fail.handle == handle
+    assert isinstance(fail, Fail) and fail.handle == handle and fail.cause == "gave-up"
     assert at == pytest.approx(31 * t0) and at <= 93.0  # MAX_TRANSMIT_WAIT
     assert layer.counters.gave_up == 1 and layer.pending() == 0
 
@@ -141,7 +142,8 @@ def test_empty_ack_stops_retransmission_and_the_separate_response_is_acked_once(
     layer = MessageLayer(rng=random.Random(5))
     handle, actions = layer.request(0.0, get(), S, deadline=60.0)
     req = sends(actions)[0]
-    assert layer.on_message(1.0, CoapMessage(ACK, EMPTY, req.mid), S) == []
+    assert layer.on_message(1.0, CoapMessage(ACK, EMPTY, req.mid), S) == [Acked(handle)]
+    assert layer.on_message(1.5, CoapMessage(ACK, EMPTY, req.mid), S) == []  # a duplicate ACK
     assert layer.next_deadline() == 60.0  # only the wait for the response is left
     sep = CoapMessage(CON, CONTENT, 999, req.token, [], b"doc")
     out = layer.on_message(5.0, sep, S)
@@ -156,7 +158,9 @@ def test_piggybacked_response_needs_matching_mid_and_token():
     layer = MessageLayer(rng=random.Random(6))
     handle, actions = layer.request(0.0, get(), S)
     req = sends(actions)[0]
-    assert layer.on_message(0.1, CoapMessage(ACK, CONTENT, req.mid, b"other"), S) == []
+    assert isinstance(
+        only(layer.on_message(0.1, CoapMessage(ACK, CONTENT, req.mid, b"other"), S), Unmatched), Unmatched
+    )
     out = layer.on_message(0.2, CoapMessage(ACK, CONTENT, req.mid, req.token, [], b"x"), S)
     assert only(out, Deliver) == Deliver(handle, CoapMessage(ACK, CONTENT, req.mid, req.token, [], b"x"), S)
 
@@ -188,7 +192,7 @@ def test_deadline_fails_a_request_waiting_for_its_separate_response():
     handle, actions = layer.request(0.0, get(), S, deadline=30.0)
     layer.on_message(0.5, CoapMessage(ACK, EMPTY, sends(actions)[0].mid), S)
     assert layer.on_tick(29.9) == []
-    assert only(layer.on_tick(30.0), Fail).handle == handle
+    assert only(layer.on_tick(30.0), Fail) == Fail(handle, "deadline", "no response before the deadline")
 
 
 # -- NSTART (RFC 7252 §4.7) -------------------------------------------------------------------------
@@ -243,7 +247,9 @@ def test_respond_to_a_stored_request_and_rst_fails_it():
     handle, out = server.respond_to(0.0, C, b"stored", CoapMessage(CON, CONTENT, 0, b"", [], b"x"))
     (resp,) = sends(out)
     assert resp.token == b"stored" and resp.mtype == CON
-    assert server.on_message(0.5, CoapMessage(RST, EMPTY, resp.mid), C) == [Fail(handle, "rejected with RST")]
+    assert server.on_message(0.5, CoapMessage(RST, EMPTY, resp.mid), C) == [
+        Fail(handle, "reset", "rejected with RST")
+    ]
     _, non = server.respond_to(0.0, C, b"n", CoapMessage(CON, CONTENT, 0), confirmable=False)
     assert sends(non)[0].mtype == NON and server.next_deadline() is None
 

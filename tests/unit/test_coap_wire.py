@@ -98,11 +98,14 @@ def test_decode_never_raises_anything_but_wire_error(data):
 
 def test_aiocoap_conversion_both_ways():
     msg = CoapMessage(CON, GET, 0x1234, b"tk", [(11, b"a"), (11, b"b"), (15, b"q=1"), (65020, b"")], b"body")
-    m = wire.to_aiocoap(msg)
+    m = wire.to_aiocoap(msg, incoming=False)
     assert (m.mtype, m.code, m.mid, m.token, m.payload) == (Type.CON, Code.GET, 0x1234, b"tk", b"body")
     assert m.opt.uri_path == ("a", "b") and m.opt.uri_query == ("q=1",)
     assert m.encode() == encode(msg)
     assert wire.from_aiocoap(m) == msg
+    received = wire.to_aiocoap(msg)  # as decoded from a datagram: what OSCORE unprotects
+    assert received.direction is Message.decode(encode(msg)).direction
+    assert wire.from_aiocoap(received) == msg
 
 
 def test_from_aiocoap_of_an_unaddressed_request():

@@ -66,12 +66,26 @@ class Deliver:
     final: bool = True
 
 
+#: why a request failed (:attr:`Fail.cause`)
+RESET, GAVE_UP, DEADLINE, BLOCKWISE, NO_MID = "reset", "gave-up", "deadline", "blockwise", "no-mid"
+
+
 @dataclass(frozen=True, slots=True)
 class Fail:
-    """Request (or CON separate response) ``handle`` ended without an answer: ``reason``."""
+    """Request (or CON separate response) ``handle`` ended without an answer: ``cause`` (one of
+    RESET, GAVE_UP, DEADLINE, BLOCKWISE, NO_MID) and a sentence saying why."""
 
     handle: int
+    cause: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The CON request ``handle`` was acknowledged with an empty ACK: its answer follows as a
+    separate response (RFC 7252 §5.2.2)."""
+
+    handle: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +112,7 @@ class Unmatched:
     addr: Addr
 
 
-Action = Send | Deliver | Fail | Serve | Confirmed | Unmatched
+Action = Send | Deliver | Fail | Acked | Serve | Confirmed | Unmatched
 
 
 @dataclass(slots=True, eq=False)

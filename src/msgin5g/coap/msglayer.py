@@ -21,7 +21,7 @@ What it does:
   after :meth:`MessageLayer.accept` (empty ACK) sent as a separate response, CON and retransmitted
   until acknowledged (RFC 7252 §5.2.2); large bodies sliced into Block2 blocks (RFC 7959 §2.3).
 
-Actions: :class:`Send`, :class:`Deliver`, :class:`Fail`, :class:`Serve`, :class:`Confirmed`,
+Actions: :class:`Send`, :class:`Deliver`, :class:`Fail`, :class:`Acked`, :class:`Serve`, :class:`Confirmed`,
 :class:`Unmatched`; timers through :meth:`MessageLayer.next_deadline` / :meth:`MessageLayer.on_tick`.
 """
 
@@ -34,15 +34,21 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from . import qblock_client, wire
-from .actions import (
+from .actions import (  # noqa: F401 (the layer's vocabulary, importable from here)
     ACK_RANDOM_FACTOR,
     ACK_TIMEOUT,
     BAD_OPTION,
+    BLOCKWISE,
+    DEADLINE,
     EXCHANGE_LIFETIME,
+    GAVE_UP,
     MAX_RETRANSMIT,
     MID_SPACE,
+    NO_MID,
     NON_LIFETIME,
     NSTART,
+    RESET,
+    Acked,
     Action,
     Addr,
     Confirmed,
@@ -276,9 +282,11 @@ class MessageLayer:
         if self._by_token.get((ex.addr, ex.token)) is ex:
             del self._by_token[(ex.addr, ex.token)]
 
-    def _fail(self, ex: _Exchange, reason: str, out: list) -> None:
+    def _fail(self, ex: _Exchange, reason: str, out: list, cause: str = BLOCKWISE) -> None:
+        """End ``ex`` with :class:`Fail`; the cause defaults to BLOCKWISE, what the block-transfer
+        paths (RFC 7959 here, RFC 9177 in :mod:`.qblock_client`) report."""
         self._finish(ex)
-        out.append(Fail(ex.handle, reason))
+        out.append(Fail(ex.handle, cause, reason))
 
     def _resend(self, now: float, ex: _Exchange, out: list, options=None) -> None:  # RFC 7959 §2.4, 9177 §4.1
         self._by_mid.pop((ex.addr, ex.mid), None)
@@ -376,7 +384,7 @@ class MessageLayer:
         out: list[Action] = []
         mid = self._mid(addr, now)
         if mid is None:
-            return None, [Fail(0, "no message ID free towards the peer (RFC 7252 §4.4)")]
+            return None, [Fail(0, NO_MID, "no message ID free towards the peer (RFC 7252 §4.4)")]
         msg = CoapMessage(
             CON if confirmable else NON, response.code, mid, token, response.options, response.payload
         )
@@ -500,16 +508,21 @@ class MessageLayer:
             owner.done = True
             del self._by_mid[(addr, msg.mid)]
             out.append(
-                Confirmed(owner.handle) if msg.mtype == ACK else Fail(owner.handle, "rejected with RST")
+                Confirmed(owner.handle)
+                if msg.mtype == ACK
+                else Fail(owner.handle, RESET, "rejected with RST")
             )
             return
         ex = owner
         if msg.mtype == RST:
-            self._fail(ex, "rejected with RST", out)
+            self._fail(ex, "rejected with RST", out, RESET)
         elif msg.code == EMPTY:  # the answer follows separately (RFC 7252 §5.2.2)
+            if ex.tx is not None:
+                out.append(Acked(ex.handle))
             self._release(ex)
         elif msg.token != ex.token or not msg.is_response:
             self.counters.unmatched += 1  # an ACK with another request's answer: not ours
+            out.append(Unmatched(msg, addr))
             return
         else:
             self._on_response(now, ex, msg, addr, out)
@@ -545,7 +558,7 @@ class MessageLayer:
             if isinstance(owner, _Exchange) and mid == qblock_client.QBLOCK_TIMER:
                 qblock_client.on_tick(self, now, owner, out)
             elif isinstance(owner, _Exchange) and mid < 0:
-                self._fail(owner, "no response before the deadline", out)
+                self._fail(owner, "no response before the deadline", out, DEADLINE)
                 self._pump(now, owner.addr, out)
             elif isinstance(owner, (_Exchange, _Separate)):
                 tx = owner.tx
@@ -555,12 +568,12 @@ class MessageLayer:
                     self.counters.gave_up += 1
                     reason = f"no acknowledgement after {tx.tries} retransmissions"
                     if isinstance(owner, _Exchange):
-                        self._fail(owner, reason, out)
+                        self._fail(owner, reason, out, GAVE_UP)
                         self._pump(now, owner.addr, out)
                     else:
                         owner.done = True
                         self._by_mid.pop((owner.addr, owner.mid), None)
-                        out.append(Fail(owner.handle, reason))
+                        out.append(Fail(owner.handle, GAVE_UP, reason))
                     continue
                 tx.tries += 1
                 tx.timeout *= 2
@@ -571,30 +584,3 @@ class MessageLayer:
             else:
                 self._pump(now, owner, out)
         return out
-
-
-__all__ = [
-    "ACK",
-    "ACK_RANDOM_FACTOR",
-    "ACK_TIMEOUT",
-    "CON",
-    "EXCHANGE_LIFETIME",
-    "MAX_RETRANSMIT",
-    "NON",
-    "NON_LIFETIME",
-    "NSTART",
-    "RST",
-    "Action",
-    "Addr",
-    "Confirmed",
-    "Counters",
-    "Deliver",
-    "Fail",
-    "Incoming",
-    "MessageLayer",
-    "MidAllocator",
-    "Params",
-    "Send",
-    "Serve",
-    "Unmatched",
-]

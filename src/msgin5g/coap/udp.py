@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .msglayer import (
+    Acked,
     Action,
     Addr,
     Confirmed,
@@ -42,7 +43,12 @@ SOCKET_BUFFER = 4 << 20
 
 
 class CoapError(Exception):
-    """A request ended without a response (no acknowledgement, RST, deadline, endpoint closed)."""
+    """A request ended without a response (no acknowledgement, RST, deadline, endpoint closed);
+    ``cause`` is the message layer's :attr:`~msgin5g.coap.msglayer.Fail.cause` when it has one."""
+
+    def __init__(self, reason: str, cause: str = ""):
+        super().__init__(reason)
+        self.cause = cause
 
 
 def _family(host: str) -> int:
@@ -60,6 +66,7 @@ class CoapEndpoint:
         on_request: Callable[[Incoming], None] | None = None,
         on_unmatched: Callable[[CoapMessage, Addr], None] | None = None,
         on_separate: Callable[[int, str | None], None] | None = None,
+        on_acked: Callable[[int], None] | None = None,
         demux: Callable[[bytes, Addr], bool] | None = None,
     ):
         self.sock = sock
@@ -68,6 +75,7 @@ class CoapEndpoint:
         self.on_unmatched = on_unmatched
         self.on_separate = on_separate  # (handle, None | failure reason) of CON separate responses
         self.demux = demux
+        self.on_acked = on_acked  # (handle) of a request whose answer follows separately
         self.loop = asyncio.get_running_loop()
         self.peer: Addr | None = None
         with contextlib.suppress(OSError):
@@ -219,7 +227,7 @@ class CoapEndpoint:
                 fut = self._futures.pop(a.handle, None)
                 self._notify.pop(a.handle, None)
                 if fut is not None and not fut.done():
-                    fut.set_exception(CoapError(a.reason))
+                    fut.set_exception(CoapError(a.reason, a.cause))
                 elif fut is None and self.on_separate is not None:
                     self.on_separate(a.handle, a.reason)
             elif type(a) is Serve:
@@ -228,6 +236,9 @@ class CoapEndpoint:
             elif type(a) is Confirmed:
                 if self.on_separate is not None:
                     self.on_separate(a.handle, None)
+            elif type(a) is Acked:
+                if self.on_acked is not None:
+                    self.on_acked(a.handle)
             elif type(a) is Unmatched and self.on_unmatched is not None:
                 self.on_unmatched(a.message, a.addr)
         self._arm()

@@ -229,9 +229,11 @@ def code_text(code: int) -> str:
 # -- the OSCORE boundary: aiocoap's Message ------------------------------------------------------
 
 
-def to_aiocoap(msg: CoapMessage):
-    """The same message as an aiocoap ``Message`` (for OSCORE protect/unprotect, RFC 8613)."""
+def to_aiocoap(msg: CoapMessage, incoming: bool = True):
+    """The same message as an aiocoap ``Message`` — a received one (``incoming``, what OSCORE
+    verifies, RFC 8613 §8.2/§8.4) or one to send."""
     from aiocoap import Message
+    from aiocoap.message import Direction
     from aiocoap.numbers.codes import Code
     from aiocoap.numbers.optionnumbers import OptionNumber
     from aiocoap.numbers.types import Type
@@ -239,6 +241,8 @@ def to_aiocoap(msg: CoapMessage):
     m = Message(mtype=Type(msg.mtype), mid=msg.mid, code=Code(msg.code), token=msg.token, payload=msg.payload)
     for number, value in msg.options:
         m.opt.add_option(OptionNumber(number).create_option(decode=value))
+    if incoming:
+        m.direction = Direction.INCOMING
     return m
 
 

@@ -1,1 +1,2 @@
-"""Helpers for testing the actors over real sockets (fuzzing, swarms)."""
+"""Helpers for testing the actors over real sockets: the load generator (swarm) and the fuzzer. Not used by
+the actors."""

@@ -19,17 +19,11 @@ from __future__ import annotations
 from aiocoap.optiontypes import OpaqueOption
 
 from ..api import OPT_URGENT as URGENT_OPTION
+from ..api import ApiRoot, config_query_uri
 from ..outcome import ConfigResult, Outcome
 from ..security.endpoint import ClientProtection, UnprotectedResponse
-from .via_relay import (
-    DEFAULT_TIMEOUT,
-    CoapError,
-    ConstrainedUe,
-    config_query_uri,
-    get_request,
-    result_from_response,
-    result_from_unprotected,
-)
+from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, get_request
+from .outcome import result_from_response, result_from_unprotected
 
 
 def _addressed_elsewhere(result: ConfigResult, ue_uri: str) -> bool:
@@ -65,8 +59,9 @@ async def get_config_via_gateway(
     """
     if not ue_uri:
         raise ValueError("ue_uri (the MSGin5G UE ID) is mandatory")
-    host = f"[{gateway_host}]" if ":" in gateway_host else gateway_host
-    uri = config_query_uri(f"coap://{host}:{gateway_port}", service_id, ue_uri, ue_type, ue_snr, ue_vendor)
+    uri = config_query_uri(
+        ApiRoot("coap", gateway_host, gateway_port), service_id, ue_uri, ue_type, ue_snr, ue_vendor
+    )
     extra = {"via": f"{gateway_host}:{gateway_port}", "urgent": urgent}
     protection = ClientProtection(security) if security is not None else None
     ue = ConstrainedUe(gateway_host, gateway_port, user_info=ue_uri, protection=protection)
