@@ -77,7 +77,7 @@ def main() -> None:
     print(f"keys import of {args.identities:,} identities (target ≤ 30 s, goal ≤ 10 s, < 50 files)")
     for store, seconds, files in rows:
         verdict = "ok" if seconds <= 30 and files < 50 else "MISSED"
-        print(f"  {store:<10} {seconds:6.1f} s  {files:3d} files (store, bundle, state)  {verdict}")
+        print(f"  {store:<10} {seconds:6.1f} s  {files:3d} files (the SQLite file, the bundle)  {verdict}")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,27 @@ def test_replay_window_compare_and_set(store_url):
     finally:
         a.close()
         b.close()
+
+
+def test_a_bundle_prefetches_one_lease_per_key_and_never_hands_a_number_out_twice(tmp_path):
+    """Client side (RFC 8613 App. B.1.1): ``load_bundle(prefetch=16)`` leases a first block for every
+    key in one write; a context takes its prefetched block, then leases further ones; a second
+    process (a fresh state object) continues above everything leased."""
+    import json
+
+    from msgin5g.security import credentials
+
+    bundle = tmp_path / "b.jsonl"
+    lines = [
+        credentials.key_json(f"ue:urn:x:{i}", bytes([i]), bytes(32), bytes(8), "AES-CCM-16-64-128")
+        for i in (1, 2)
+    ]
+    bundle.write_text("\n".join(lines) + "\n")
+    keys = credentials.load_bundle(bundle, prefetch=16)
+    ctx = keys["ue:urn:x:1"].security_context()
+    first = [ctx.new_sequence_number() for _ in range(20)]
+    assert first == list(range(20))  # [0, 16) prefetched, then [16, 48) leased (the second block)
+    state = credentials._SequenceState(tmp_path / "b.jsonl.state")  # what another process would read
+    assert state.lease(bytes([1]), 1) == (48, 49)
+    assert state.lease(bytes([2]), 1) == (16, 17)  # key 2's prefetched block [0, 16) is taken too
+    assert json.loads(lines[0])["kid"] == "01"

@@ -191,3 +191,29 @@ def test_window_rules_of_rfc8613_7_4():
     assert far == (9, 1 << 31)
     assert window_accepts(far, 8) is None  # fell behind
     assert window_accepts(far, 9) == (9, (1 << 31) | 1)
+
+
+def test_tls_internals_read_by_the_tweaks_still_exist():
+    """tls_peer_certificate and prune_failed_tls_connections read aiocoap's TLS server pool
+    (a set of TcpConnection) and a connection's ``_transport`` (None until the handshake is done)."""
+    import asyncio
+
+    from aiocoap.transports.tcp import TcpConnection
+    from aiocoap.transports.tls import TLSServer
+
+    server = TLSServer()
+    assert isinstance(server._pool, set)
+    loop = asyncio.new_event_loop()
+    conn = TcpConnection(server, None, loop, is_server=True)
+    loop.close()
+    assert conn._transport is None
+    server._pool.add(conn)
+
+    class Tman:
+        token_interface = server
+
+    class Ctx:
+        request_interfaces = [Tman()]
+
+    assert tweaks.prune_failed_tls_connections(Ctx()) == 1 and not server._pool
+    assert tweaks.tls_peer_certificate(conn) is None

@@ -68,3 +68,15 @@ def test_worker_count_auto_is_at_least_one_and_bad_values_say_what_to_give():
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError, match="--workers"):
             worker_count(bad)
+
+
+def test_whichever_of_feed_and_own_write_comes_first_notifies_and_the_other_does_not():
+    # the feed read the row before the writer's own notification ran (PostgreSQL: the write
+    # committed on a store thread, NOTIFY arrived, the loop ran the feed first)
+    seen = {}
+    assert plan_notifications([ch(1, A, 3)], {A}, seen) == [(A, False)]
+    assert not mark_seen(seen, A, 3, False)  # the writer's own path must not notify again
+    # and the other order
+    seen = {}
+    assert mark_seen(seen, A, 4, False)
+    assert plan_notifications([ch(2, A, 4)], {A}, seen) == []

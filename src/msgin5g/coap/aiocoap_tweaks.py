@@ -22,6 +22,11 @@ The tweaks:
   same message; it keeps the whole Message (options, remote, the request it answers): about
   4 KiB per exchange, gigabytes at a few thousand requests per second. Resending needs only the
   encoded bytes and the remote: :class:`EncodedResponse`. Per server context.
+* :func:`tls_peer_certificate` — aiocoap's TLS server verifies the client certificate but
+  exposes it only through private attributes of its connection objects (``TcpConnection.
+  _transport``; the WebSocket remote's ``_connection``): read here, nowhere else. And its TLS
+  server keeps a connection object in its pool for every rejected handshake (it never learns of
+  it), which then also breaks its shutdown: :func:`prune_failed_tls_connections`.
 * :class:`LeasedSecurityContext` — not a patch but a reliance: an OSCORE security context
   (RFC 8613) composed of aiocoap's ``CanProtect`` / ``CanUnprotect`` / ``SecurityContextUtils``
   (protection, verification, HKDF) whose mutable state is the caller's, not a directory of files
@@ -255,3 +260,35 @@ class LeasedSecurityContext(oscore.CanProtect, oscore.CanUnprotect, oscore.Secur
     def post_seqnoincrease(self):
         if self.sender_sequence_number > self.lease_end:  # never: new_sequence_number leased first
             raise oscore.ContextUnavailable("sequence number outside the lease")
+
+
+# -- the verified TLS client certificate (coaps+tcp, coaps+ws; SPEC D12) ----------------------------------
+def tls_peer_certificate(remote) -> dict | None:
+    """The client certificate of the TLS connection a request came on (``ssl`` ``getpeercert()``
+    form, verified by the server's context), or None (not TLS, or aiocoap changed shape)."""
+    transport = getattr(remote, "_transport", None)  # aiocoap.transports.tcp.TcpConnection
+    if transport is None:
+        connection = getattr(remote, "_connection", None)  # aiocoap.transports.ws.WSRemote
+        transport = getattr(connection, "transport", None)
+    get = getattr(transport, "get_extra_info", None)
+    if get is None:
+        return None
+    try:
+        return get("peercert") or None
+    except Exception:
+        return None
+
+
+def prune_failed_tls_connections(ctx) -> int:
+    """Drop from an aiocoap TLS server context's connection pool the connections that never
+    completed their handshake (a client without an acceptable certificate): aiocoap keeps them
+    forever and fails on them at shutdown. Returns how many were dropped."""
+    dropped = 0
+    for tman in getattr(ctx, "request_interfaces", ()):
+        pool = getattr(getattr(tman, "token_interface", None), "_pool", None)
+        if not isinstance(pool, set):
+            continue
+        for conn in [c for c in pool if getattr(c, "_transport", True) is None]:
+            pool.discard(conn)
+            dropped += 1
+    return dropped

@@ -63,7 +63,7 @@ def make_keys(plan: FleetPlan, directory: Path, db_url: str) -> DemoKeys:
         [(Identity(Role.UE, d), creds / "gateway" / f"ue{i}.json") for i, d in enumerate(gw_ues)],
         durable=False,
     )
-    at_scm = {k.identity.name: k for k in load_bundle(bundle).values()} if scm_ues else {}
+    at_scm = {k.identity.name: k for k in load_bundle(bundle, prefetch=16).values()} if scm_ues else {}
     return DemoKeys(
         gw.path,
         load_key(creds / "admin.json"),

@@ -202,12 +202,16 @@ def revoke(identity, role, kid, db_url, registry_dir, as_json, quiet) -> None:
         if not done:
             raise click.ClickException(f"{who or 'key ' + kid}: no active key to revoke in {db_url}")
         gone = [
-            (str(ident), int(n).to_bytes((int(n).bit_length() + 7) // 8, "big").hex()) for n, ident in done
+            (str(ident), None if n is None else int(n).to_bytes((int(n).bit_length() + 7) // 8, "big").hex())
+            for n, ident in done
         ]
         emit(
             as_json,
             quiet,
-            "\n".join(f"{ident}: key {k} revoked" for ident, k in gone),
+            "\n".join(
+                f"{ident}: TLS client certificates revoked" if k is None else f"{ident}: key {k} revoked"
+                for ident, k in gone
+            ),
             [{"identity": ident, "kid": k} for ident, k in gone],
         )
         return
@@ -268,4 +272,40 @@ def import_(identities_csv, db_url, out, algorithm, as_json, quiet) -> None:
         quiet,
         f"{len(numbers)} keys added to {db_url} in {time.monotonic() - began:.1f} s; bundle: {out}",
         {"added": len(numbers), "store": db_url, "bundle": str(out)},
+    )
+
+
+@keys.command("cert")
+@click.argument("identity")
+@click.option("--role", type=click.Choice(["ue", "gateway", "admin"]), default=None)
+@click.option("--db", "db_url", required=True, help="The SCM-S's store (its CA is made on first use).")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Directory for cert.pem, key.pem, ca.pem."
+)
+@output_options
+def cert(identity, role, db_url, out, as_json, quiet) -> None:
+    """Issue a TLS client certificate for IDENTITY (coaps+tcp with mutual TLS): the identity in
+    its subjectAltName URI, signed by the CA kept in the store."""
+    from pathlib import Path
+
+    from . import tls
+
+    ident = _identity(identity, role)
+    target = Path(out)
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        if (target / name).exists():
+            raise click.ClickException(f"{target / name} exists; certificates are never overwritten")
+    store = _open(db_url)
+    try:
+        ca_cert, ca_key = store.tls_ca(tls.new_ca)
+        cert_pem, key_pem, serial = tls.issue(ca_cert, ca_key, identity=ident)
+        store.add_cert(serial, str(ident), utc_now())
+    finally:
+        store.close()
+    tls.write_client_files(target, cert_pem, key_pem, ca_cert)
+    emit(
+        as_json,
+        quiet,
+        f"{ident}: certificate {serial:x} in {target}/cert.pem (key.pem, ca.pem)",
+        {"identity": str(ident), "serial": format(serial, "x"), "directory": str(target)},
     )

@@ -55,12 +55,44 @@ class _SequenceState:
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
+        self._ready: dict[bytes, tuple[int, int]] = {}
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS leases (kid TEXT PRIMARY KEY, mark INTEGER NOT NULL)")
         os.chmod(path, 0o600)
 
+    def prefetch(self, kids: list[bytes], count: int) -> None:
+        """Lease a first block for each of ``kids`` in one transaction (one durable write for a
+        whole bundle instead of one per key: a simulator acting as thousands of devices)."""
+        hexes = [k.hex() for k in kids if k not in self._ready]
+        if not hexes:
+            return
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR IGNORE INTO leases (kid, mark) VALUES (?, 0)", [(h,) for h in hexes]
+                )
+                marks = {}
+                for i in range(0, len(hexes), 500):
+                    chunk = hexes[i : i + 500]
+                    q = ", ".join("?" * len(chunk))
+                    marks.update(
+                        db.execute(f"SELECT kid, mark FROM leases WHERE kid IN ({q})", chunk).fetchall()
+                    )
+                db.executemany("UPDATE leases SET mark = mark + ? WHERE kid = ?", [(count, h) for h in hexes])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        for h in hexes:
+            self._ready[bytes.fromhex(h)] = (marks[h], marks[h] + count)
+
     def lease(self, kid: bytes, count: int) -> tuple[int, int]:
+        ready = self._ready.pop(kid, None)
+        if ready is not None:  # leased ahead by prefetch, already persisted
+            return ready
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -199,11 +231,14 @@ class KeyBundle:
         return load_key(self.path, identity)
 
 
-def load_bundle(path: str | os.PathLike) -> dict[str, KeyCredentials]:
-    """Every key of a bundle by identity text (simulators that act as many devices)."""
+def load_bundle(path: str | os.PathLike, prefetch: int = 0) -> dict[str, KeyCredentials]:
+    """Every key of a bundle by identity text (simulators that act as many devices); with
+    ``prefetch``, a first block of that many sequence numbers is leased for every key at once."""
     p = Path(path).resolve()
     with open(p, encoding="utf-8") as f:
         keys = [parse_key(p, ln) for ln in f if ln.strip()]
+    if prefetch and keys:
+        _state_for(p).prefetch([k.kid for k in keys], prefetch)
     return {str(k.identity): k for k in keys}
 
 

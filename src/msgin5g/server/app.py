@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 import aiocoap
+from aiocoap.numbers.constants import COAP_PORT, COAPS_PORT
 
 from ..authz import LAB_IDENTITY_OPTION
 from ..coap import aiocoap_hardening, aiocoap_tweaks
@@ -35,6 +36,42 @@ log = logging.getLogger("msgin5g.server")
 
 #: aiocoap's WebSocket server listens on the bind port + 3000 (see aiocoap.transports.ws).
 AIOCOAP_WS_PORT_OFFSET = 3000
+
+
+def _identify(keyring: StoreKeyring):
+    """A request's identity: from its TLS client certificate (coaps+tcp), else its OSCORE key."""
+    from ..security.tls import tls_identity
+
+    def identify(request):
+        return tls_identity(request) or keyring.identify(request)
+
+    return identify
+
+
+async def _tls_listener(running: RunningServer, site) -> aiocoap.Context:
+    """coaps+tcp on ``--tls-port`` (TS 24.546 C.1.1; RFC 8323): the server certificate issued by
+    the store's CA for the host, client certificates required (SPEC D12)."""
+    from ..security import tls
+
+    store, host = running.store, running.host
+    ca_cert, ca_key = await asyncio.to_thread(store.tls_ca, tls.new_ca)
+    names = tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
+    cert, key, _ = tls.issue(ca_cert, ca_key, hosts=names)
+    ctx = await aiocoap.Context.create_server_context(
+        tls.TlsSite(site, store),
+        # aiocoap's TLS server binds the given port + (COAPS_PORT - COAP_PORT), as for its default
+        bind=(host, running.config.tls_port - (COAPS_PORT - COAP_PORT)),
+        transports=["tlsserver"],
+        _ssl_context=tls.server_context(ca_cert, cert, key),
+    )
+
+    async def prune() -> None:  # bound aiocoap's pool of rejected handshakes
+        while True:
+            await asyncio.sleep(10)
+            aiocoap_tweaks.prune_failed_tls_connections(ctx)
+
+    running._background.append(asyncio.ensure_future(prune()))
+    return ctx
 
 
 async def _follow_changes(running: RunningServer, config: ServerConfig) -> None:
@@ -66,6 +103,7 @@ class ServerConfig:
     service_ids: tuple[str, ...] = ("msgin5g",)
     api_prefix: tuple[str, ...] = ()
     ws_port: int | None = None
+    tls_port: int | None = None  # coaps+tcp with mutual TLS (client certificates of the store's CA)
     tcp: bool = True
     insecure: bool = False
     insecure_anywhere: bool = False
@@ -144,6 +182,7 @@ class RunningServer:
     hardening: aiocoap_hardening.Hardening | None = None  # UDP guard and bounded deduplication
     _own_store: bool = True
     _watch: asyncio.Task | None = None
+    _background: list = field(default_factory=list)
     feed: ChangeWatcher | None = None
     executor: ThreadPoolExecutor | None = None
 
@@ -153,7 +192,7 @@ class RunningServer:
 
     def base_uri(self, scheme: str = "coap") -> str:
         """``{apiRoot}/su-uc/v1`` for one transport scheme (coap, coap+tcp, coap+ws)."""
-        port = self.ws_port if scheme == "coap+ws" else self.port
+        port = {"coap+ws": self.ws_port, "coaps+tcp": self.config.tls_port}.get(scheme, self.port)
         prefix = "".join(f"/{p}" for p in self.config.api_prefix)
         return f"{scheme}://{uri_host(self.host)}:{port}{prefix}/su-uc/v1"
 
@@ -164,6 +203,8 @@ class RunningServer:
             out.append(self.base_uri("coap+tcp"))
         if self.ws_port is not None:
             out.append(self.base_uri("coap+ws"))
+        if self.config.tls_port is not None:
+            out.append(self.base_uri("coaps+tcp"))
         return out
 
     def collection_uri(self, service_id: str = "msgin5g", scheme: str = "coap") -> str:
@@ -176,7 +217,10 @@ class RunningServer:
         if self.feed is not None:
             await self.feed.stop()
             self.feed = None
+        for task in self._background:
+            task.cancel()
         for ctx in self.contexts:
+            aiocoap_tweaks.prune_failed_tls_connections(ctx)
             try:
                 await ctx.shutdown()
             except Exception:  # shutting down regardless
@@ -200,6 +244,10 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     identity. Insecure (labs only): loopback only unless ``insecure_anywhere``, with a warning on
     every start.
     """
+    if config.tls_port is not None and config.tls_port <= COAPS_PORT - COAP_PORT:
+        raise ServerStartError("--tls-port must be above 1")
+    if config.insecure and config.tls_port is not None:
+        raise ServerStartError("--tls-port serves mutual TLS: it needs the secured mode (drop --insecure)")
     if config.insecure:
         if not _is_loopback(config.host) and not config.insecure_anywhere:
             raise ServerStartError(
@@ -230,7 +278,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         if not store.count_keys():
             log.warning("secured, and the store has no active key yet: add keys with 'msgin5g keys add'")
         site = ScmSite(
-            service, identify=keyring.identify, qblock=config.qblock, admission=Admission(config.admission)
+            service, identify=_identify(keyring), qblock=config.qblock, admission=Admission(config.admission)
         )
         root = SecuredSite(config.wrap_site(site) if config.wrap_site else site, keyring)
         keyring.on_change(lambda: site.recheck_observers(keyring.is_active))
@@ -267,6 +315,8 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
                     root, bind=(host, config.ws_port - AIOCOAP_WS_PORT_OFFSET), transports=["ws"]
                 )
             )
+        if config.tls_port is not None:
+            running.contexts.append(await _tls_listener(running, site))
     except OSError as e:
         await running.close()
         raise ServerStartError(f"cannot listen on {host}:{port}: {e}") from e

@@ -83,10 +83,11 @@ class ChangeWatcher:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
-    def local_change(self, key: DocKey, version: int, deleted: bool) -> None:
-        """This process notified its observers of a change itself: the feed must not do it again."""
-        if key in self.observed():
-            mark_seen(self.seen, key, version, deleted)
+    def local_change(self, key: DocKey, version: int, deleted: bool) -> bool:
+        """A change committed through this process: whether its observers still need to hear of it
+        (False when the feed, which may read the change before this call runs, already told them).
+        Either way the feed will not notify it again."""
+        return key not in self.observed() or mark_seen(self.seen, key, version, deleted)
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

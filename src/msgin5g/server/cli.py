@@ -63,6 +63,12 @@ def _seal_cf(param, value):
 )
 @click.option("--api-prefix", default="", help="Optional path prefix of apiRoot, e.g. 'seal/cm'.")
 @click.option("--ws-port", type=int, default=None, help="Also serve coap+ws on this port (> 3000).")
+@click.option(
+    "--tls-port",
+    type=int,
+    default=None,
+    help="Also serve coaps+tcp with mutual TLS on this port (client certificates: msgin5g keys cert).",
+)
 @click.option("--no-tcp", is_flag=True, help="Do not serve CoAP over TCP.")
 @click.option("--max-age", default=300, show_default=True, help="Max-Age (s) of configuration answers.")
 @click.option(
@@ -156,6 +162,7 @@ def server(
     service_domain,
     api_prefix,
     ws_port,
+    tls_port,
     no_tcp,
     max_age,
     max_body,
@@ -210,6 +217,7 @@ def server(
         service_ids=tuple(service_ids),
         api_prefix=tuple(p for p in api_prefix.split("/") if p),
         ws_port=ws_port,
+        tls_port=tls_port,
         tcp=not no_tcp,
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,

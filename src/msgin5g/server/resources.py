@@ -354,9 +354,9 @@ class ScmSite(ObservableResource, PathCapable):
         if self.loop is not None and not self._on_loop():
             self.loop.call_soon_threadsafe(self.changed, api, service_id, doc_id, version, deleted)
             return
-        if self.feed is not None:
-            self.feed.local_change((api, service_id, doc_id), version, deleted)
-        self.feed_change((api, service_id, doc_id), deleted)
+        key = (api, service_id, doc_id)
+        if self.feed is None or self.feed.local_change(key, version, deleted):
+            self.feed_change(key, deleted)
 
     def feed_change(self, key: tuple[str, str, str], deleted: bool) -> None:
         """Notify the observers of one changed document (RFC 7641 §4.2); a deleted one ends them

@@ -4,6 +4,8 @@ back ends (RFC 8613; TS 24.546 6.2.1.2; SPEC D12).
 One table beside the documents, in the same file or database — a fleet of a million UEs is a
 million rows, never a file per key:
 
+- ``tls_ca`` (one row: the CA of the coaps+tcp / coaps+ws client certificates) and ``tls_certs``
+  (serial, identity, created, revoked) — :mod:`msgin5g.security.tls`;
 - ``oscore_keys(number, identity, algorithm, secret, salt, created, revoked, seq_mark, rw_index,
   rw_bits)`` — one row per key. ``number`` is the key number; the key identifier (the client's
   OSCORE Sender ID) is its big-endian bytes (:func:`msgin5g.security.keys.kid_for`). At most one
@@ -42,6 +44,15 @@ _DDL = (
         rw_index   {int} NOT NULL DEFAULT 0,
         rw_bits    {int} NOT NULL DEFAULT 0)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS oscore_keys_active ON oscore_keys (identity) WHERE revoked IS NULL",
+    """CREATE TABLE IF NOT EXISTS tls_ca (
+        id         INTEGER PRIMARY KEY,
+        cert_pem   TEXT NOT NULL,
+        key_pem    TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS tls_certs (
+        serial     TEXT PRIMARY KEY,
+        identity   TEXT NOT NULL,
+        created    TEXT NOT NULL,
+        revoked    TEXT)""",
 )
 SQLITE_KEYS_DDL = tuple(s.format(int="INTEGER", blob="BLOB") for s in _DDL)
 POSTGRES_KEYS_DDL = tuple(s.format(int="bigint", blob="bytea") for s in _DDL)
@@ -59,6 +70,11 @@ _COUNT = "SELECT count(*) FROM oscore_keys WHERE revoked IS NULL"
 _REVOKE_NUMBER = (
     "UPDATE oscore_keys SET revoked = {m} WHERE number = {m} AND revoked IS NULL RETURNING number, identity"
 )
+_CA_INSERT = "INSERT INTO tls_ca (id, cert_pem, key_pem) VALUES (1, {m}, {m}) ON CONFLICT (id) DO NOTHING"
+_CA_GET = "SELECT cert_pem, key_pem FROM tls_ca WHERE id = 1"
+_CERT_INSERT = "INSERT INTO tls_certs (serial, identity, created) VALUES ({m}, {m}, {m})"
+_CERT_ACTIVE = "SELECT identity FROM tls_certs WHERE serial = {m} AND revoked IS NULL"
+_CERT_REVOKE = "UPDATE tls_certs SET revoked = {m} WHERE identity = {m} AND revoked IS NULL"
 _REVOKE_IDENTITY = (
     "UPDATE oscore_keys SET revoked = {m} WHERE identity = {m} AND revoked IS NULL RETURNING number, identity"
 )
@@ -181,14 +197,45 @@ class KeyStoreMixin:
             return db.execute(_COUNT).fetchone()[0]
 
     def revoke_keys(self, now: str, *, identity: str | None = None, number: int | None = None) -> list[tuple]:
-        """Revoke the active key of ``identity`` or the key ``number``; returns (number, identity)
-        of each revoked key (empty: nothing active matched). Running servers refuse it from their
+        """Revoke the active key of ``identity`` or the key ``number``, and the identity's TLS client
+        certificates; returns (number, identity) of each revoked key — (None, identity) when the
+        identity had certificates only (empty: nothing active matched). Running servers refuse it from their
         next request on (the replay check below fails on a revoked row)."""
         if (identity is None) == (number is None):
             raise ValueError("give an identity or a key number")
         sql, arg = (_REVOKE_IDENTITY, identity) if identity is not None else (_REVOKE_NUMBER, number)
         with self._keys_tx(write=True) as db:
-            return [tuple(r) for r in db.execute(self._ksql(sql), (now, arg)).fetchall()]
+            done = [tuple(r) for r in db.execute(self._ksql(sql), (now, arg)).fetchall()]
+            for ident in {i for _, i in done} | ({identity} if identity is not None else set()):
+                # its TLS client certificates go with it: (None, identity) when only those existed
+                certs = db.execute(self._ksql(_CERT_REVOKE), (now, ident)).rowcount
+                if certs and not any(i == ident for _, i in done):
+                    done.append((None, ident))
+        return done
+
+    # -- the TLS CA and client certificates (msgin5g.security.tls) -------------------------------------
+    def tls_ca(self, make) -> tuple[str, str]:
+        """The store's CA (certificate PEM, key PEM); ``make()`` creates one if there is none yet
+        (two processes racing keep the first)."""
+        with self._keys_tx(write=False) as db:
+            row = db.execute(_CA_GET).fetchone()
+        if row is not None:
+            return row[0], row[1]
+        cert, key = make()
+        with self._keys_tx(write=True) as db:
+            db.execute(self._ksql(_CA_INSERT), (cert, key))
+            row = db.execute(_CA_GET).fetchone()
+        return row[0], row[1]
+
+    def add_cert(self, serial: int, identity: str, created: str) -> None:
+        with self._keys_tx(write=True) as db:
+            db.execute(self._ksql(_CERT_INSERT), (format(serial, "x"), identity, created))
+
+    def cert_identity(self, serial: int) -> str | None:
+        """The identity of an unrevoked certificate issued by this store, else None."""
+        with self._keys_tx(write=False) as db:
+            row = db.execute(self._ksql(_CERT_ACTIVE), (format(serial, "x"),)).fetchone()
+        return None if row is None else row[0]
 
     def lease_sequence_numbers(self, number: int, count: int) -> tuple[int, int]:
         """Lease ``count`` server sender sequence numbers of key ``number`` (RFC 8613 App. B.1.1):
