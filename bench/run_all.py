@@ -19,6 +19,7 @@ BENCHES = [
     "bench_demo.py",
     "bench_loss.py",
     "bench_ops.py",
+    "bench_scale.py",
 ]
 
 

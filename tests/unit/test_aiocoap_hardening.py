@@ -18,7 +18,7 @@ from aiocoap.optiontypes import BlockOption
 from aiocoap.transports import udp6
 from aiocoap.util.asyncio.recvmsg import RecvmsgSelectorDatagramTransport
 
-from msgin5g.coap.aiocoap_hardening import (
+from msgin5g.coap.aiocoap_tweaks.hardening import (
     UNPARSABLE_LOG,
     DuplicateCache,
     parse_header,
@@ -188,7 +188,7 @@ def test_stream_guard_turns_a_malformed_option_into_aiocoaps_parse_error():
     from aiocoap import error
     from aiocoap.transports import tcp
 
-    from msgin5g.coap.aiocoap_hardening import install_stream_guard
+    from msgin5g.coap.aiocoap_tweaks.hardening import install_stream_guard
 
     assert install_stream_guard() == ["tcp", "ws"]
     assert install_stream_guard() == ["tcp", "ws"]  # idempotent

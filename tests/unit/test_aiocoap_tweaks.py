@@ -16,8 +16,8 @@ from aiocoap import CON, GET, Message, oscore
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import NON
 
-from msgin5g.coap import aiocoap_tweaks as tweaks
 from msgin5g.coap.aiocoap_tweaks import WINDOW_SIZE, LeasedSecurityContext, window_accepts
+from msgin5g.coap.aiocoap_tweaks import core as tweaks
 
 
 def test_option_copy_relies_on_a_shape_aiocoap_still_has():

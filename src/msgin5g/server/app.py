@@ -20,7 +20,8 @@ import aiocoap
 from aiocoap.numbers.constants import COAP_PORT, COAPS_PORT
 
 from ..authz import LAB_IDENTITY_OPTION
-from ..coap import aiocoap_hardening, aiocoap_tweaks
+from ..coap import aiocoap_tweaks
+from ..coap.aiocoap_tweaks import hardening as aiocoap_hardening
 from ..coap.qblock import QBlockParams
 from ..security.server import SecuredSite
 from ..security.storekeys import StoreKeyring

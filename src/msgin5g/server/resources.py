@@ -29,7 +29,7 @@ from aiocoap.resource import PathCapable
 
 from ..api import SU_UC
 from ..authz import ADMIN, LAB_IDENTITY_OPTION, Identity, parse_identity
-from ..coap.aiocoap_hardening import arrival_time
+from ..coap.aiocoap_tweaks.hardening import arrival_time
 from ..coap.qblock import QBlockParams
 from ..model import ModelError
 from ..problem import Problem, ProblemError

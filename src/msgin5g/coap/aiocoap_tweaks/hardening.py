@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 
 import cbor2
 
-from .aiocoap_tweaks import EncodedResponse
-from .wire import ACK, CON, NON, OPT_CONTENT_FORMAT, OPT_SIZE1, CoapMessage, encode, reset, uint_bytes
+from ..wire import ACK, CON, NON, OPT_CONTENT_FORMAT, OPT_SIZE1, CoapMessage, encode, reset, uint_bytes
+from .core import EncodedResponse
 
 log = logging.getLogger("msgin5g.coap")
 
