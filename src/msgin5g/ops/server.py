@@ -107,7 +107,7 @@ class ServerOps:
                     ),
                     "observers": (
                         "Active observations of individual documents (RFC 7641).",
-                        lambda: sum(len(v) for v in running.site._observers.values()),
+                        lambda: running.site.observers.total(),
                     ),
                 },
             ),

@@ -21,6 +21,7 @@ from ..api import SU_UP
 from ..authz import Identity
 from ..problem import Problem, ProblemError
 from ..profiles import is_profile_path, parse_profile_path
+from .observers import ObserverTable
 from .profile_service import ProfileRequest, ProfileService
 from .resources import problem_message, to_message
 
@@ -55,7 +56,7 @@ class ProfileSite:
         #: how a committed change is announced: (api, service, doc, version, deleted); the enclosing
         #: site routes it to this process's observers and the change feed (SPEC D14)
         self.changed: Callable[[str, str, str, int, bool], None] = self._changed_here
-        self._observers: dict[tuple[str, str], dict] = {}  # (service, profileDocId) → {observation: identity}
+        self.observers = ObserverTable()
 
     def _changed_here(self, api: str, service_id: str, doc_id: str, version: int, deleted: bool) -> None:
         self.feed_change(service_id, doc_id, deleted)
@@ -107,20 +108,10 @@ class ProfileSite:
             return
         if not self.service.may_observe(identity, target.service_id, target.doc_id):
             return
-        key = (target.service_id, target.doc_id)
-        self._observers.setdefault(key, {})[serverobservation] = identity
-
-        def cancel(key=key, obs=serverobservation):
-            observers = self._observers.get(key)
-            if observers is not None:
-                observers.pop(obs, None)
-                if not observers:
-                    del self._observers[key]
-
-        serverobservation.accept(cancel)
+        self.observers.add((target.service_id, target.doc_id), serverobservation, identity)
 
     def observed(self) -> set[tuple[str, str]]:
-        return set(self._observers)
+        return self.observers.documents()
 
     def feed_change(self, service_id: str, doc_id: str, deleted: bool) -> None:
         """Notify the observers of a changed profile; a deleted one ends them with 4.04 (RFC 7641)."""
@@ -128,19 +119,12 @@ class ProfileSite:
         self.notify(service_id, doc_id, problem_message(gone) if deleted else None)
 
     def observer_count(self, service_id: str, doc_id: str) -> int:
-        return len(self._observers.get((service_id, doc_id), ()))
+        return self.observers.count((service_id, doc_id))
 
     def notify(self, service_id: str, doc_id: str, final: Message | None = None) -> None:
-        for obs in list(self._observers.get((service_id, doc_id), ())):
-            obs.trigger(final)
+        self.observers.notify((service_id, doc_id), final)
 
     def recheck_observers(self, still_authenticated: Callable[[Identity], bool]) -> int:
         """Re-render the observations of identities that lost their key (they then get 4.01,
         which ends the observation; SPEC D12)."""
-        n = 0
-        for observers in list(self._observers.values()):
-            for obs, identity in list(observers.items()):
-                if not still_authenticated(identity):
-                    obs.trigger()
-                    n += 1
-        return n
+        return self.observers.recheck(still_authenticated)

@@ -35,6 +35,7 @@ from ..model import ModelError
 from ..problem import Problem, ProblemError
 from ..security.endpoint import max_plaintext
 from .admission import Admission
+from .observers import ObserverTable
 from .qblock_site import QBlockServer, has_qblock
 from .requests import parse_collection_query, parse_path
 from .service import Reply, ScmService
@@ -192,7 +193,7 @@ class ScmSite(ObservableResource, PathCapable):
         self.prefix = tuple(service.config.api_prefix)
         self._block1 = ScmBlock1Spool()
         self._block2 = Block2Cache()
-        self._observers: dict[tuple[str, str], dict] = {}  # (service, doc) → {observation: identity}
+        self.observers = ObserverTable()
         # Store calls run here when set, so the event loop never waits on the database (SPEC D14)
         self.executor: Executor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -324,25 +325,15 @@ class ScmSite(ObservableResource, PathCapable):
         ):
             decline_observation(serverobservation)
             return
-        key = (target.service_id, target.doc_id)
-        self._observers.setdefault(key, {})[serverobservation] = identity
-
-        def cancel(key=key, obs=serverobservation):
-            observers = self._observers.get(key)
-            if observers is not None:
-                observers.pop(obs, None)
-                if not observers:
-                    del self._observers[key]
-
-        serverobservation.accept(cancel)
+        self.observers.add((target.service_id, target.doc_id), serverobservation, identity)
 
     def observer_count(self, service_id: str, doc_id: str) -> int:
-        return len(self._observers.get((service_id, doc_id), ()))
+        return self.observers.count((service_id, doc_id))
 
     def observed(self) -> set[tuple[str, str, str]]:
         """The documents this process has observers for, as (API, service, document) — for the
         change feed (SPEC D14)."""
-        keys = {(SU_UC, *key) for key in self._observers}
+        keys = {(SU_UC, *key) for key in self.observers.documents()}
         for sub in self.apis:
             keys.update((sub.api, *key) for key in sub.observed())
         return keys
@@ -382,18 +373,12 @@ class ScmSite(ObservableResource, PathCapable):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def notify(self, service_id: str, doc_id: str, final: Message | None = None) -> None:
-        for obs in list(self._observers.get((service_id, doc_id), ())):
-            obs.trigger(final)
+        self.observers.notify((service_id, doc_id), final)
 
     def recheck_observers(self, still_authenticated: Callable[[Identity], bool]) -> int:
         """Re-render the observations of identities that lost their key (SPEC D12: a revoked
         identity gets 4.01 from then on — also on an observation, which that answer ends)."""
-        n = 0
-        for observers in list(self._observers.values()):
-            for obs, identity in list(observers.items()):
-                if not still_authenticated(identity):
-                    obs.trigger()
-                    n += 1
+        n = self.observers.recheck(still_authenticated)
         return n + sum(sub.recheck_observers(still_authenticated) for sub in self.apis)
 
     async def render(self, request: Message) -> Message:
