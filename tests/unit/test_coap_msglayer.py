@@ -138,6 +138,25 @@ def test_retransmission_schedule_within_rfc_bounds_and_give_up(seed):
     assert layer.counters.gave_up == 1 and layer.pending() == 0
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_give_up_wait_ends_the_exchange_sooner_after_the_last_retransmission(seed):
+    """RFC 7252 §4.2: the same five transmissions (doubling from ACK_TIMEOUT..ACK_TIMEOUT*1.5), but
+    after the last one the sender waits only ``give_up_wait`` (3 s) instead of 16 x the first
+    timeout before it gives up (SPEC D13: the constrained UE then asks again at once)."""
+    layer = MessageLayer(Params(give_up_wait=3.0), rng=random.Random(seed))
+    handle, _ = layer.request(0.0, get(), S)
+    times, outcome = [0.0], []
+    while (d := layer.next_deadline()) is not None:
+        for a in layer.on_tick(d):
+            (times.append(d) if isinstance(a, Send) else outcome.append((d, a)))
+    t0 = times[1]
+    assert 2.0 <= t0 <= 3.0
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx([t0, 2 * t0, 4 * t0, 8 * t0])
+    ((at, fail),) = outcome
+    assert fail == Fail(handle, "gave-up", fail.reason)
+    assert at == pytest.approx(15 * t0 + 3.0)  # not 31 * t0
+
+
 def test_empty_ack_stops_retransmission_and_the_separate_response_is_acked_once():
     layer = MessageLayer(rng=random.Random(5))
     handle, actions = layer.request(0.0, get(), S, deadline=60.0)

@@ -42,6 +42,11 @@ class Params:
     dedup_capacity: int = 16384  # remembered incoming message IDs (oldest evicted, counted)
     max_body: int = MAX_BODY  # largest Block2 body reassembled
     block_szx: int = 6  # largest block a server sends (2**(szx+4) bytes, RFC 7959 §2.2)
+    #: s to wait for an ACK after the last retransmission before giving up; None: the doubled
+    #: timeout (RFC 7252 §4.2). A sender "MAY give up ... even before" (§4.2): on a link whose
+    #: round trip is far below ACK_TIMEOUT an answer to the last copy is as quick as to the first,
+    #: so a client that will ask again anyway need not wait the last 16-32 x ACK_TIMEOUT (SPEC D13)
+    give_up_wait: float | None = None
 
 
 # -- actions ----------------------------------------------------------------------------------------

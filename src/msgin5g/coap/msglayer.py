@@ -577,7 +577,10 @@ class MessageLayer:
                     continue
                 tx.tries += 1
                 tx.timeout *= 2
-                tx.next_at = now + tx.timeout
+                wait = tx.timeout
+                if tx.tries >= self.params.max_retransmit and self.params.give_up_wait is not None:
+                    wait = min(wait, self.params.give_up_wait)  # the last copy (RFC 7252 §4.2)
+                tx.next_at = now + wait
                 self.counters.retransmitted += 1
                 self._send(out, tx.data, owner.addr)  # same message ID (RFC 7252 §4.2)
                 self._timer(tx.next_at, owner, mid)
