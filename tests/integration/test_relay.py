@@ -356,11 +356,28 @@ async def test_observe_through_the_relay_while_the_link_lives(scm_server, relays
         await ue.close()
 
 
-async def test_large_document_block_wise_through_the_relay(scm_server, relays, coap):
+async def test_large_document_as_a_q_block2_burst_through_the_relay(scm_server, relays, coap):
+    """The UE offers Q-Block2 (RFC 9177): one request goes up, the SCM-S's blocks (6,000 bytes of
+    padding: at least six of 1,024 bytes) all come down on the UE's token, each relayed."""
     srv = scm_server
     srv.store.create("msgin5g", make_doc(uris=[UE1], padding="p" * 6000))
     relay = await relays(server_uri(srv))
     result = await get_config_via_relay(*relay.pc5_address, srv.base_uri(), ue_uri=UE1, timeout=10)
+    assert result.outcome is Outcome.CONFIGURED, result.detail
+    assert result.doc["padding"] == "p" * 6000
+    c = await counters(coap, relay)
+    assert c["relayed_up"] == 1 and c["relayed_down"] >= 6  # one request, a burst of blocks
+
+
+async def test_large_document_block_wise_through_the_relay(scm_server, relays, coap):
+    """A UE that does not offer Q-Block2 gets RFC 7959: one relayed exchange per block."""
+    srv = scm_server
+    srv.store.create("msgin5g", make_doc(uris=[UE1], padding="p" * 6000))
+    relay = await relays(server_uri(srv))
+    async with ConstrainedUe(*relay.pc5_address) as ue:
+        await ue.establish_link()
+        uri = config_query_uri(srv.base_uri(), "msgin5g", UE1)
+        result = result_from_response(await ue.fetch(get_request(uri, via_proxy=True), timeout=10))
     assert result.outcome is Outcome.CONFIGURED, result.detail
     assert result.doc["padding"] == "p" * 6000
     c = await counters(coap, relay)

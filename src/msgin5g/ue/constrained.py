@@ -28,9 +28,11 @@ from .. import pc5
 from ..coap import wire
 from ..coap.blockwise import MAX_BODY, BlockError, BlockwiseTransfer
 from ..coap.msglayer import ACK_TIMEOUT, MAX_RETRANSMIT, MessageLayer, Params
+from ..coap.qblock_client import QBlockOffer
 from ..coap.udp import CoapEndpoint, CoapError
 from ..pc5 import Pc5Message, Pc5Type
 from ..security.endpoint import ClientProtection, UnprotectedResponse, VerificationFailed, is_echo_challenge
+from .reask import ReaskPolicy, ask_again, exchange_timeout
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -43,6 +45,7 @@ __all__ = [
     "ConstrainedUe",
     "LinkRejected",
     "Observation",
+    "ReaskPolicy",
     "get_request",
 ]
 
@@ -109,15 +112,32 @@ class ConstrainedUe:
         max_retransmit: int = MAX_RETRANSMIT,
         rng: random.Random | None = None,
         protection: ClientProtection | None = None,
+        reask: ReaskPolicy | None = None,
+        qblock: QBlockOffer | None = None,
     ):
         self.peer = (peer_host, peer_port)
+        #: SPEC D13: ask again with a new exchange when one is lost (:mod:`.reask`); None: one
+        #: exchange per request, its failure raised
+        self.reask = reask
+        #: RFC 9177: offer Q-Block2 in unprotected requests (the SCM-S, through the relay, sends a
+        #: large answer as a burst; a server without it is fallen back from, RFC 9177 §4.1)
+        self.qblock = qblock
+        self.exchanges = 0  # exchanges started (a request asked again counts once more)
         #: OSCORE (RFC 8613; SPEC D12): when set, every request is protected end to end and every
         #: answer verified; an unprotected answer raises UnprotectedResponse
         self.protection = protection
         self._rng = rng or random.Random()
         self.l2_id = l2_id if l2_id is not None else self._rng.randrange(1, 0x800000)
         self.user_info = user_info
-        self.params = Params(ack_timeout=ack_timeout, max_retransmit=max_retransmit)
+        if reask is not None:
+            self.params = Params(
+                ack_timeout=reask.ack_timeout,
+                ack_random_factor=reask.ack_random_factor,
+                max_retransmit=reask.max_retransmit,
+                give_up_wait=reask.give_up_wait,
+            )
+        else:
+            self.params = Params(ack_timeout=ack_timeout, max_retransmit=max_retransmit)
         self.endpoint: CoapEndpoint | None = None
         self.linked = False
         self.keepalive: int | None = None
@@ -198,7 +218,7 @@ class ConstrainedUe:
         data = pc5.encode(msg)
         try:
             deadline = loop.time() + timeout
-            wait = min(1.0, timeout / 3)
+            wait = min(1.0, self.params.ack_timeout, timeout / 3)
             while True:
                 self._send(data)
                 remaining = deadline - loop.time()
@@ -270,14 +290,21 @@ class ConstrainedUe:
         observation: Observation | None = None,
     ) -> Message:
         """Send one message as it is and return the response to it (RFC 7252 §4.2, §5.2); with
-        ``observation`` its notifications go to that observation's queue (RFC 7641)."""
+        ``observation`` its notifications go to that observation's queue (RFC 7641). An
+        unprotected request without Block2 offers Q-Block2 when the UE is made with ``qblock``."""
         notify = None if observation is None else (lambda m: self._on_notification(observation, m))
+        qblock = None
+        if observation is None and self.protection is None and msg.opt.block2 is None:
+            qblock = self.qblock
+        self.exchanges += 1
         fut = self._endpoint().request(
             wire.from_aiocoap(msg),
             timeout=timeout,
             confirmable=confirmable,
             token=token,
             on_notification=notify,
+            qblock=qblock,
+            blockwise=qblock is not None,  # a server that ignores Q-Block2: RFC 7959 in the layer
         )
         if observation is not None:
             observation.handle = fut.handle
@@ -294,7 +321,29 @@ class ConstrainedUe:
         """Send one request and return its response (RFC 7252 §4.2, §5.2); no block-wise handling.
 
         With OSCORE ``msg`` is the plain request: it is protected, and the verified plain answer
-        is returned (:meth:`secure_exchange`)."""
+        is returned (:meth:`secure_exchange`). With :attr:`reask` a lost exchange is followed at
+        once by a new one (new message ID and token, newly protected) until ``timeout``
+        (:mod:`.reask`; SPEC D13)."""
+        if self.reask is None:
+            return await self._request_once(msg, token=token, timeout=timeout, confirmable=confirmable)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            wait = exchange_timeout(self.reask, deadline - loop.time())
+            if wait is None:
+                raise CoapError("no answer before the deadline", "deadline")
+            try:
+                return await self._request_once(
+                    msg.copy(), token=token, timeout=wait, confirmable=confirmable
+                )
+            except CoapError as e:
+                if not ask_again(e.cause, deadline - loop.time()):
+                    raise
+            token = None  # a new exchange: a new token (RFC 7252 §5.3.1)
+
+    async def _request_once(
+        self, msg: Message, *, token: bytes | None, timeout: float, confirmable: bool
+    ) -> Message:
         if self.protection is None:
             return await self.exchange(msg, token=token, timeout=timeout, confirmable=confirmable)
         plain, _ = await self.secure_exchange(msg, token=token, timeout=timeout, confirmable=confirmable)

@@ -24,6 +24,7 @@ from ..outcome import ConfigResult, Outcome
 from ..security.endpoint import ClientProtection, UnprotectedResponse
 from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, get_request
 from .outcome import result_from_response, result_from_unprotected
+from .reask import ReaskPolicy
 
 
 def _addressed_elsewhere(result: ConfigResult, ue_uri: str) -> bool:
@@ -46,6 +47,7 @@ async def get_config_via_gateway(
     urgent: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     security: object | None = None,
+    reask: ReaskPolicy | None = ReaskPolicy(),
 ) -> ConfigResult:
     """MSGin5G UE configuration of a constrained UE through a Gateway UE (TS 24.538 6.2.2.2; SPEC §3.3).
 
@@ -56,6 +58,10 @@ async def get_config_via_gateway(
     security, TS 33.503) the request is protected on the MSGin5G-6 leg and only an answer that
     verifies is handled; the gateway authenticates to the SCM-S as itself (TS 33.501 Annex Y;
     SPEC D12).
+
+    With ``reask`` a lost exchange — no acknowledgement after the last retransmission, or no
+    separate response within the exchange window — is followed at once by a new one, which the
+    gateway takes as superseding the first (:mod:`msgin5g.ue.reask`; SPEC D13).
     """
     if not ue_uri:
         raise ValueError("ue_uri (the MSGin5G UE ID) is mandatory")
@@ -64,7 +70,7 @@ async def get_config_via_gateway(
     )
     extra = {"via": f"{gateway_host}:{gateway_port}", "urgent": urgent}
     protection = ClientProtection(security) if security is not None else None
-    ue = ConstrainedUe(gateway_host, gateway_port, user_info=ue_uri, protection=protection)
+    ue = ConstrainedUe(gateway_host, gateway_port, user_info=ue_uri, protection=protection, reask=reask)
     try:
         await ue.open()
     except OSError as e:

@@ -26,10 +26,12 @@ import asyncio
 from typing import Any
 
 from ..api import ApiUriError, collection_uri, config_query_uri
+from ..coap.qblock_client import QBlockOffer
 from ..outcome import ConfigResult, Outcome
 from ..security.endpoint import ClientProtection, UnprotectedResponse, forward_proxy_request
 from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, LinkRejected, Observation, get_request
 from .outcome import result_from_response, result_from_unprotected
+from .reask import ReaskPolicy
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -82,7 +84,17 @@ async def get_config_via_relay(
     if security is not None:
         plain_request, outer = forward_proxy_request(uri)
         protection = ClientProtection(security, outer)
-    ue = ConstrainedUe(relay_host, relay_port, l2_id=l2_id, user_info=ue_uri, protection=protection)
+    # a lost exchange is asked again on the same link (SPEC D13); an unprotected request offers
+    # Q-Block2, so that a large answer comes as one burst through the relay (RFC 9177)
+    ue = ConstrainedUe(
+        relay_host,
+        relay_port,
+        l2_id=l2_id,
+        user_info=ue_uri,
+        protection=protection,
+        reask=ReaskPolicy(),
+        qblock=QBlockOffer(),
+    )
     extra: dict[str, Any] = {"via": f"{relay_host}:{relay_port}", "l2id": f"{ue.l2_id:06x}"}
     try:
         await ue.open()
@@ -96,6 +108,7 @@ async def get_config_via_relay(
         except LinkRejected as e:
             return ConfigResult(Outcome.ERROR, detail=str(e), extra=extra)
         except TimeoutError:
+            ue.linked = True  # the relay may hold the link and only its accepts were lost: release it
             return ConfigResult(
                 Outcome.ERROR,
                 detail=f"no PC5 link establishment answer from {relay_host}:{relay_port}",
