@@ -208,7 +208,11 @@ async def _get(
         )
         result = apply_fallback(result, pre)
     else:
-        async with ScmClient(
+        from .direct import DirectClient, uses_message_layer
+
+        # CoAP over UDP on the message layer (Q-Block2, asking again when lost); others on aiocoap
+        client_class = DirectClient if uses_message_layer(server) else ScmClient
+        async with client_class(
             server, service_id, identity=identity, credentials=credentials, timeout=timeout
         ) as client:
             result = await client.get_config(ue_uri, ue_type, ue_snr, ue_vendor, preconfigured=pre)
