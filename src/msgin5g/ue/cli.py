@@ -231,14 +231,23 @@ async def _get(
 
 async def _observe(client, ue_uri: str, doc_id: str, as_json: bool) -> None:
     """Re-apply the document on every notification (RFC 7641) until the server ends it or Ctrl-C."""
+    import aiocoap
+
     from ..outcome import result_from_docs, result_from_problem
+    from .constrained import CoapError
 
     first = True
-    async for code, body in client.observe_doc(doc_id):
-        if first:
-            first = False
-            continue  # the registration answer repeats what was just applied
-        result = result_from_docs(code, [body]) if isinstance(body, dict) else result_from_problem(code, body)
-        print_result(ue_uri, result, as_json)
-        sys.stdout.flush()
+    try:
+        async for code, body in client.observe_doc(doc_id):
+            if first:
+                first = False
+                continue  # the registration answer repeats what was just applied
+            result = (
+                result_from_docs(code, [body]) if isinstance(body, dict) else result_from_problem(code, body)
+            )
+            print_result(ue_uri, result, as_json)
+            sys.stdout.flush()
+    except (CoapError, TimeoutError, OSError, aiocoap.error.Error) as e:
+        # the configuration was applied; only the observation could not be set up or went away
+        click.echo(f"the observation of {doc_id} ended: {e or type(e).__name__}", err=True)
     # Ctrl-C cancels this loop; the command then exits 130 (msgin5g.cli)

@@ -22,6 +22,7 @@ The interface is that of :class:`msgin5g.scmc.ScmClient` for the UE procedure (`
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator
 from urllib.parse import quote
@@ -37,7 +38,7 @@ from ..problem import Problem
 from ..scmc import CredentialsMissing, UnprotectedAnswer, apply_fallback, interpret, problem_of, query_options
 from ..security.endpoint import ClientProtection, UnprotectedResponse
 from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, get_request
-from .reask import ReaskPolicy
+from .reask import ReaskPolicy, ask_again, exchange_timeout
 
 UNAUTHORIZED = 0x81
 
@@ -131,10 +132,21 @@ class DirectClient:
         """Observe an individual document (RFC 7641): (code, document) per notification, and a
         final (code, Problem) when the server ends the observation (e.g. 4.04 after DELETE)."""
         uri = f"{self.collection_uri}/{quote(doc_id, safe='')}"
-        try:
-            first, obs = await self.ue.observe(self._get(uri), timeout=self.timeout)
-        except UnprotectedResponse as e:
-            raise UnprotectedAnswer(int(e.response.code), problem_of(e.response), self.credentials) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:  # a lost registration is asked again, as any lost exchange (SPEC D13)
+            wait = exchange_timeout(self.ue.reask, deadline - loop.time())
+            if wait is None:
+                raise CoapError("no answer to the observation request before the deadline", "deadline")
+            try:
+                first, obs = await self.ue.observe(self._get(uri), timeout=wait)
+                break
+            except UnprotectedResponse as e:
+                err = UnprotectedAnswer(int(e.response.code), problem_of(e.response), self.credentials)
+                raise err from None
+            except CoapError as e:
+                if not ask_again(e.cause, deadline - loop.time()):
+                    raise
         try:
             yield _doc_or_problem(first)
             if not first.code.is_successful() or first.opt.observe is None:
