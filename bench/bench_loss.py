@@ -12,11 +12,18 @@ the counting, seeded lossy wire on every leg) with ``--report`` into a scratch d
    per-UE (``--no-bulk``), over UDP and TCP (a TCP leg loses nothing: TCP makes good its own
    losses, so there only the PC5/MSGin5G-6 and the other Uu legs lose).
 
+Each path run is made twice: with the RFC 7252 defaults the UEs use (ACK_TIMEOUT 2 s; SPEC D13)
+and the relay's default link table (8 PC5 links, SPEC D8) — **rfc** — and with the UEs'
+ACK_TIMEOUT set for the emulated link (0.5 s, RFC 7252 §4.8.1 allows it) and a link table that
+serves 64 UEs at a time — **tuned** (``--profile rfc|tuned|both``). The Uu table uses ``--uu-ues``
+UEs (default ``--ues``) with the rfc profile.
+
 A run that does not finish within ``--timeout`` is stopped (SIGTERM: the demo stops its
 children) and reported as such; a run in which some UE got a wrong answer is reported with its
 count. The benchmark exits 1 if any run was not all correct — these are the figures to improve.
 
-Usage: ``python bench/bench_loss.py [--ues 1000] [--timeout 900] [--part paths|uu|all] [--json]``
+Usage: ``python bench/bench_loss.py [--ues 1000] [--uu-ues N] [--timeout 900] [--part paths|uu|all]
+[--profile rfc|tuned|both] [--json]``
 """
 
 from __future__ import annotations
@@ -32,15 +39,24 @@ from pathlib import Path
 
 MSGIN5G = str(Path(sys.executable).parent / "msgin5g")
 PATHS = ("relay", "gateway", "direct")
+#: demo options of the two profiles (see the module docstring)
+PROFILES = {
+    "rfc": (),
+    "tuned": ("--ue-ack-timeout", "0.5", "--relay-links", "64"),
+}
 
 
-def run_demo(ues: int, loss: float, *, relay_mode="l2", bulk=True, transport="udp", timeout=900.0) -> dict:
+def run_demo(
+    ues: int, loss: float, *, relay_mode="l2", bulk=True, transport="udp", profile="rfc", timeout=900.0
+) -> dict:
     """One demo run; its settings, wall time, exit status and (if it wrote one) its summary."""
     settings = {"ues": ues, "loss": loss, "relay_mode": relay_mode, "bulk": bulk, "transport": transport}
+    settings["profile"] = profile
     with tempfile.TemporaryDirectory(prefix="bench-loss-") as tmp:
         report = Path(tmp) / "report"
         args = [MSGIN5G, "demo", "--ues", str(ues), "--loss", str(loss), "--relay-mode", relay_mode]
         args += ["--bulk" if bulk else "--no-bulk", "--transport", transport, "--report", str(report)]
+        args += PROFILES[profile]
         t0 = time.perf_counter()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -74,21 +90,22 @@ def status_text(r: dict) -> str:
 
 def print_paths(runs: list[dict]) -> None:
     print("demo under loss, secured, bulk over UDP: wall time; p50 / p95 / p99 per path, seconds\n")
-    head = f"{'run':<22} {'wall s':>7}  " + "  ".join(f"{p + ' p50/p95/p99':>24}" for p in PATHS) + "  result"
+    head = f"{'run':<30} {'wall s':>7}  " + "  ".join(f"{p + ' p50/p95/p99':>24}" for p in PATHS) + "  result"
     print(head)
     print("-" * len(head))
     for r in runs:
-        name = f"loss {r['loss']:g}, relay {r['relay_mode'].upper()}"
+        name = f"{r['profile']}: loss {r['loss']:g}, relay {r['relay_mode'].upper()}"
         cells = []
         for p in PATHS:
             row = r["paths"].get(p)
             pct = "/".join(cell_s(row and row[k]) for k in ("p50_ms", "p95_ms", "p99_ms")) if row else "-"
             cells.append(f"{pct:>24}")
-        print(f"{name:<22} {r['wall_s']:7.1f}  " + "  ".join(cells) + f"  {status_text(r)}")
+        print(f"{name:<30} {r['wall_s']:7.1f}  " + "  ".join(cells) + f"  {status_text(r)}")
 
 
 def print_uu(runs: list[dict]) -> None:
-    print("\ngateway path: Uu messages per configured UE (both directions, counted on the wire)\n")
+    n = runs[0]["ues"] if runs else 0
+    print(f"\ngateway path, {n:,} UEs: Uu messages per configured UE (both directions, on the wire)\n")
     losses = sorted({r["loss"] for r in runs})
     head = f"{'gateway':<16}" + "".join(f"{'loss ' + format(x, 'g'):>12}" for x in losses)
     print(head)
@@ -129,17 +146,22 @@ def print_uu(runs: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ues", type=int, default=1000)
+    ap.add_argument("--uu-ues", type=int, default=None, help="UEs of the Uu table's runs (default --ues)")
+    ap.add_argument("--profile", choices=["rfc", "tuned", "both"], default="both")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per demo run")
     ap.add_argument("--part", choices=["paths", "uu", "all"], default="all")
     ap.add_argument("--json", action="store_true", help="print only the JSON report")
     args, _ = ap.parse_known_args(argv)  # make bench passes the same options to every benchmark
     done: dict[tuple, dict] = {}
 
-    def run(loss: float, relay_mode: str, bulk: bool = True, transport: str = "udp") -> dict:
-        kw = {"relay_mode": relay_mode, "bulk": bulk, "transport": transport}
-        key = (loss, relay_mode, bulk, transport)
+    def run(
+        loss: float, relay_mode: str, bulk: bool = True, transport: str = "udp", profile="rfc", ues=None
+    ) -> dict:
+        kw = {"relay_mode": relay_mode, "bulk": bulk, "transport": transport, "profile": profile}
+        ues = ues or args.ues
+        key = (ues, loss, relay_mode, bulk, transport, profile)
         if key not in done:
-            done[key] = run_demo(args.ues, loss, timeout=args.timeout, **kw)
+            done[key] = run_demo(ues, loss, timeout=args.timeout, **kw)
             r = done[key]
             print(
                 f"  ran loss {loss:g}, {kw}: {r['wall_s']:.1f} s, {status_text(r)}",
@@ -149,12 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         return done[key]
 
     paths_runs, uu_runs = [], []
+    profiles = ("rfc", "tuned") if args.profile == "both" else (args.profile,)
     if args.part in ("paths", "all"):
-        paths_runs = [run(0.2, relay_mode="l3"), run(0.2, relay_mode="l2"), run(0.3, relay_mode="l3")]
-        paths_runs.append(run(0.3, relay_mode="l2"))
+        paths_runs = [
+            run(loss, relay_mode=mode, profile=profile)
+            for profile in profiles
+            for loss, mode in ((0.2, "l3"), (0.2, "l2"), (0.3, "l3"), (0.3, "l2"))
+        ]
     if args.part in ("uu", "all"):
         uu_runs = [
-            run(loss, relay_mode="l2", bulk=bulk, transport=transport)
+            run(loss, relay_mode="l2", bulk=bulk, transport=transport, ues=args.uu_ues)
             for transport in ("udp", "tcp")
             for bulk in (True, False)
             for loss in (0.0, 0.2, 0.3)

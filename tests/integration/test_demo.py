@@ -111,6 +111,19 @@ def test_demo_with_datagram_loss(tmp_path):
     assert lost["pc5"] > 0 and lost["msgin5g-6"] > 0 and lost["uu-gateway"] + lost["uu-relay"] > 0
 
 
+def test_demo_at_30_percent_loss_with_ue_timers_for_the_link(tmp_path):
+    """30 % loss on every leg, the UEs' ACK_TIMEOUT set for the emulated link (RFC 7252 §4.8.1) and
+    a relay link table of 16: every UE still gets exactly its outcome, and the report names both."""
+    report = tmp_path / "report"
+    args = ("--ues", "40", "--loss", "0.3", "--seed", "4", "--ue-ack-timeout", "0.5", "--relay-links", "16")
+    p = run_demo(*args, "--report", str(report))
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = check_report(report, 46)
+    check_paths(summary, implied_counts(40, 0.2, 4, tmp_path))
+    assert "--relay-links 16 --ue-ack-timeout 0.5" in (report / "report.md").read_text()
+    assert "16 PC5 links" in p.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "label"),
     [

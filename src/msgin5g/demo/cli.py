@@ -37,7 +37,7 @@ from pathlib import Path as FsPath
 import click
 from rich.console import Console
 
-from .drive import OBSERVER_CHANGES, ObserverResult, UeRun, drive_fleet, observe
+from .drive import OBSERVER_CHANGES, ObserverResult, UeRun, drive_fleet, observe, reask_policy
 from .keys import DemoKeys, make_keys
 from .lossy import raise_fd_limit
 from .oracle import expected
@@ -48,6 +48,7 @@ from .report import MATPLOTLIB_HINT_MARKUP, TABLE_NOTES, console_table, write_re
 from .stats import PathSummary, UuCount, summarize_path, verdict
 from .topology import (
     LEG_OF,
+    RELAY_LINKS,
     UE_SIDE_LEG,
     DemoOptions,
     Topology,
@@ -116,7 +117,8 @@ class Demo:
         )
         self.say(
             f"       relay {o.relay_mode.upper()}; gateway {bulk}, Uu over {o.transport.upper()}, CM client "
-            f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}"
+            f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}; {o.relay_links} PC5 links; UE ACK_TIMEOUT "
+            f"{o.ue_ack_timeout:g} s"
         )
         if o.db:
             check_store_empty(self.db_url)
@@ -166,6 +168,8 @@ class Demo:
                                 fd_limit=self.fd_limit,
                                 max_wait_ms=o.max_wait_ms,
                                 record=self._record,
+                                relay_links=o.relay_links,
+                                reask=reask_policy(o.ue_ack_timeout),
                             ),
                             observe(
                                 self.sup, plan.observer, exp[plan.observer], ep, self.keys, self.view.record
@@ -351,7 +355,8 @@ class Demo:
         return (
             f"`msgin5g demo --ues {o.ues} --relay-share {o.relay_share:g} --relay-mode {o.relay_mode} "
             f"--{'bulk' if o.bulk else 'no-bulk'} --max-batch {o.max_batch} --max-wait-ms {o.max_wait_ms} "
-            f"--transport {o.transport} --cm-client {o.cm_client} --loss {o.loss:g} --seed {o.seed}"
+            f"--transport {o.transport} --cm-client {o.cm_client} --loss {o.loss:g} --seed {o.seed} "
+            f"--relay-links {o.relay_links} --ue-ack-timeout {o.ue_ack_timeout:g}"
             f"{' --insecure' if o.insecure else ''}` — "
             f"UE phase {self.times.get('ues', 0):.1f} s, total {self.times.get('total', 0):.1f} s"
         )
@@ -441,6 +446,20 @@ class Demo:
     help="Lab mode: no OSCORE keys; the SCM-S runs --insecure and UEs claim their identities.",
 )
 @click.option("--console", "web_console", is_flag=True, help="Serve the SCM-S web console during the run.")
+@click.option(
+    "--relay-links",
+    default=RELAY_LINKS,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="The Relay UE's PC5 link table (its --max-links): UEs it serves at a time.",
+)
+@click.option(
+    "--ue-ack-timeout",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60.0),
+    help="The constrained UEs' ACK_TIMEOUT in s (RFC 7252 §4.8; 2 s is its default for unknown paths).",
+)
 def demo(
     ues,
     relay_share,
@@ -456,6 +475,8 @@ def demo(
     db,
     insecure,
     web_console,
+    relay_links,
+    ue_ack_timeout,
 ):
     """Run the whole topology on this machine and check that every UE gets what its provisioning
     implies: SCM-S, Relay UE, Gateway UE (bulk), constrained and unconstrained UEs — secured with
@@ -464,6 +485,7 @@ def demo(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
     opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
+    opts.relay_links, opts.ue_ack_timeout = relay_links, ue_ack_timeout
     console = make_console()
     if report is not None:
         try:

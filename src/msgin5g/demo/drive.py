@@ -7,10 +7,12 @@
 * through the Gateway UE — :func:`msgin5g.ue.via_gateway.get_config_via_gateway`;
 * directly — the SCM-C of :mod:`msgin5g.scmc`.
 
-A UE whose procedure ends without an answer (lost datagrams with ``--loss``, a full PC5 link
-table) starts it again after a short pause, as a device would, until its deadline; 2.05, 4.03
-and 4.04 are final (4.03: "do not retry blindly", SPEC §3.1). :class:`UeRun` records the
-outcome, the latency from the first attempt to the final answer, and the attempts it took.
+A constrained UE whose exchange is lost (``--loss``) asks again at once with a new exchange, on
+the same PC5 link (:mod:`msgin5g.ue.reask`, SPEC D13); a UE whose procedure ends without an
+answer (no PC5 link, a full link table) starts it again after a short pause, as a device would,
+until its deadline; 2.05, 4.03 and 4.04 are final (4.03: "do not retry blindly", SPEC §3.1).
+:class:`UeRun` records the outcome, the latency from the first attempt to the final answer (the
+moment the answer arrived; the PC5 link release after it is not waited for), and the attempts.
 
 Each UE uses its own credentials (:mod:`.keys`; SPEC D12) — with the SCM-S directly and through
 the relay, with the Gateway UE through the gateway — or, in the insecure lab mode, claims its
@@ -32,6 +34,7 @@ from ..outcome import ConfigResult, Outcome
 from ..scmc import ScmClient
 from ..security.endpoint import ClientProtection, UnprotectedResponse, forward_proxy_request
 from ..security.registry import ClientCredentials
+from ..ue.reask import ReaskPolicy
 from ..ue.via_gateway import get_config_via_gateway
 from ..ue.via_relay import (
     CoapError,
@@ -52,6 +55,14 @@ RETRY_PAUSE = 0.5  # s before a UE starts its procedure again
 #: s for one procedure: every CON retransmission (MAX_TRANSMIT_SPAN 45 s, RFC 7252 §4.8.2) and its answer
 ATTEMPT_TIMEOUT = 48.0
 LINK_TIMEOUT = 8.0  # s for the PC5 link establishment and release exchanges
+#: the constrained UEs' transmission parameters and re-ask cycle (RFC 7252 §4.8 defaults; SPEC D13)
+REASK = ReaskPolicy()
+
+
+def reask_policy(ack_timeout: float) -> ReaskPolicy:
+    """RFC 7252's defaults with another ACK_TIMEOUT (§4.8.1: configurable for the environment);
+    after the last copy the UE waits the longest first timeout, ACK_TIMEOUT x ACK_RANDOM_FACTOR."""
+    return ReaskPolicy(ack_timeout=ack_timeout, give_up_wait=ack_timeout * REASK.ack_random_factor)
 
 
 @dataclass
@@ -99,20 +110,26 @@ async def run_procedure(
             break
         await asyncio.sleep(RETRY_PAUSE)
     detail = result.detail or (str(result.problem) if result.problem else "")
+    answered_at = result.extra.get("answered_at", loop.time())
     return UeRun(
         ue,
         expectation,
         result.outcome,
         _code_text(result.code),
         result.config.ue_service_id if result.config else None,
-        loop.time() - t0,
+        answered_at - t0,
         attempts,
         detail,
     )
 
 
 async def relay_attempt(
-    relay: tuple[str, int], server_uri: str, ue: PlannedUe, timeout: float, security=None
+    relay: tuple[str, int],
+    server_uri: str,
+    ue: PlannedUe,
+    timeout: float,
+    security=None,
+    reask: ReaskPolicy | None = REASK,
 ) -> ConfigResult:
     """One configuration procedure of a constrained UE through the Relay UE (TS 24.538 6.2.2.2).
 
@@ -120,7 +137,8 @@ async def relay_attempt(
     OSCORE context (``security``), or, in the lab mode, with the UE's identity claim (option
     65000), which the relay forwards untouched like any end-to-end option (SPEC D8, D12). Either
     way a UE asking for another UE's configuration is refused by the SCM-S, and the relay relays
-    that 4.03 downlink (seed 6.2.2.1).
+    that 4.03 downlink (seed 6.2.2.1). A lost exchange is asked again on the same link
+    (``reask``) until ``timeout``.
     """
     uri = config_query_uri(server_uri, SERVICE_ID, ue.asks_for)
     protection = None
@@ -131,14 +149,19 @@ async def relay_attempt(
         msg = get_request(uri, via_proxy=True)
         if ue.identity is not None:
             msg.opt.add_option(OpaqueOption(LAB_IDENTITY_OPTION, ue.identity.encode()))
-    cue = ConstrainedUe(relay[0], relay[1], user_info=ue.device, protection=protection)
+    cue = ConstrainedUe(relay[0], relay[1], user_info=ue.device, protection=protection, reask=reask)
     await cue.open()
+    maybe_linked = False  # the relay may hold a link for us even if no accept came back
     try:
         try:
+            maybe_linked = True
             await cue.establish_link(timeout=LINK_TIMEOUT)
         except LinkRejected as e:
+            maybe_linked = False
             return ConfigResult(Outcome.ERROR, detail=str(e))
         except TimeoutError:
+            # the relay may have set the link up and only its accepts were lost: released below,
+            # or it would hold a place in the relay's link table until its link timeout (60 s)
             return ConfigResult(Outcome.ERROR, detail="no answer to the PC5 link establishment")
         try:
             response = await cue.fetch(msg, timeout=timeout)
@@ -146,10 +169,12 @@ async def relay_attempt(
             return result_from_unprotected(e)
         except CoapError as e:
             return ConfigResult(Outcome.ERROR, detail=f"no configuration answer through the relay: {e}")
-        return result_from_response(response)
+        result = result_from_response(response)
+        result.extra["answered_at"] = asyncio.get_running_loop().time()
+        return result
     finally:
         task = asyncio.current_task()
-        if cue.linked and not (task and task.cancelling()):  # being stopped: no goodbyes
+        if (cue.linked or maybe_linked) and not (task and task.cancelling()):  # stopped: no goodbyes
             try:
                 await cue.release_link(timeout=LINK_TIMEOUT)
             except (TimeoutError, CoapError, OSError):
@@ -164,13 +189,18 @@ async def configure_via_relay(
     expectation: Expectation,
     deadline: float,
     creds: ClientCredentials | None = None,
+    reask: ReaskPolicy = REASK,
 ) -> UeRun:
     """A constrained UE through the Relay UE (TS 24.538 6.2.2.2; SPEC §3.3, D8), retried as needed."""
     security = creds.security_context() if creds is not None else None
+    loop = asyncio.get_running_loop()
+
+    def attempt():
+        timeout = max(ATTEMPT_TIMEOUT, deadline - loop.time())
+        return relay_attempt(relay, server_uri, ue, timeout, security, reask)
+
     try:
-        return await run_procedure(
-            ue, expectation, lambda: relay_attempt(relay, server_uri, ue, ATTEMPT_TIMEOUT, security), deadline
-        )
+        return await run_procedure(ue, expectation, attempt, deadline)
     finally:
         done_with(creds)
 
@@ -182,10 +212,12 @@ async def configure_via_gateway(
     deadline: float,
     timeout: float,
     creds: ClientCredentials | None = None,
+    reask: ReaskPolicy = REASK,
 ) -> UeRun:
     """A constrained UE through the Gateway UE (TS 24.538 6.2.2.2; SPEC §3.3, D9), with its key
     for the MSGin5G-6 leg."""
     security = creds.security_context() if creds is not None else None
+    loop = asyncio.get_running_loop()
     try:
         return await run_procedure(
             ue,
@@ -195,8 +227,9 @@ async def configure_via_gateway(
                 gateway[1],
                 service_id=SERVICE_ID,
                 ue_uri=ue.asks_for,
-                timeout=timeout,
+                timeout=max(timeout, deadline - loop.time()),  # lost exchanges are asked again
                 security=security,
+                reask=reask,
             ),
             deadline,
         )
@@ -245,11 +278,13 @@ async def drive_fleet(
     fd_limit: int,
     max_wait_ms: int,
     record: Callable[[UeRun], None],
+    relay_links: int = RELAY_LINKS,
+    reask: ReaskPolicy = REASK,
 ) -> list[UeRun]:
     """Every UE at once, each on its path through the wire: relay (its link table's worth at a
     time), gateway, direct. ``record`` sees each UE's run as it ends."""
     loop = asyncio.get_running_loop()
-    relay_slots = asyncio.Semaphore(RELAY_LINKS)
+    relay_slots = asyncio.Semaphore(relay_links)
     # each UE waiting on the gateway holds a socket here and one in the wire process
     gateway_slots = asyncio.Semaphore(max(16, min(GATEWAY_CONCURRENCY, fd_limit // 3)))
     gw_timeout = max(ATTEMPT_TIMEOUT, 3 * max_wait_ms / 1000 + 30)
@@ -264,12 +299,15 @@ async def drive_fleet(
     async def one(ue: PlannedUe) -> UeRun:
         deadline = loop.time() + UE_DEADLINE
         if ue.path is UePath.RELAY:
-            async with relay_slots:
-                run = await configure_via_relay(ep["pc5"], scm_via_relay, ue, exp[ue], deadline, creds(ue))
+            async with relay_slots:  # the UE's patience starts when the relay has room for its link
+                deadline = loop.time() + UE_DEADLINE
+                run = await configure_via_relay(
+                    ep["pc5"], scm_via_relay, ue, exp[ue], deadline, creds(ue), reask
+                )
         elif ue.path is UePath.GATEWAY:
             async with gateway_slots:
                 run = await configure_via_gateway(
-                    ep["msgin5g-6"], ue, exp[ue], deadline, gw_timeout, creds(ue)
+                    ep["msgin5g-6"], ue, exp[ue], deadline, gw_timeout, creds(ue), reask
                 )
         else:
             run = await configure_direct(scm_direct, ue, exp[ue], deadline, creds(ue))

@@ -68,6 +68,8 @@ class DemoOptions:
     db: str | None = None
     insecure: bool = False
     console: bool = False  # serve the SCM-S web console during the run (SPEC D15)
+    relay_links: int = RELAY_LINKS  # the Relay UE's PC5 link table (--max-links; SPEC D8)
+    ue_ack_timeout: float = 2.0  # the constrained UEs' ACK_TIMEOUT (RFC 7252 §4.8; SPEC D13)
 
     def path_label(self, path: Path) -> str:
         return {
@@ -213,7 +215,7 @@ async def start_topology(
 
     async def relay() -> Child:
         args = ["relay", "--listen", "127.0.0.1:0", "--server", uri(ep["uu-relay"]), "--mode", o.relay_mode]
-        args += ["--max-links", str(RELAY_LINKS), "--admin", "127.0.0.1:0"]
+        args += ["--max-links", str(o.relay_links), "--admin", "127.0.0.1:0"]
         return await sup.start("relay", "the Relay UE", args, "relay")
 
     async def gateway() -> tuple[Child, Child | None]:
@@ -242,7 +244,7 @@ async def start_topology(
     ep["msgin5g-6"] = await wire.leg("udp", "msgin5g-6", ep["gateway"])
     say(
         f"  started {relay_child.label} (pid {relay_child.pid}): PC5 {hostport(ep['relay'])}, "
-        f"{o.relay_mode.upper()} mode, {RELAY_LINKS} PC5 links"
+        f"{o.relay_mode.upper()} mode, {o.relay_links} PC5 links"
     )
     if cm_child is not None:
         say(f"  started {cm_child.label} (pid {cm_child.pid}): SEAL-C {hostport(cm_child.listen('seal-c'))}")
