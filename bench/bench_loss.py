@@ -18,6 +18,10 @@ ACK_TIMEOUT set for the emulated link (0.5 s, RFC 7252 §4.8.1 allows it) and a 
 serves 64 UEs at a time — **tuned** (``--profile rfc|tuned|both``). The Uu table uses ``--uu-ues``
 UEs (default ``--ues``) with the rfc profile.
 
+The issue's third figure — bulk over UDP at no loss with Q-Block2 against per-UE, datagrams and
+bytes — is ``bench/bench_qblock.py`` (the message layer's Q-Block2 client against the SCM-S); the
+Uu table here shows what the gateway's own Uu leg does at loss 0.
+
 A run that does not finish within ``--timeout`` is stopped (SIGTERM: the demo stops its
 children) and reported as such; a run in which some UE got a wrong answer is reported with its
 count. The benchmark exits 1 if any run was not all correct — these are the figures to improve.
