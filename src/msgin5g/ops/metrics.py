@@ -119,6 +119,16 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._label_cache: dict[tuple, Any] = {}
+        self._worker = None
+
+    def set_worker(self, index: str) -> None:
+        """In worker ``index`` of ``--workers N`` (SPEC D14): also count its requests apart."""
+        self._worker = Counter(
+            f"{PREFIX}_server_worker_requests",
+            "CoAP requests answered, by worker process (--workers): how the kernel spread the load.",
+            ("worker",),
+            registry=None,
+        ).labels(index)
 
     def observe(self, method: str, path: str, code: int, seconds: float, batch: int | None) -> None:
         key = (method, path, code)
@@ -130,6 +140,8 @@ class ServerMetrics:
             )
         child[0].inc()
         child[1].observe(seconds)
+        if self._worker is not None:
+            self._worker.inc()
         if batch is not None:
             self.batch.observe(batch)
 
