@@ -140,7 +140,10 @@ async def test_workers_metrics_sum_health_restart_and_console(tmp_path):
         assert json.loads(body)["answer"] == "2.05", body
         assert status == 200, body
     finally:
-        _out, err = srv.stop()
+        out, err = srv.stop()
     assert srv.proc.returncode == 0, err
+    summary = out.splitlines()[-1]
+    assert summary.startswith("server counters at shutdown: ")
+    assert json.loads(summary.split(": ", 1)[1])["created"] == 1  # every worker's counts
     assert "Traceback" not in err
     assert list(tmp.iterdir()) == []  # the metrics directory is removed at exit

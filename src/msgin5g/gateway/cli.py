@@ -194,8 +194,10 @@ def scm_c_options(credentials_help: str):
     "--server",
     "server",
     default=None,
+    envvar="MSGIN5G_SERVER",
     callback=lambda c, p, v: _server_option(v),
-    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT (collocated CM client).",
+    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT (collocated CM client). "
+    "[env: MSGIN5G_SERVER]",
 )
 @click.option(
     "--service-id", default="msgin5g", show_default=True, help="valServiceId of the MSGin5G service."
@@ -313,8 +315,9 @@ def gateway(
     "--server",
     "server",
     required=True,
+    envvar="MSGIN5G_SERVER",
     callback=lambda c, p, v: _server_option(v),
-    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT.",
+    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT. [env: MSGIN5G_SERVER]",
 )
 @scm_c_options("The gateway's OSCORE credentials with the SCM-S.")
 @http_option()

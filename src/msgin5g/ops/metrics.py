@@ -12,7 +12,9 @@ the access log (``-v``) and the refused-request log (4.01/4.03, always).
 
 Multi-process (``--workers``): when ``PROMETHEUS_MULTIPROC_DIR`` is set, prometheus_client keeps
 each worker's values in files there and :func:`scrape` aggregates them (prometheus_client's
-multiprocess mode); callback gauges are then reported per worker by the process that serves HTTP.
+multiprocess mode); callback gauges are then those of the process that serves HTTP. How
+``msgin5g server --workers N --http`` sets this up, and mirrors what workers keep in memory:
+:mod:`.workers`.
 """
 
 from __future__ import annotations

@@ -291,6 +291,21 @@ class WorkersHttp:
             self.store = None
 
 
+def service_counters() -> dict[str, int]:
+    """The service's counters of every worker, from the multiprocess files (the shutdown summary)."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    reg = CollectorRegistry()
+    multiprocess.MultiProcessCollector(reg)
+    out: dict[str, int] = {}
+    for metric in reg.collect():
+        if metric.name == "msgin5g_server_service_events":
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    out[s.labels["event"]] = int(s.value)
+    return out
+
+
 def mark_dead(pid: int) -> None:
     """prometheus_client: drop the live gauges of a worker that exited."""
     from prometheus_client import multiprocess

@@ -9,7 +9,14 @@ import signal
 import click
 
 from ..clicommon import ActorOutput, http_option, log_options, output_options, setup_logging
-from .shell import DEFAULT_ADMIN_PORT, DEFAULT_PC5_PORT, RelaySettings, parse_hostport, start_relay
+from .shell import (
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_PC5_PORT,
+    RelaySettings,
+    parse_hostport,
+    parse_server_uri,
+    start_relay,
+)
 
 
 def _hostport(default_port: int):
@@ -22,6 +29,17 @@ def _hostport(default_port: int):
             raise click.BadParameter(f"expected HOST:PORT, got {value!r}") from None
 
     return convert
+
+
+def _server_uri(ctx, param, value: str) -> str:
+    """``--server``: checked before anything starts (a usage error, exit status 2)."""
+    try:
+        parse_server_uri(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"give coap://HOST[:PORT] (the relay's Uu side is UDP), not {value!r}"
+        ) from None
+    return value
 
 
 async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = None) -> dict:
@@ -74,7 +92,10 @@ async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = Non
     "server_uri",
     default="coap://127.0.0.1:5683",
     show_default=True,
-    help="The configuration management server functionality (SCM-S) the relay forwards to.",
+    envvar="MSGIN5G_SERVER",
+    callback=_server_uri,
+    help="The configuration management server functionality (SCM-S) the relay forwards to. "
+    "[env: MSGIN5G_SERVER]",
 )
 @click.option(
     "--mode",

@@ -315,6 +315,10 @@ def _run_workers(cfg, n, out: ActorOutput, ops, http, metrics_dir, token_file, c
 
     try:
         run_supervised(cfg, n, announce, hook=hook, side=side, ready=lambda: out.ready(ready))
+        if metrics_dir is not None:  # every worker wrote its counts back when it stopped
+            from ..ops.workers import service_counters
+
+            out.counters(service_counters())
     finally:
         if metrics_dir is not None:
             from ..ops.workers import remove_multiprocess_dir
