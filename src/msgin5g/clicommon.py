@@ -163,14 +163,15 @@ def _load_credentials(ctx, param, value):
 
 
 def run_until_signal(start: Callable[[], Awaitable], stop: Callable[[object], Awaitable]) -> None:
-    """Run ``start()`` then wait for SIGINT/SIGTERM, then ``stop(started)``."""
+    """Run ``start()`` then wait for SIGINT/SIGTERM, then ``stop(started)``. The signals are caught
+    from before ``start()``: a supervisor may stop the process as soon as its ready line is out."""
 
     async def main() -> None:
-        started = await start()
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
+        started = await start()
         try:
             await done.wait()
         finally:

@@ -88,13 +88,15 @@ def _gateway_credentials(credentials: ClientCredentials | None) -> ClientCredent
     return credentials
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """Set on SIGINT/SIGTERM — caught from now on, before the ready line goes out (a supervisor may
+    stop the process as soon as it reads it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def _run_gateway(
@@ -111,6 +113,7 @@ async def _run_gateway(
         await cm.close()
         raise click.ClickException(f"cannot start the gateway: {e}") from e
     out = out or ActorOutput("gateway")
+    stop = _stop_on_signal()
     out.banner(
         f"gateway listening on {config.host}:{gw.port} (MSGin5G-6); {describe}; "
         f"{gw.stats['restored']} stored requests restored"
@@ -121,7 +124,7 @@ async def _run_gateway(
         ready["http"] = ops.url
     out.ready(ready)
     try:
-        await _wait_for_signal()
+        await stop.wait()
     finally:
         if ops is not None:
             await ops.close()
@@ -357,6 +360,7 @@ def cm_client(
         except OSError as e:
             await scm.close()
             raise click.ClickException(f"cannot start the CM client: {e}") from e
+        stop = _stop_on_signal()
         out.banner(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
         ops = await _serve_cm_ops(http, scm, out)
         ready = {"ready": "cm-client", "listen": {"seal-c": [host, seal_c.port]}}
@@ -364,7 +368,7 @@ def cm_client(
             ready["http"] = ops.url
         out.ready(ready)
         try:
-            await _wait_for_signal()
+            await stop.wait()
         finally:
             stats = dict(scm.stats)
             if ops is not None:
