@@ -149,18 +149,25 @@ class ServerMetrics:
 
 
 class _MeteredPipe:
-    """The request's pipe with the first response noted (code, time)."""
+    """The request's pipe; ``on_first(code)`` runs when the first response is added, *before* it is
+    sent — so a client that has its answer also finds it counted (with ``--workers`` the scrape is
+    answered by another process, which would otherwise see the count a moment late)."""
 
-    __slots__ = ("_pipe", "code", "request")
+    __slots__ = ("_on_first", "_pipe", "code", "request")
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, on_first):
         self._pipe = pipe
+        self._on_first = on_first
         self.request = pipe.request
         self.code: int | None = None
 
     def add_response(self, response, is_last: bool = False) -> None:
         if self.code is None:
             self.code = int(response.code)
+            try:
+                self._on_first(self.code)
+            except Exception:  # counting must never keep an answer from going out
+                logging.getLogger("msgin5g.ops").exception("metrics")
         self._pipe.add_response(response, is_last=is_last)
 
     def __getattr__(self, name):
@@ -193,12 +200,10 @@ class InstrumentedSite:
 
     async def render_to_pipe(self, pipe) -> None:
         t0 = time.perf_counter()
-        metered = _MeteredPipe(pipe)
-        try:
-            await self._site.render_to_pipe(metered)
-        finally:
-            if metered.code is not None:
-                self._note(pipe.request, metered.code, time.perf_counter() - t0)
+        request = pipe.request
+        await self._site.render_to_pipe(
+            _MeteredPipe(pipe, lambda code: self._note(request, code, time.perf_counter() - t0))
+        )
 
     def _note(self, request, code: int, seconds: float) -> None:
         if self._outer:
