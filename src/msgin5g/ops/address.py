@@ -17,6 +17,17 @@ def parse_http_address(text: str) -> tuple[str, int]:
     return api.parse_hostport(text, 0, DEFAULT_HTTP_HOST)
 
 
+def check_console_address(address: tuple[str, int] | None, *, console: bool, insecure: bool) -> None:
+    """ValueError for an open console off loopback (insecure mode has no administrator to ask for)."""
+    if address is None or not console:
+        return
+    if insecure and not is_loopback(address[0]):
+        raise ValueError(
+            f"--http {address[0]}: in --insecure mode the console is served on loopback "
+            "only; use a loopback address, --no-console, or a secured server (without --insecure)"
+        )
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ip_address(host.strip("[]")).is_loopback

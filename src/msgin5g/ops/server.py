@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from .http import OpsHttp, is_loopback, serve_ops
+from .http import OpsHttp, serve_ops
 from .metrics import (
     EventCounters,
     GaugeCallbacks,
@@ -67,17 +67,6 @@ class ServerOps:
         self.token: str | None = None
         self.console_app = None
         self.console_url: str | None = None
-
-    def check(self, address: tuple[str, int] | None = None) -> None:
-        """Refuse an open console off loopback (insecure mode has no administrator to ask for)."""
-        address = address or self.http_address
-        if address is None or not self.console:
-            return
-        if self.insecure and not is_loopback(address[0]):
-            raise ValueError(
-                f"--http {address[0]}: in --insecure mode the console is served on loopback "
-                "only; use a loopback address, --no-console, or a secured server (without --insecure)"
-            )
 
     def wrap_site(self, site, outer: bool = False):
         return InstrumentedSite(site, self.metrics, outer=outer, prefix=self.api_prefix)

@@ -204,6 +204,12 @@ def server(
         n_workers = worker_count(workers)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--workers") from None
+    from ..ops.address import check_console_address
+
+    try:
+        check_console_address(http, console=not no_console, insecure=insecure)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     metrics_dir = None
     if n_workers > 1 and http is not None:
         from ..ops.workers import prepare_multiprocess_dir
@@ -219,10 +225,6 @@ def server(
         insecure=insecure,
         api_prefix=tuple(p for p in api_prefix.split("/") if p),
     )
-    try:
-        ops.check(http)
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
     cfg = ServerConfig(
         host=host,
         port=port,
