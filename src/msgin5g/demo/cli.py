@@ -101,6 +101,7 @@ class Demo:
         #: what ``--json`` prints at the end (the same as the report's summary.json), or why it stopped
         self.summary: dict = {}
         self.console_url: str | None = None
+        self.json_lines = False  # --json: the console's URL as a JSON line as soon as it is up
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -148,6 +149,8 @@ class Demo:
             )
             self.done.append("started the SCM-S, the wire, the Relay UE and the Gateway UE")
             self.console_url = topo.server.ready.get("console")
+            if self.json_lines and self.console_url:
+                click.echo(json.dumps({"console": self.console_url}), nl=True)
             self.wire, ep = topo.wire, topo.ep
             self.provision_files = await self._with_watch(
                 watch, provision(plan, ep["scm"], self.db_url, self.keys, self.workdir, self.say)
@@ -485,6 +488,7 @@ def demo(
             console.print(f"[yellow]--report: the chart needs matplotlib: {MATPLOTLIB_HINT_MARKUP}[/]")
     with tempfile.TemporaryDirectory(prefix="msgin5g-demo-") as tmp:
         run = Demo(opts, console, FsPath(tmp))
+        run.json_lines = as_json
         code = _run(run)
     if as_json:
         click.echo(json.dumps({"exit": code, "console": run.console_url, **run.summary}, default=str))
