@@ -16,7 +16,7 @@ import click
 from ..clicommon import credentials_option, parse_hostport, server_option, setup_logging
 from ..coap import aiocoap_tweaks
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
-from ..security.registry import CredentialsError
+from ..security.credentials import CredentialsError
 
 
 @click.group()
