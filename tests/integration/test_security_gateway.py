@@ -26,10 +26,11 @@ import pytest
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.security.credentials import KeyCredentials, load_bundle
+from msgin5g.store.keysqlite import SqliteKeyStore
 
 from .conftest import make_doc
 from .keyhelp import revoke, store_keys
-from .test_security import C401, C403, ME, OTHER, SECRET, TAC, msgin5g, provision, secured_server
+from .test_security import C401, C403, ME, MSGIN5G, OTHER, SECRET, TAC, msgin5g, provision, secured_server
 
 # -- through the gateway: its own leg, and the gateway's own identity towards the SCM-S ---------------
 
@@ -370,4 +371,54 @@ async def test_gateway_killed_and_restarted_never_reuses_a_sequence_number(tmp_p
     finally:
         proc.kill()
         proc.wait(10)
+        await srv.close()
+
+
+async def _ue_command(*args: str) -> str:
+    """``msgin5g ue get-config ARGS`` as its own process (the event loop keeps serving meanwhile)."""
+    proc = await asyncio.create_subprocess_exec(
+        MSGIN5G, "ue", "get-config", "--ue-uri", ME, "--timeout", "10", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, (out, err)
+    text = (out + err).decode()
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
+    return text
+
+
+async def test_ue_commands_say_what_is_wrong(tmp_path):
+    """Through the Gateway UE and through the Relay UE, a UE's command says in one line why it was
+    refused: no ``--credentials`` against a secured peer; its key unknown or revoked there (the
+    peer's 4.01 itself says nothing, RFC 8613 §8.2)."""
+    from msgin5g.relay.shell import RelaySettings, start_relay
+
+    keys = gateway_keys(tmp_path)
+    scm_ue = store_keys(keys.scm, {"ue": f"ue:{ME}"}, tmp_path)["ue"]
+    srv = await secured_server(tmp_path, keys.scm)
+    relay = await start_relay(
+        RelaySettings(server_uri=f"coap://127.0.0.1:{srv.port}", listen_port=0, admin_host=None)
+    )
+    try:
+        provision(srv)
+        async with secured_gateway(srv, keys, tmp_path) as gw:
+            via_gw = ("--via-gateway", f"127.0.0.1:{gw.port}")
+            text = await _ue_command(*via_gw)
+            assert "4.01" in text and "is secured; pass --credentials FILE" in text
+            gw_keys = SqliteKeyStore(keys.state)  # what 'msgin5g keys revoke --gateway-state' does
+            assert gw_keys.revoke_keys("2026-01-01T00:00:00Z", identity=f"ue:{ME}")
+            gw_keys.close()
+            text = await _ue_command(*via_gw, "--credentials", str(keys.ue.path))
+            assert f"Gateway UE does not accept key {keys.ue.kid.hex()} of ue:{ME}" in text
+            assert "unknown or revoked on this server" in text
+        host, port = relay.pc5_address
+        via_relay = ("--via-relay", f"{host}:{port}", "--server", f"coap://127.0.0.1:{srv.port}")
+        text = await _ue_command(*via_relay)
+        assert "the SCM-S is secured; pass --credentials FILE" in text
+        revoke(keys.scm, f"ue:{ME}")
+        text = await _ue_command(*via_relay, "--credentials", str(scm_ue.path))
+        assert f"SCM-S does not accept key {scm_ue.kid.hex()} of ue:{ME}" in text
+        assert "unknown or revoked on this server" in text
+    finally:
+        await relay.close()
         await srv.close()
