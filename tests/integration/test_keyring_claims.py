@@ -66,3 +66,16 @@ async def test_concurrent_claims_share_transactions(two_keyrings):
     verdicts = await asyncio.gather(*(ring.claim(ue, n) for n in [*range(1, 31), *range(1, 31)]))
     assert verdicts.count(A) == 30 and verdicts.count(R) == 30
     assert ring.counters["claim-batches"] < 60
+
+
+async def test_keys_asked_for_at_once_are_read_together(two_keyrings):
+    """Contexts of keys not yet in memory, asked for by concurrent requests, come from shared reads
+    off the event loop; an unknown or revoked kid gives None (SPEC D12, D14)."""
+    ring, _, store = two_keyrings
+    assert store.revoke_keys("2026-01-01T00:00:00Z", identity="admin:ops")
+    kids = [kid_for(1), kid_for(2), kid_for(99), kid_for(1)]
+    found = await asyncio.gather(*(ring.find_async(k) for k in kids))
+    assert found[0] is not None and found[0] is found[3]
+    assert found[0].key_identity == parse_identity("ue:urn:gsma:imei:35209900-000001-8")
+    assert found[1] is None and found[2] is None
+    assert ring.counters["contexts-loaded"] == 1

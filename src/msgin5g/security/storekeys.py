@@ -122,6 +122,9 @@ class StoreKeyring:
         self._identities: dict[int, Identity] = {}
         self._listeners: list[Callable[[], None]] = []
         self._revoked_identities: set[Identity] = set()
+        self._wanted: dict[int, list[asyncio.Future]] = {}  # keys being read, and who waits
+        self._loading = False
+        self._loader: asyncio.Future | None = None
         self._claims: list[tuple[LeasedSecurityContext, int, asyncio.Future]] = []
         self._claiming = False
         self._drainer: asyncio.Future | None = None
@@ -153,7 +156,31 @@ class StoreKeyring:
         ctx = self._cached(number)
         if ctx is not None:
             return ctx
-        return self._install(kid, number, await asyncio.to_thread(self.store.get_key, number))
+        waiting = self._wanted.get(number)
+        if waiting is None:
+            waiting = self._wanted[number] = []
+        future = asyncio.get_running_loop().create_future()
+        waiting.append(future)
+        if not self._loading:  # keys asked for while a read runs are read together next
+            self._loading = True
+            self._loader = asyncio.ensure_future(self._load_wanted())
+        return self._install(kid, number, await future)
+
+    async def _load_wanted(self) -> None:
+        try:
+            while self._wanted:
+                wanted, self._wanted = self._wanted, {}
+                try:
+                    rows = await asyncio.to_thread(self.store.get_keys, list(wanted))
+                except Exception as e:
+                    log.error("cannot read keys: %s", e)
+                    rows = {}
+                for number, futures in wanted.items():
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(rows.get(number))
+        finally:
+            self._loading = False
 
     @staticmethod
     def _number(kid: object) -> int | None:

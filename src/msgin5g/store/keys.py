@@ -179,6 +179,18 @@ class KeyStoreMixin:
             r = db.execute(self._ksql(_GET), (number,)).fetchone()
         return None if r is None else _row(r)
 
+    def get_keys(self, numbers: Iterable[int]) -> dict[int, KeyRow]:
+        """:meth:`get_key` of several keys in one transaction (missing numbers are left out)."""
+        numbers = list(numbers)
+        out: dict[int, KeyRow] = {}
+        with self._keys_tx(write=False) as db:
+            for i in range(0, len(numbers), 500):
+                chunk = numbers[i : i + 500]
+                marks = ", ".join([self._mark] * len(chunk))
+                for r in db.execute(f"SELECT {_COLUMNS} FROM oscore_keys WHERE number IN ({marks})", chunk):
+                    out[r[0]] = _row(r)
+        return out
+
     def iter_keys(self, include_revoked: bool = False) -> Iterator[KeyRow]:
         """Every key in number order, page by page."""
         where = "" if include_revoked else " AND revoked IS NULL"
