@@ -265,6 +265,13 @@ class GatewayUe:
         self._loop = asyncio.get_running_loop()
         if self.config.oscore:
             keys = SqliteKeyStore(self.config.state_path)
+            if keys.count_keys() == 0:
+                log.warning(
+                    "no active OSCORE key in %s: every MSGin5G-6 request will be refused (4.01); "
+                    "provision the UEs with 'msgin5g keys import UES.csv --gateway-state %s --out BUNDLE'",
+                    self.config.state_path,
+                    self.config.state_path,
+                )
             self.protection = ServerProtection(StoreKeyring(keys, max_open=self.config.max_open_contexts))
             self.core.security = OscoreOnMsgin5g6(self.protection)
         self.queue = RequestQueue(self.config.state_path)
