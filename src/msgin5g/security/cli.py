@@ -56,12 +56,14 @@ def db_opt(f):
 
 def _open(db_url, gateway_state):
     """The key store named by --db or --gateway-state (exactly one of them)."""
+    from ..clicommon import EXIT_PRECONDITION, TARGET, explain
     from ..store import open_store, sqlite_path
     from ..store.keysqlite import SqliteKeyStore, is_gateway_state
 
     if (db_url is None) == (gateway_state is None):
         raise click.UsageError("give --db URL (the SCM-S's keys) or --gateway-state FILE (a gateway's)")
     where = db_url or gateway_state
+    TARGET["db"] = where
     try:
         if gateway_state is not None:
             return SqliteKeyStore(gateway_state), where
@@ -69,8 +71,11 @@ def _open(db_url, gateway_state):
         if path is not None and is_gateway_state(path):  # a gateway's: its keys, no SCM-S tables
             return SqliteKeyStore(path), where
         return open_store(db_url), where
-    except Exception as e:  # a URL that names no reachable store: one line, no traceback
-        raise click.ClickException(f"cannot open the key store {where}: {e}") from None
+    except Exception as e:  # a URL that names no reachable store: one line, no traceback, status 2
+        known = explain(e)
+        err = click.ClickException(known[0] if known else f"cannot open the key store {where}: {e}")
+        err.exit_code = EXIT_PRECONDITION
+        raise err from None
 
 
 @click.group()
