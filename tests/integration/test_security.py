@@ -773,8 +773,8 @@ def test_keys_cli_and_secured_server_end_to_end(tmp_path):
 
 
 def test_demo_is_secured_by_default(tmp_path):
-    """``msgin5g demo`` makes keys for every identity and runs the SCM-S with --security; every UE
-    still gets exactly its outcome. ``--insecure`` runs the lab mode (SPEC D12)."""
+    """``msgin5g demo`` makes keys for every identity (the SCM-S secured by its store, the Gateway UE
+    with --oscore); every UE still gets exactly its outcome. ``--insecure`` runs the lab mode (SPEC D12)."""
     p = msgin5g("demo", "--ues", "40", "--report", str(tmp_path / "secured"), timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "OSCORE keys" in p.stdout and "INSECURE" not in p.stdout
