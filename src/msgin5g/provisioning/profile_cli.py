@@ -130,7 +130,7 @@ def profile() -> None:
 
 
 @profile.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @server_opt
 @service_opt
 @identity_opt
