@@ -502,6 +502,9 @@ def demo(
     )
     opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
     opts.relay_links, opts.ue_ack_timeout = relay_links, ue_ack_timeout
+    from ..coap import aiocoap_tweaks
+
+    aiocoap_tweaks.install_process_tweaks()  # this process protects every UE's requests
     console = make_console(quiet or as_json)
     if report is not None:
         try:
