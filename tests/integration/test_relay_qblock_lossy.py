@@ -98,9 +98,7 @@ async def configure(pc5_addr, api_uri: str, i: int) -> tuple[list, int, int]:
 
 
 @pytest.mark.parametrize("mode", ["l3", "l2"])
-async def test_q_block2_through_the_relay_at_30_percent_loss_gives_every_ue_exactly_its_outcome(
-    qserver, mode
-):
+async def test_q_block2_through_the_relay_at_30_percent_loss_every_ue_gets_its_outcome(qserver, mode):
     srv = qserver
     docs = [
         make_doc(uris=[imei_urn(TAC, i)], service_id=f"ue{i}@qblock", name=f"ue{i}-{k}-" + "x" * 400)
