@@ -29,6 +29,7 @@ from .msglayer import (
     Fail,
     Incoming,
     MessageLayer,
+    Protection,
     Send,
     Serve,
     Unmatched,
@@ -88,6 +89,7 @@ class CoapEndpoint:
         self._timer_at: float | None = None
         self._backlog: deque[tuple[bytes, Addr]] = deque()
         self._closed = False
+        self._in_error = False
         sock.setblocking(False)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
@@ -149,6 +151,7 @@ class CoapEndpoint:
         blockwise: bool = False,
         on_notification: Callable[[CoapMessage], None] | None = None,
         qblock: QBlockOffer | None = None,
+        protection: Protection | None = None,
     ) -> asyncio.Future:
         """Send a request (to :attr:`peer` when ``addr`` is None); the future gets the response or
         :class:`CoapError`. With ``on_notification`` the request registers an observation (RFC
@@ -166,6 +169,7 @@ class CoapEndpoint:
             observe=on_notification is not None,
             deadline=self.loop.time() + timeout,
             qblock=qblock,
+            protection=protection,
         )
         fut.handle = handle  # type: ignore[attr-defined]
         self._futures[handle] = fut
@@ -268,7 +272,10 @@ class CoapEndpoint:
                 data, addr = self.sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:  # an ICMP error reported on the socket: nothing to read
+            except OSError as e:  # an ICMP error reported on the (connected) socket
+                self._unreachable(e)
+                if self._closed:
+                    return
                 continue
             addr = addr[:2]
             self.datagrams_in += 1
@@ -296,6 +303,19 @@ class CoapEndpoint:
             self.loop.add_writer(self.sock.fileno(), self._writable)
         except OSError as e:  # e.g. ICMP port unreachable from an earlier datagram
             log.debug("send to %s failed: %s", addr, e)
+            self._unreachable(e)
+
+    def _unreachable(self, error: OSError) -> None:
+        """An ICMP error the kernel reported on a connected socket (ECONNREFUSED: port unreachable,
+        RFC 1122 §4.1.3.3): the requests to the peer end at once (:meth:`MessageLayer.on_unreachable`).
+        An unconnected socket is not told which peer the error was for: nothing to do."""
+        if self.peer is None or not isinstance(error, ConnectionRefusedError) or self._in_error:
+            return
+        self._in_error = True  # the requests it lets go out may meet the same error: once
+        try:
+            self.perform(self.layer.on_unreachable(self.loop.time(), self.peer, error.strerror or "refused"))
+        finally:
+            self._in_error = False
 
     def _raw_send(self, data: bytes, addr: Addr | None) -> None:
         if addr is None or addr == self.peer:
