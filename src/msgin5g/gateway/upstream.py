@@ -203,7 +203,7 @@ class UpstreamScmc(CmClient):
         self.stats = {
             "bulk-gets": 0,
             "block2-followups": 0,
-            "qblock-bodies": 0,
+            "qblock-bodies": 0,  # bulk answers fetched offering Q-Block2
             "qblock-fallback": 0,
             "single-gets": 0,
             "no-answer": 0,
@@ -308,7 +308,7 @@ class UpstreamScmc(CmClient):
         return Answer.of_wire(await self._udp(opts, qblock=qblock, blockwise=blockwise))
 
     async def _idempotent(self, make: Callable[[], Awaitable[Answer]]) -> Answer:
-        """A bulk GET or one of its follow-ups, asked again as a new exchange when it has gone
+        """A GET (a bulk GET, one of its follow-ups, a UE-scoped GET), asked again as a new exchange when it has gone
         unanswered for :data:`HEDGE_AFTER` (two transmissions lost), the first answer taken and
         the other exchanges ended (SPEC D13).
 
@@ -438,9 +438,10 @@ class UpstreamScmc(CmClient):
             params=self.qblock_params,
             followup_options=tuple(self._options(service_id, followup_query(get.flag))),
         )
-        answer = await self._get(service_id, get.uri_query(), qblock=offer)
-        if answer.block2 is None:
-            self.stats["qblock-bodies"] += 1
+        # blockwise: a server that ignores the offer and answers with Block2 gets RFC 7959
+        # follow-ups repeating the request's options (§2.4; such a server knows no flag)
+        answer = await self._get(service_id, get.uri_query(), qblock=offer, blockwise=True)
+        self.stats["qblock-bodies"] += 1
         return answer
 
     async def _rest_of_blocks(self, service_id: str, get: BulkGet, resp: Answer) -> UpstreamOutcome:
@@ -482,7 +483,8 @@ class UpstreamScmc(CmClient):
         """The UE-scoped GET of TS 24.546 6.2.3.3 on one UE's behalf (no bulk policy, D9)."""
         try:
             self.stats["single-gets"] += 1
-            resp = await self._get(service_id, query.uri_query(), blockwise=True)
+            # a GET, safe to repeat: asked again like a bulk GET when it goes unanswered (D13)
+            resp = await self._idempotent(lambda: self._get(service_id, query.uri_query(), blockwise=True))
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -114,6 +114,10 @@ class LayerProtection(Protection):
             raise NotProtected from None
         except VerificationFailed as e:
             raise ProtectionFailed(str(e)) from None
+        if plain.opt.observe is not None and not 0 <= plain.opt.observe < 1 << 24:
+            # aiocoap puts the partial IV (or -1 for the request's own nonce) there as its
+            # reordering marker of notifications: not an Observe value the wire can carry
+            plain.opt.observe = None
         return wire.from_aiocoap(plain, outer.mtype, outer.mid)
 
 
