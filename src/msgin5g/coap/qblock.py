@@ -275,15 +275,15 @@ class QBlock2Receiver:
         return min(p.non_receive_timeout * (2 ** min(self._rounds, p.non_max_retransmit)), p.non_probing_wait)
 
     def _next_set(self) -> int | None:
-        """The first block of the set to Continue with: every block below it held, none at or
-        above it, more to come, no Continue sent for it yet (RFC 9177 §4.4)."""
+        """The first block of the set to Continue with: the set before it held whole, nothing at
+        or above it, more to come, no Continue sent for it yet (RFC 9177 §4.4)."""
         if not self.send_continue or not self.received:
             return None
         mp = self.params.max_payloads
         nxt = max(self.received) + 1
         if nxt % mp or nxt in self._continued or (self.total is not None and nxt >= self.total):
             return None
-        return nxt if len(self.received) == nxt else None
+        return nxt if all(n in self.received for n in range(nxt - mp, nxt)) else None
 
     def poll(self, now: float) -> AskBlocks | None:
         """The request to send now, if any (raises :class:`QBlockFailed` when giving up)."""
@@ -297,7 +297,8 @@ class QBlock2Receiver:
         nxt = self._next_set()
         if nxt is not None:
             self._continued.add(nxt)
-            self._asked, self._asked_at, self._rounds = (), None, 0
+            if all(n in self.received for n in self._asked):  # what was asked for is in
+                self._asked, self._asked_at, self._rounds = (), None, 0
             return AskBlocks(continue_from=nxt, szx=self.szx)
         # the blocks asked for last time all came: ask for the next lot now
         asked_done = self._asked_at is not None and all(n in self.received for n in self._asked)

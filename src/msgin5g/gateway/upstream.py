@@ -308,9 +308,9 @@ class UpstreamScmc(CmClient):
         return Answer.of_wire(await self._udp(opts, qblock=qblock, blockwise=blockwise))
 
     async def _idempotent(self, make: Callable[[], Awaitable[Answer]]) -> Answer:
-        """A GET (a bulk GET, one of its follow-ups, a UE-scoped GET), asked again as a new exchange when it has gone
-        unanswered for :data:`HEDGE_AFTER` (two transmissions lost), the first answer taken and
-        the other exchanges ended (SPEC D13).
+        """A GET (a bulk GET, one of its follow-ups, a UE-scoped GET), asked again as a new
+        exchange when it has gone unanswered for :data:`HEDGE_AFTER` (two transmissions lost),
+        the first answer taken and the other exchanges ended (SPEC D13).
 
         Each exchange keeps RFC 7252's timers; but an exchange whose datagrams were lost a few
         times waits 2 + 4 + 8 + ... s, and a bulk operation waits for its slowest block — at 30 %
