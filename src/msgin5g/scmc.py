@@ -193,7 +193,8 @@ class ScmClient:
         except UnprotectedAnswer as e:
             return ConfigResult(Outcome.ERROR, e.code, problem=e.problem, detail=str(e))
         except (TimeoutError, aiocoap.error.Error, OSError) as e:
-            return apply_fallback(ConfigResult(Outcome.ERROR, detail=f"no response: {e}"), None)
+            detail = f"no response from {self.api_root} — is `msgin5g server` running there? ({e})"
+            return apply_fallback(ConfigResult(Outcome.ERROR, detail=detail), None)
         return apply_fallback(interpret(response), preconfigured)
 
     async def observe_doc(self, doc_id: str) -> AsyncIterator[tuple[int, dict | Problem]]:
