@@ -139,8 +139,8 @@ async def run_fleet(scm_server, tmp_path, bulk: bool, scheme: str, credentials=N
         attempts = sum(a for _, _, a in results)
         assert gw.stats["stored"] <= attempts
         assert m6.counters.up.lost > 0 and m6.counters.down.lost > 0  # the loss did happen
-        if scheme == "coap":
-            assert uu.counters.up.lost > 0 and uu.counters.down.lost > 0
+        if scheme == "coap":  # a bulk burst is a handful of datagrams up: the loss may spare them
+            assert uu.counters.up.lost + uu.counters.down.lost > 0
         # nothing lost: every request still stored has had its answer sent (the rest await an ACK
         # that a departed UE will not send, until MAX_TRANSMIT_WAIT)
         await asyncio.sleep(0.1)
