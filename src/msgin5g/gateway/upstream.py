@@ -62,8 +62,9 @@ from ..coap.msglayer import MessageLayer
 from ..coap.qblock import QBlockParams
 from ..coap.qblock_client import QBlockOffer
 from ..coap.udp import CoapEndpoint, CoapError
+from ..security.credentials import KeyCredentials as ClientCredentials
+from ..security.credentials import SingleContext
 from ..security.endpoint import ClientProtection, LayerProtection, max_plaintext
-from ..security.registry import ClientCredentials, SingleContext
 from .upstream_rules import (
     Done,
     Restart,

@@ -35,7 +35,7 @@ from ..clicommon import (
     server_option,
 )
 from ..scmc import ScmClient, ScmClientError
-from ..security.registry import CredentialsError
+from ..security.credentials import CredentialsError
 from ..store import default_db_url, open_store
 from .docjson import for_people, for_wire, same_content
 from .files import ProvisioningError, iter_docs_in_worker, load
