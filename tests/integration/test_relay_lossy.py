@@ -296,8 +296,9 @@ async def test_one_ues_lost_request_does_not_hold_up_another(mode):
 
 
 async def test_open_requests_are_bounded_with_5_03_and_max_age_and_superseded_nons_leave_no_trace():
-    """SPEC D13: ten NON requests reusing one token occupy one place, not ten; a UE with
-    ``max_exchanges`` (2) requests open gets 5.03 + Max-Age + problem details for the next."""
+    """SPEC D13: ten NON requests reusing one token occupy one place, not ten; when the places are
+    all taken the open NON exchange yields its place; a UE with ``max_exchanges`` (2) CON requests
+    open gets 5.03 + Max-Age + problem details for the next."""
     server = BlackholeServer()  # answers nothing: every exchange stays open
     relay = await start_relay(
         RelaySettings(
@@ -311,20 +312,21 @@ async def test_open_requests_are_bounded_with_5_03_and_max_age_and_superseded_no
         for i in range(10):
             ue.send(_get(300 + i, b"n", server.port, Type.NON))
         ue.send(_get(400, b"c", server.port))
-        ue.send(_get(401, b"d", server.port))  # a third open request: refused by the relay itself
+        ue.send(_get(401, b"d", server.port))  # places full: the open NON yields its place to "d"
+        ue.send(_get(402, b"e", server.port))  # two CONs open: refused by the relay itself
         answer = Message.decode(await asyncio.wait_for(loop.sock_recv(ue, 2048), 5))
         assert (answer.code, answer.mtype, answer.mid, answer.token) == (
             Code.SERVICE_UNAVAILABLE,
             Type.ACK,
-            401,
-            b"d",
+            402,
+            b"e",
         )
         assert answer.opt.content_format == 257 and 1 <= answer.opt.max_age <= 93
         assert cbor2.loads(answer.payload)["cause"] == "TOO_MANY_OPEN_REQUESTS"
-        assert [t for t, _ in server.seen] == [b"n"] * 10 + [b"c"]  # every NON went up, "d" did not
+        assert [t for t, _ in server.seen] == [b"n"] * 10 + [b"c", b"d"]  # "e" did not go up
         snap = relay.core.snapshot()
         assert snap["links"][0]["openExchanges"] == 2
-        assert snap["counters"]["exchanges_ended"] == {"superseded": 9}
+        assert snap["counters"]["exchanges_ended"] == {"superseded": 9, "yielded": 1}
     finally:
         if ue is not None:
             ue.close()

@@ -442,6 +442,31 @@ def test_open_exchanges_are_bounded_with_5_03_and_max_age():
     assert only(c.on_pc5(UE_A, request(mid=4, token=b"4"), 12.0), SendUplink)
 
 
+def test_the_oldest_non_exchange_yields_its_place_when_all_are_taken():
+    """NON requests without an answer (e.g. Q-Block2 requests for missing blocks whose answer was
+    lost) do not lock a UE out: the oldest yields its place; CON exchanges keep theirs."""
+    c = core(max_exchanges=3)
+    link(c)
+    c.on_pc5(UE_A, request(mid=1, token=b"c1"), 0.0)  # CON
+    c.on_pc5(UE_A, request(mid=2, token=b"n1", mtype=Type.NON), 1.0)
+    c.on_pc5(UE_A, request(mid=3, token=b"n2", mtype=Type.NON), 2.0)
+    # full: the new request goes up, n1 (the oldest NON) has yielded
+    assert only(c.on_pc5(UE_A, request(mid=4, token=b"n3", mtype=Type.NON), 3.0), SendUplink)
+    assert c.open_exchanges() == 3 and c.counters.exchanges_ended["yielded"] == 1
+    assert c.counters.relayed_up == 4 and c.counters.answered["5.03"] == 0
+    # a late answer to n1 still goes down the UE's own flow (its client may use it), and opens nothing
+    assert len(downs(c.on_uu(1, coap(Type.NON, Code.CONTENT, 9, b"n1", b"\x80"), 4.0))) == 1
+    assert c.open_exchanges() == 3
+    # n2 answered: its place is free; then n3 yields to the next, and CON c1 is never evicted
+    c.on_uu(1, coap(Type.NON, Code.CONTENT, 10, b"n2", b"\x80"), 5.0)
+    c.on_pc5(UE_A, request(mid=5, token=b"c2"), 6.0)
+    assert only(c.on_pc5(UE_A, request(mid=6, token=b"c3"), 7.0), SendUplink)
+    assert c.counters.exchanges_ended["yielded"] == 2
+    # three CON exchanges open: the fourth request gets 5.03 + Max-Age
+    ans = only(c.on_pc5(UE_A, request(mid=7, token=b"c4"), 8.0), Answer)
+    assert decoded(ans.datagram).code == Code.SERVICE_UNAVAILABLE
+
+
 def test_ended_exchanges_leave_no_trace():
     c = core(link_timeout=1e9)
     link(c, UE_A, 1)

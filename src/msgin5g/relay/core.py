@@ -30,20 +30,23 @@ SCM-S's separate responses and notifications are retransmitted by the SCM-S; the
 each copy, and the UE's ACK or RST goes back up.
 
 **Bounded state** (SPEC D13). Links: at most ``max_links``. Per link, at most ``max_exchanges``
-open exchanges (requests relayed and not yet answered); a request beyond that gets **5.03 Service
-Unavailable with Max-Age** (seconds until the oldest open exchange expires) and problem details,
-cause ``TOO_MANY_OPEN_REQUESTS``. An exchange ends — and is removed, leaving nothing in any table —
-when its final response is relayed, when the SCM-S or the UE resets it, when a request reusing its
-token supersedes it (e.g. NON requests repeated with one token), after ``exchange_wait`` without an
-answer (MAX_TRANSMIT_WAIT, 93 s: the UE has stopped retransmitting by then), or when its link is
-released. Flows of released links are kept for ``flow_linger`` so that late answers are discarded
-and counted instead of provoking ICMP errors, at most ``max_links`` of them.
+open exchanges (requests relayed and not yet answered); when they are all taken the oldest open
+NON exchange yields its place (:func:`yielding_exchange`), and a request beyond that gets **5.03
+Service Unavailable with Max-Age** (seconds until the oldest open exchange expires) and problem
+details, cause ``TOO_MANY_OPEN_REQUESTS``. An exchange ends — and is removed, leaving nothing in
+any table — when its final response is relayed, when the SCM-S or the UE resets it, when a request
+reusing its token supersedes it (e.g. NON requests repeated with one token), when it yields its
+place, after ``exchange_wait`` without an answer (MAX_TRANSMIT_WAIT, 93 s: the UE has stopped
+retransmitting by then), or when its link is released. Flows of released links are kept for
+``flow_linger`` so that late answers are discarded and counted instead of provoking ICMP errors,
+at most ``max_links`` of them.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +205,20 @@ def _is_success(code: int) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # The relay
+
+
+def yielding_exchange(exchanges: Iterable[Exchange]) -> Exchange | None:
+    """The open exchange that yields its place when a link's places are all taken: the oldest NON
+    request not observing, or None (SPEC D13 bounded state; RFC 7252 §4.3, §5.2.3).
+
+    A NON request carries no promise of an answer and is never retransmitted with its message ID:
+    its requester asks again with a new one (a Q-Block2 client asking for missing blocks, RFC 9177
+    §4.4, does so after NON_RECEIVE_TIMEOUT). Holding its place for MAX_TRANSMIT_WAIT would let a
+    few lost NON answers lock the UE out with 5.03; a late answer to the yielded exchange still goes
+    down the UE's own flow, like any answer on it. CON exchanges and observations keep their
+    places."""
+    candidates = [e for e in exchanges if not e.con and not e.observing]
+    return min(candidates, key=lambda e: e.created) if candidates else None
 
 
 class RelayCore:
@@ -400,6 +417,10 @@ class RelayCore:
             # Same token, new message: a NON repeated with its token, an Observe re-registration or
             # deregistration (RFC 7641 §3.6), a block-wise follow-up. The old exchange is over.
             self._end(link, ex, "superseded")
+        if len(link.exchanges) >= self.config.max_exchanges:
+            stale = yielding_exchange(link.exchanges.values())
+            if stale is not None:
+                self._end(link, stale, "yielded")
         if len(link.exchanges) >= self.config.max_exchanges:
             oldest = min((e.created for e in link.exchanges.values() if not e.observing), default=now)
             wait = max(1, math.ceil(oldest + self.config.exchange_wait - now))
