@@ -101,15 +101,23 @@ def _identity(text: str, role: str | None):
     show_default=True,
     help="AEAD; A128GCM suits unconstrained peers (a gateway's bulk GETs over TCP: no 64 KiB limit).",
 )
+@click.option(
+    "--psk",
+    is_flag=True,
+    help="Write the coaps (DTLS) PSK file to --out instead of the OSCORE key file: "
+    '{"psk_identity": IDENTITY, "psk": TEXT} (--db only).',
+)
 @output_options
-def add(identity, role, db_url, registry_dir, out, algorithm, as_json, quiet) -> None:
+def add(identity, role, db_url, registry_dir, out, algorithm, psk, as_json, quiet) -> None:
     """Create a key for IDENTITY: server side in --db (or --registry), client side in --out."""
     _where(db_url, registry_dir)
     ident = _identity(identity, role)
+    if psk and db_url is None:
+        raise click.UsageError("--psk is for the SCM-S's keys: give --db URL")
     if db_url is not None:
         store = _open(db_url)
         try:
-            (number,) = add_keys(store, [ident], out, algorithm)
+            (number,) = add_keys(store, [ident], out, algorithm, psk=psk)
         except RegistryError as e:
             raise click.ClickException(str(e)) from None
         finally:
@@ -118,8 +126,8 @@ def add(identity, role, db_url, registry_dir, out, algorithm, as_json, quiet) ->
         emit(
             as_json,
             quiet,
-            f"{ident}: key {kid} added to {db_url}\ncredentials: {out}",
-            {"identity": str(ident), "kid": kid, "store": db_url, "credentials": str(out)},
+            f"{ident}: key {kid} added to {db_url}\n{'coaps PSK file' if psk else 'credentials'}: {out}",
+            {"identity": str(ident), "kid": kid, "store": db_url, "credentials": str(out), "psk": psk},
         )
         return
     try:
