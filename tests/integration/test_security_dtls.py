@@ -97,6 +97,20 @@ def test_coaps_psk_with_libcoap_client(tmp_path):
         assert MARK not in out and "2.05" not in out and "cannot send CoAP pdu" in out, out
         out = coap_client(f"{base}?ue-uri={ME}", f"ue:{OTHER}", ue_key)  # an identity without a key
         assert MARK not in out, out
+        # msgin5g's own client (aiocoap's DTLS client) with the PSK file
+        root = f"coaps://127.0.0.1:{port}"
+        p = msgin5g(
+            "ue", "get-config", "--server", root, "--ue-uri", ME, "--credentials", str(ue_file), "--json"
+        )
+        assert p.returncode == 0 and MARK in p.stdout and OTHER_MARK not in p.stdout, (p.stdout, p.stderr)
+        p = msgin5g("ue", "get-config", "--server", root, "--ue-uri", OTHER, "--credentials", str(ue_file))
+        assert p.returncode == 3 and "4.03" in p.stdout and OTHER_MARK not in p.stdout, (p.stdout, p.stderr)
+        p = msgin5g("ue", "get-config", "--server", f"coap://127.0.0.1:{port}", "--ue-uri", ME,
+                    "--credentials", str(ue_file))  # fmt: skip
+        assert p.returncode != 0 and "is a coaps PSK file: give a coaps:// --server" in p.stderr, p.stderr
+        p = msgin5g("ue", "get-config", "--server", f"coaps+ws://127.0.0.1:{port}", "--ue-uri", ME)
+        assert p.returncode == 2 and "does not present TLS client certificates" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
         p = msgin5g("keys", "revoke", f"ue:{ME}", "--db", db)
         assert p.returncode == 0, p.stderr
         out = coap_client(f"{base}?ue-uri={ME}", ue_id, ue_key)  # revoked: no new session

@@ -163,3 +163,30 @@ class DtlsSite(interfaces.Resource):
             pipe.add_response(unauthenticated_message(), is_last=True)
             return
         await self.site.render_to_pipe(pipe)
+
+
+@dataclass(frozen=True)
+class PskCredentials:
+    """A client's coaps credentials (``--credentials`` naming a PSK file)."""
+
+    identity: str
+    psk: str
+    path: str = ""
+    kid = None  # not an OSCORE key
+
+    def credentials_map(self):
+        """aiocoap client credentials presenting this PSK to every coaps:// server."""
+        from aiocoap.credentials import DTLS, CredentialsMap
+
+        creds = CredentialsMap()
+        creds["coaps://*"] = DTLS(psk=self.psk.encode(), client_identity=self.identity.encode())
+        return creds
+
+
+def load_psk_credentials(path: str | os.PathLike) -> PskCredentials:
+    identity, psk = load_psk_file(path)
+    try:
+        parse_identity(identity)
+    except ModelError as e:
+        raise PskFileError(f"{path}: psk_identity {identity!r} is not an identity ({e})") from None
+    return PskCredentials(identity, psk, str(path))

@@ -145,7 +145,13 @@ def load_credentials(path: str | os.PathLike):
     keys comes back as a :class:`~.credentials.KeyBundle` to choose from), or a credentials file of
     a gateway's registry. Raises CredentialsError with the reason."""
     from . import credentials as _keyfiles
+    from . import dtls as _psk
 
+    if _psk.is_psk_file(path):  # coaps: {psk_identity, psk} (keys add --psk)
+        try:
+            return _psk.load_psk_credentials(path)
+        except _psk.PskFileError as e:
+            raise CredentialsError(str(e)) from None
     if _keyfiles.is_key_file(path):
         try:
             if _keyfiles.bundle_size(path) > 1:

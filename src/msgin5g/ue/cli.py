@@ -169,8 +169,12 @@ async def _get(
     **_unused,
 ) -> ConfigResult:
     from ..scmc import ScmClient, apply_fallback
+    from ..security.dtls import PskCredentials
 
-    security = credentials.security_context() if credentials is not None else None
+    if isinstance(credentials, PskCredentials) and (via_relay or via_gateway):
+        raise CredentialsError("a coaps PSK file is for a direct coaps:// --server, not a relay or gateway")
+    psk = isinstance(credentials, PskCredentials)
+    security = credentials.security_context() if credentials is not None and not psk else None
 
     if via_relay:
         from .via_relay import get_config_via_relay
