@@ -47,6 +47,10 @@ async def get(uri: str, ssl_context) -> aiocoap.Message:
 
 @pytest.fixture
 def wss_server(tmp_path):
+    yield from _wss_server(tmp_path)
+
+
+def _wss_server(tmp_path, *extra):
     db = f"sqlite:///{tmp_path}/scm.db"
     store = open_store(db)
     store.import_docs(
@@ -57,7 +61,7 @@ def wss_server(tmp_path):
         p = msgin5g("keys", "cert", ident, "--db", db, "--out", str(tmp_path / d))
         assert p.returncode == 0, p.stderr
     port = free_port()
-    proc = ServerProcess(db, "--wss-port", str(port), insecure=False)
+    proc = ServerProcess(db, "--wss-port", str(port), *extra, insecure=False)
     yield db, port, tmp_path
     err = proc.stop()
     assert "Traceback" not in err
@@ -100,3 +104,22 @@ async def test_coaps_ws_refuses_a_client_without_certificate(wss_server):
     # and the aiocoap client without a certificate gets no answer either
     with pytest.raises((aiocoap.error.Error, websockets.exceptions.WebSocketException, OSError)):
         await get(f"coaps+ws://127.0.0.1:{port}/su-uc/v1/val-services/msgin5g/ue-configurations", bare)
+
+
+async def test_coaps_ws_client_rate_gets_4_29_inside_the_tls_session(tmp_path):
+    """Admission (RFC 8516 4.29 + Max-Age) applies over coaps+ws as over OSCORE."""
+    gen = _wss_server(tmp_path, "--client-rate", "0.2", "--client-burst", "1")
+    _, port, tmp = next(gen)
+    try:
+        uri = f"coaps+ws://127.0.0.1:{port}/su-uc/v1/val-services/msgin5g/ue-configurations?ue-uri={ME}"
+        ctx = await aiocoap.Context.create_client_context(transports=["ws"])
+        try:
+            aiocoap_tweaks.present_client_certificate(ctx, ctx_of(tmp / "me"))
+            first = await ctx.request(aiocoap.Message(code=Code.GET, uri=uri)).response
+            second = await ctx.request(aiocoap.Message(code=Code.GET, uri=uri)).response
+        finally:
+            await ctx.shutdown()
+        assert first.code == Code.CONTENT
+        assert second.code == Code.TOO_MANY_REQUESTS and second.opt.max_age >= 1
+    finally:
+        next(gen, None)

@@ -154,6 +154,11 @@ class DtlsSite(interfaces.Resource):
     async def render_to_pipe(self, pipe) -> None:
         from .server import unauthenticated_message
 
+        refused = self.site.admit(pipe.request)  # overload / client rate first, as SecuredSite does
+        if refused is not None:
+            pipe.add_response(refused, is_last=True)
+            return
+
         claim = psk_claim(pipe.request)
         row = None
         if claim is not None:
