@@ -57,6 +57,41 @@ def log_options(f):
     return click.option("-v", "--verbose", count=True, help="-v: access log; -vv: debug.")(f)
 
 
+def output_options(f):
+    """``--json`` and ``-q`` — on every command (SPEC D15)."""
+    f = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (on stderr).")(f)
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(f)
+
+
+class ActorOutput:
+    """What a long-running actor prints on stdout (SPEC D15): banner lines for people, one JSON
+    ``ready`` line once it serves (what supervisors such as ``msgin5g demo`` wait for), and one
+    summary at shutdown. ``--json``: only the JSON lines (the summary as ``{"stopped": actor,
+    "counters": {...}}``); ``-q``: nothing (errors and logs still go to stderr)."""
+
+    def __init__(self, actor: str, as_json: bool = False, quiet: bool = False):
+        self.actor = actor
+        self.as_json = as_json
+        self.quiet = quiet and not as_json
+
+    def banner(self, text: str) -> None:
+        if not (self.as_json or self.quiet):
+            click.echo(text)
+
+    def ready(self, value: dict) -> None:
+        if not self.quiet:
+            click.echo(json.dumps(value))
+            sys.stdout.flush()
+
+    def counters(self, counters: dict) -> None:
+        """The one shutdown summary: the names the ``/metrics`` series carry; live values are on
+        ``--http``."""
+        if self.as_json:
+            click.echo(json.dumps({"stopped": self.actor, "counters": counters}, sort_keys=True))
+        elif not self.quiet:
+            report_counters(self.actor, counters)
+
+
 def report_counters(actor: str, counters: dict) -> None:
     """The one shutdown summary of every actor: one line of JSON on stdout, next to its start banner,
     with the names its ``/metrics`` series carry (SPEC D15); the live values are on ``--http``."""
@@ -69,7 +104,7 @@ def http_option(what: str = "/metrics and /healthz"):
     def convert(ctx, param, value):
         if value is None:
             return None
-        from .ops.http import parse_http_address
+        from .ops.address import parse_http_address
 
         try:
             return parse_http_address(value)
@@ -128,14 +163,15 @@ def _load_credentials(ctx, param, value):
 
 
 def run_until_signal(start: Callable[[], Awaitable], stop: Callable[[object], Awaitable]) -> None:
-    """Run ``start()`` then wait for SIGINT/SIGTERM, then ``stop(started)``."""
+    """Run ``start()`` then wait for SIGINT/SIGTERM, then ``stop(started)``. The signals are caught
+    from before ``start()``: a supervisor may stop the process as soon as its ready line is out."""
 
     async def main() -> None:
-        started = await start()
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
+        started = await start()
         try:
             await done.wait()
         finally:

@@ -217,7 +217,10 @@ class ScmClient:
         except UnprotectedAnswer as e:
             return ConfigResult(Outcome.ERROR, e.code, problem=e.problem, detail=str(e))
         except (TimeoutError, aiocoap.error.Error, OSError) as e:
-            detail = f"no response: {e or type(e).__name__}"
+            detail = (
+                f"no response from {self.api_root} — is `msgin5g server` running there? "
+                f"({e or type(e).__name__})"
+            )
             if self.api_root.startswith("coaps://"):  # a refused PSK ends the DTLS handshake silently
                 detail += " (coaps: is the PSK file's key active on this server?)"
             return apply_fallback(ConfigResult(Outcome.ERROR, detail=detail), None)

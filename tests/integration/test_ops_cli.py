@@ -61,10 +61,25 @@ def srv(tmp_path):
 @pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
 def test_unreachable_server_is_one_line_exit_2(scheme):
     uri = f"{scheme}://127.0.0.1:{dead_port()}"
-    for cmd in (["config", "list"], ["config", "get", "x"], ["config", "delete", "x"]):
+    for cmd in (
+        ["config", "list"],
+        ["config", "get", "x"],
+        ["config", "delete", "x"],
+        ["profile", "get", "x"],
+        ["profile", "list", "--val-tgt-ue", "urn:x:1"],
+    ):
         p = run(*cmd, "--server", uri)
         assert p.returncode == 2, (cmd, p.stderr)
         one_line_error(p, f"cannot reach {uri}", "msgin5g server")
+
+
+def test_unreachable_server_for_a_ue_says_what_to_do():
+    """A UE without an answer has an outcome (exit status 1: error, TS 24.538 6.2.1.2), and its line
+    says where it asked and what to check."""
+    uri = f"coap://127.0.0.1:{dead_port()}"
+    p = run("ue", "get-config", "--server", uri, "--ue-uri", "urn:x:1", "--timeout", "3")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert f"no response from {uri} — is `msgin5g server` running there?" in p.stdout, p.stdout
 
 
 @pytest.mark.parametrize(
@@ -77,10 +92,15 @@ def test_unreachable_server_is_one_line_exit_2(scheme):
     ],
 )
 def test_server_uri_is_validated(value, needle):
-    for cmd in (["config", "list"], ["ue", "get-config", "--ue-uri", "urn:x:1"]):
+    for cmd in (["config", "list"], ["ue", "get-config", "--ue-uri", "urn:x:1"], ["profile", "get", "x"]):
         p = run(*cmd, "--server", value)
         assert p.returncode == 2 and "Traceback" not in p.stderr
         assert needle in p.stderr, p.stderr
+    # the actors check it before they start
+    for cmd in (["relay"], ["gateway"], ["cm-client"]):
+        p = run(*cmd, "--server", value, timeout=30)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (cmd, p.stderr)
+        assert value in p.stderr and "coap://HOST[:PORT]" in p.stderr, p.stderr
 
 
 def test_coaps_without_a_psk_file_is_one_line():
@@ -98,7 +118,7 @@ def test_store_failures_are_one_line_exit_2(tmp_path):
         (f"postgresql://127.0.0.1:{dead_port()}/x", "cannot reach PostgreSQL"),
     ]
     for url, needle in cases:
-        for cmd in (["config", "gateway", "list"], ["server", "--insecure", "--port", "0"]):
+        for cmd in (["config", "gateway", "list"], ["keys", "list"], ["server", "--insecure", "--port", "0"]):
             p = run(*cmd, "--db", url, timeout=30)
             assert p.returncode == 2, (url, cmd, p.stderr)
             one_line_error(p, needle)
@@ -113,6 +133,10 @@ def test_exit_4_on_404_and_3_on_403(srv):
     p = run("config", "list", "--server", srv.api_root, "--identity", "ue:urn:x:1")
     assert p.returncode == 3
     one_line_error(p, "4.03")
+    for cmd in ("get", "delete"):  # user profiles (su-up) alike
+        p = run("profile", cmd, "nope", "--server", srv.api_root)
+        assert p.returncode == 4, p.stderr
+        one_line_error(p, "4.04")
 
 
 def test_update_apply_and_configdata_as_object(srv, tmp_path):

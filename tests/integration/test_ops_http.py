@@ -234,6 +234,16 @@ def test_demo_console_prints_its_url_and_precondition_exits_2(tmp_path):
     assert re.search(
         r"console of the SCM-S \(up during the run\):\s+http://127\.0\.0\.1:\d+/console/", p.stdout
     )
+    p = subprocess.run(  # --json: the URL as a JSON line as soon as it is up, then the summary
+        [MSGIN5G, "demo", "--ues", "20", "--insecure", "--console", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    first, summary = (json.loads(x) for x in p.stdout.splitlines())
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/console/", first["console"])
+    assert summary["console"] == first["console"] and summary["ok"] is True and summary["exit"] == 0
     p = subprocess.run(
         [MSGIN5G, "demo", "--ues", "20", "--db", f"sqlite:///{tmp_path}/missing/dir/x.db"],
         capture_output=True,

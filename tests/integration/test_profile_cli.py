@@ -1,6 +1,7 @@
 """``msgin5g profile`` against a real ``msgin5g server`` process (TS 24.546 C.2; SPEC D16): import
 (YAML and JSON, all or nothing), list by val-tgt-ue, get, delete, and one clear line for every
-mistake — never a traceback."""
+mistake — never a traceback. Exit statuses as for every command (docs/operations.md): 3 for
+4.01/4.03, 4 for 4.04, 1 for another refusal, 2 for a usage error."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_import_list_get_delete(server, tmp_path):
     p = run("delete", ue_id, "--server", server.api_root)
     assert p.returncode == 0 and p.stdout.strip() == f"deleted {ue_id}"
     p = run("get", ue_id, "--server", server.api_root)
-    assert p.returncode == 1 and "4.04" in p.stderr and "NO_SUCH_PROFILE" in p.stderr
+    assert p.returncode == 4 and "4.04" in p.stderr and "NO_SUCH_PROFILE" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -80,7 +81,7 @@ def test_lab_identity_lists_only_its_own(server, tmp_path):
     assert run("import", str(f), "--server", server.api_root).returncode == 0
     assert len(listed(server, UE, "--identity", f"ue:{UE}")) == 1
     p = run("list", "--val-tgt-ue", ALICE, "--server", server.api_root, "--identity", f"ue:{UE}")
-    assert p.returncode == 1 and "4.03" in p.stderr and "NOT_AUTHORIZED" in p.stderr
+    assert p.returncode == 3 and "4.03" in p.stderr and "NOT_AUTHORIZED" in p.stderr
 
 
 @pytest.mark.parametrize(
@@ -120,10 +121,10 @@ def test_a_refused_entry_rolls_back_the_import(server, tmp_path):
     f.write_text(YAML)
     p = run("import", str(f), "--server", server.api_root, "--service-id", "unknown-service")
     assert (
-        p.returncode == 1 and "entry 0: the server refused it" in p.stderr and "UNKNOWN_SERVICE" in p.stderr
+        p.returncode == 4 and "entry 0: the server refused it" in p.stderr and "UNKNOWN_SERVICE" in p.stderr
     )
     p = run("import", str(f), "--server", server.api_root, "--identity", f"ue:{UE}")
-    assert p.returncode == 1 and "ADMIN_ONLY" in p.stderr
+    assert p.returncode == 3 and "ADMIN_ONLY" in p.stderr
     assert listed(server, ALICE) == [] and listed(server, UE) == []
 
 

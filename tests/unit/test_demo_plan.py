@@ -281,3 +281,14 @@ def test_report_formats(tmp_path):
     write_csv(tmp_path / "r.csv", [run(C, sid="a"), run(N)])
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("ue_uri,path,role,asks_for")
+
+
+def test_chart_curves_start_at_zero_whatever_the_number_of_points():
+    """A latency curve of 2–5 UEs starts at 0 at its first latency, not partway up (at 1/n)."""
+    from msgin5g.demo.report import cdf_steps
+
+    assert cdf_steps([]) == ([], [])
+    assert cdf_steps([30.0, 10.0]) == ([10.0, 10.0, 30.0], [0.0, 0.5, 1.0])
+    xs, frac = cdf_steps([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert xs == [1.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert frac == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import shutil
 import signal
@@ -37,6 +38,7 @@ from pathlib import Path as FsPath
 import click
 from rich.console import Console
 
+from ..clicommon import output_options
 from .drive import OBSERVER_CHANGES, ObserverResult, UeRun, drive_fleet, observe
 from .keys import DemoKeys, make_keys
 from .lossy import raise_fd_limit
@@ -60,8 +62,11 @@ from .topology import (
 EXIT_OK, EXIT_WRONG, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def make_console() -> Console:
-    """Rich on a terminal; plain, 140 columns wide, without colour codes in logs and pipes."""
+def make_console(quiet: bool = False) -> Console:
+    """Rich on a terminal; plain, 140 columns wide, without colour codes in logs and pipes; silent
+    with ``-q`` and ``--json`` (which prints one JSON summary instead)."""
+    if quiet:
+        return Console(quiet=True)
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(width=140, no_color=True, highlight=False)
@@ -93,6 +98,10 @@ class Demo:
         self.provision_files: list[FsPath] = []
         self.aborted = False
         self.keys: DemoKeys | None = None  # None: the insecure lab mode
+        #: what ``--json`` prints at the end (the same as the report's summary.json), or why it stopped
+        self.summary: dict = {}
+        self.console_url: str | None = None
+        self.json_lines = False  # --json: the console's URL as a JSON line as soon as it is up
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -139,6 +148,9 @@ class Demo:
                 start_topology(self.sup, o, self.keys, self.workdir, self.db_url, self.fd_limit, self.say),
             )
             self.done.append("started the SCM-S, the wire, the Relay UE and the Gateway UE")
+            self.console_url = topo.server.ready.get("console")
+            if self.json_lines and self.console_url:
+                click.echo(json.dumps({"console": self.console_url}), nl=True)
             self.wire, ep = topo.wire, topo.ep
             self.provision_files = await self._with_watch(
                 watch, provision(plan, ep["scm"], self.db_url, self.keys, self.workdir, self.say)
@@ -221,6 +233,7 @@ class Demo:
     async def _abort(self, why: str, failed: Child | None) -> int:
         """A child died, the user interrupted, or a step failed: stop all, say what was done."""
         self.aborted = True
+        self.summary = {"ok": False, "error": why, "done": list(self.done)}
         if self.view is not None:
             with contextlib.suppress(Exception):
                 self.view.__exit__(None, None, None)
@@ -307,21 +320,21 @@ class Demo:
                 f"{r.expected.ue_service_id or ''}, got {r.code} {r.ue_service_id or ''} {r.detail}[/]"
             )
         c.print(f"[bold {'green' if v.ok else 'red'}]{v.text}[/]")
+        summary = {
+            "settings": {k: (str(val) if isinstance(val, FsPath) else val) for k, val in vars(o).items()},
+            "times_s": self.times,
+            "paths": [r.as_dict() for r in rows],
+            "observer": {"seen": observer.seen, "latencies_s": observer.latencies, "note": observer.note},
+            "legs": legs,
+            "counters": counters,
+            "processes": [
+                {"name": ch.name, "pid": ch.pid, "peak_rss_kib": ch.peak_rss_kib} for ch in self.sup.children
+            ]
+            + [{"name": "demo", "pid": None, "peak_rss_kib": demo_kib}],
+            "verdict": {"ok": v.ok, "text": v.text},
+        }
+        self.summary = {"ok": v.ok, **summary}
         if o.report is not None:
-            summary = {
-                "settings": {k: (str(val) if isinstance(val, FsPath) else val) for k, val in vars(o).items()},
-                "times_s": self.times,
-                "paths": [r.as_dict() for r in rows],
-                "observer": {"seen": observer.seen, "latencies_s": observer.latencies, "note": observer.note},
-                "legs": legs,
-                "counters": counters,
-                "processes": [
-                    {"name": ch.name, "pid": ch.pid, "peak_rss_kib": ch.peak_rss_kib}
-                    for ch in self.sup.children
-                ]
-                + [{"name": "demo", "pid": None, "peak_rss_kib": demo_kib}],
-                "verdict": {"ok": v.ok, "text": v.text},
-            }
             self._copy_artifacts()
             extra = ["## Counters of the actors at shutdown", ""]
             extra += [f"- {line}" for line in self._counter_lines(counters, observer)]
@@ -441,6 +454,7 @@ class Demo:
     help="Lab mode: no OSCORE keys; the SCM-S runs --insecure and UEs claim their identities.",
 )
 @click.option("--console", "web_console", is_flag=True, help="Serve the SCM-S web console during the run.")
+@output_options
 def demo(
     ues,
     relay_share,
@@ -456,6 +470,8 @@ def demo(
     db,
     insecure,
     web_console,
+    as_json,
+    quiet,
 ):
     """Run the whole topology on this machine and check that every UE gets what its provisioning
     implies: SCM-S, Relay UE, Gateway UE (bulk), constrained and unconstrained UEs — secured with
@@ -464,15 +480,30 @@ def demo(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
     opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
-    console = make_console()
+    console = make_console(quiet or as_json)
     if report is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             console.print(f"[yellow]--report: the chart needs matplotlib: {MATPLOTLIB_HINT_MARKUP}[/]")
     with tempfile.TemporaryDirectory(prefix="msgin5g-demo-") as tmp:
-        code = _run(Demo(opts, console, FsPath(tmp)))
+        run = Demo(opts, console, FsPath(tmp))
+        run.json_lines = as_json
+        code = _run(run)
+    if as_json:
+        click.echo(json.dumps({"exit": code, "console": run.console_url, **run.summary}, default=str))
+    elif quiet and code != EXIT_OK:  # -q: silent when every UE got what it should; else say why
+        click.echo(f"demo: {_failure_line(run, code)}", err=True)
     sys.exit(code)
+
+
+def _failure_line(run: Demo, code: int) -> str:
+    s = run.summary
+    if code == EXIT_INTERRUPTED:
+        return "interrupted"
+    if "error" in s:
+        return f"stopped: {s['error']}"
+    return s.get("verdict", {}).get("text", "failed")
 
 
 def _run(demo_run: Demo) -> int:

@@ -151,6 +151,15 @@ def write_csv(path: FsPath, runs: Sequence[UeRun]) -> None:
             )
 
 
+def cdf_steps(values_ms: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The empirical CDF as step points (x, share answered by x): it starts at 0 at the first
+    latency, so that a curve of a few UEs does not start partway up (at 1/n)."""
+    values = sorted(values_ms)
+    if not values:
+        return [], []
+    return [values[0], *values], [0.0] + [(i + 1) / len(values) for i in range(len(values))]
+
+
 def write_chart(
     path: FsPath, rows: Sequence[PathSummary], latencies: dict[str, list[float]], title: str = "msgin5g demo"
 ) -> str | None:
@@ -170,18 +179,15 @@ def write_chart(
     )
 
     for r in rows:
-        values = sorted(1000 * t for t in latencies.get(r.path, ()))
-        if not values:
+        xs, frac = cdf_steps([1000 * t for t in latencies.get(r.path, ())])
+        if not xs:
             continue
-        # the empirical CDF starts at 0 at the first latency: without that point a curve of a few
-        # UEs would start partway up (at 1/n)
-        frac = [0.0] + [(i + 1) / len(values) for i in range(len(values))]
         ax_lat.step(
-            [values[0], *values],
+            xs,
             frac,
             where="post",
             color=colors.get(r.path),
-            label=f"{r.label} (n={len(values)})",
+            label=f"{r.label} (n={len(xs) - 1})",
         )
     ax_lat.set_xscale("log")
     ax_lat.set_xlabel("configuration latency, ms (log scale)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -15,11 +14,12 @@ import click
 from .. import api
 from ..authz import Role
 from ..clicommon import (
+    ActorOutput,
     credentials_option,
     http_option,
     log_options,
+    output_options,
     parse_hostport,
-    report_counters,
     setup_logging,
 )
 from ..coap import aiocoap_tweaks
@@ -88,16 +88,20 @@ def _gateway_credentials(credentials: ClientCredentials | None) -> ClientCredent
     return credentials
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """Set on SIGINT/SIGTERM — caught from now on, before the ready line goes out (a supervisor may
+    stop the process as soon as it reads it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
-async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str, http=None) -> dict:
+async def _run_gateway(
+    config: GatewayConfig, cm: CmClient, describe: str, http=None, out: ActorOutput | None = None
+) -> dict:
     from ..ops.actors import gateway_registry
     from ..ops.http import serve_ops
 
@@ -108,16 +112,19 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str, http=
     except (OSError, RegistryError, CredentialsError) as e:
         await cm.close()
         raise click.ClickException(f"cannot start the gateway: {e}") from e
-    click.echo(
+    out = out or ActorOutput("gateway")
+    stop = _stop_on_signal()
+    out.banner(
         f"gateway listening on {config.host}:{gw.port} (MSGin5G-6); {describe}; "
-        f"{gw.stats['restored']} stored requests restored",
-        nl=True,
+        f"{gw.stats['restored']} stored requests restored"
     )
+    ready = {"ready": "gateway", "listen": {"msgin5g-6": [config.host, gw.port]}}
     if ops is not None:
-        click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
-    click.echo(json.dumps({"ready": "gateway", "listen": {"msgin5g-6": [config.host, gw.port]}}))
+        out.banner(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
+        ready["http"] = ops.url
+    out.ready(ready)
     try:
-        await _wait_for_signal()
+        await stop.wait()
     finally:
         if ops is not None:
             await ops.close()
@@ -128,7 +135,7 @@ async def _run_gateway(config: GatewayConfig, cm: CmClient, describe: str, http=
     return stats
 
 
-async def _serve_cm_ops(http, scm):
+async def _serve_cm_ops(http, scm, out: ActorOutput):
     from ..ops.actors import cmclient_registry
     from ..ops.http import serve_ops
 
@@ -137,7 +144,7 @@ async def _serve_cm_ops(http, scm):
     except OSError as e:
         raise click.ClickException(f"cannot serve HTTP: {e}") from e
     if ops is not None:
-        click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
+        out.banner(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
     return ops
 
 
@@ -190,8 +197,10 @@ def scm_c_options(credentials_help: str):
     "--server",
     "server",
     default=None,
+    envvar="MSGIN5G_SERVER",
     callback=lambda c, p, v: _server_option(v),
-    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT (collocated CM client).",
+    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT (collocated CM client). "
+    "[env: MSGIN5G_SERVER]",
 )
 @click.option(
     "--service-id", default="msgin5g", show_default=True, help="valServiceId of the MSGin5G service."
@@ -250,6 +259,7 @@ def scm_c_options(credentials_help: str):
 @click.option("--no-cache", is_flag=True, help="Do not answer repeat requests from the cache.")
 @http_option()
 @log_options
+@output_options
 def gateway(
     listen,
     server,
@@ -270,6 +280,8 @@ def gateway(
     http,
     verbose,
     log_format,
+    as_json,
+    quiet,
 ) -> None:
     """MSGin5G Gateway UE: bulk configuration of constrained UEs (TS 24.538 6.2.2.x)."""
     setup_logging(verbose, log_format)
@@ -290,8 +302,9 @@ def gateway(
     )
     where = f"SCM-S {server}" if cm_client == "collocated" else f"CM client {cm_client} (SEAL-C)"
     mode = f"bulk ≤{max_batch} UEs / {max_wait_ms} ms" if bulk else "no bulk"
-    stats = asyncio.run(_run_gateway(config, cm, f"{where}; {mode}", http))
-    report_counters("gateway", stats)
+    out = ActorOutput("gateway", as_json, quiet)
+    stats = asyncio.run(_run_gateway(config, cm, f"{where}; {mode}", http, out))
+    out.counters(stats)
 
 
 @click.command("cm-client")
@@ -305,20 +318,33 @@ def gateway(
     "--server",
     "server",
     required=True,
+    envvar="MSGIN5G_SERVER",
     callback=lambda c, p, v: _server_option(v),
-    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT.",
+    help="SCM-S apiRoot, coap://HOST:PORT or coap+tcp://HOST:PORT. [env: MSGIN5G_SERVER]",
 )
 @scm_c_options("The gateway's OSCORE credentials with the SCM-S.")
 @http_option()
 @log_options
+@output_options
 def cm_client(
-    listen, server, gateway_id, nstart, max_ues_per_get, credentials, http, verbose, log_format
+    listen,
+    server,
+    gateway_id,
+    nstart,
+    max_ues_per_get,
+    credentials,
+    http,
+    verbose,
+    log_format,
+    as_json,
+    quiet,
 ) -> None:
     """Configuration management client functionality of a Gateway UE, as its own process (SPEC D10)."""
     setup_logging(verbose, log_format)
     aiocoap_tweaks.install_process_tweaks()
     host, port = parse_hostport(listen, DEFAULT_SEAL_C_PORT)
     credentials = _gateway_credentials(credentials)
+    out = ActorOutput("cm-client", as_json, quiet)
 
     async def run() -> dict:
         scm = UpstreamScmc(
@@ -334,11 +360,15 @@ def cm_client(
         except OSError as e:
             await scm.close()
             raise click.ClickException(f"cannot start the CM client: {e}") from e
-        click.echo(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
-        ops = await _serve_cm_ops(http, scm)
-        click.echo(json.dumps({"ready": "cm-client", "listen": {"seal-c": [host, seal_c.port]}}))
+        stop = _stop_on_signal()
+        out.banner(f"cm-client listening on {host}:{seal_c.port} (SEAL-C, UDP+TCP); SCM-S {server}")
+        ops = await _serve_cm_ops(http, scm, out)
+        ready = {"ready": "cm-client", "listen": {"seal-c": [host, seal_c.port]}}
+        if ops is not None:
+            ready["http"] = ops.url
+        out.ready(ready)
         try:
-            await _wait_for_signal()
+            await stop.wait()
         finally:
             stats = dict(scm.stats)
             if ops is not None:
@@ -347,5 +377,5 @@ def cm_client(
         return stats
 
     stats = asyncio.run(run())
-    report_counters("cm-client", stats)
+    out.counters(stats)
     logging.shutdown()

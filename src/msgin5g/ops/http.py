@@ -13,34 +13,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .. import api
+from .address import DEFAULT_HTTP_HOST, is_loopback, parse_http_address  # noqa: F401 (re-exported)
 from .metrics import scrape
 
 log = logging.getLogger("msgin5g.ops")
 
-DEFAULT_HTTP_HOST = "127.0.0.1"
-
 #: a readiness probe returns None when ready, else what is wrong (one line)
 Probe = Callable[[], "str | None"]
-
-
-def parse_http_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` or ``PORT`` → (host, port); loopback when no host is given."""
-    if text.isdigit():
-        text = f":{text}"
-    return api.parse_hostport(text, 0, DEFAULT_HTTP_HOST)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @dataclass
@@ -61,9 +45,14 @@ class OpsHttp:
 
 
 def make_app(
-    registry: CollectorRegistry, *, ready: Probe | None = None, actor: str = "msgin5g"
+    registry: CollectorRegistry,
+    *,
+    ready: Probe | None = None,
+    actor: str = "msgin5g",
+    health: Callable[[], tuple[int, dict]] | None = None,
 ) -> web.Application:
-    """The aiohttp application with /metrics, /healthz and /readyz."""
+    """The aiohttp application with /metrics, /healthz and /readyz; ``health`` → (status, body)
+    replaces the plain "the loop runs" answer of /healthz (the worker supervisor's)."""
     app = web.Application()
 
     async def metrics(_request: web.Request) -> web.Response:
@@ -73,6 +62,9 @@ def make_app(
         return resp
 
     async def healthz(_request: web.Request) -> web.Response:
+        if health is not None:
+            status, body = health()
+            return web.json_response(body, status=status)
         return web.json_response({"status": "ok", "actor": actor})
 
     async def readyz(_request: web.Request) -> web.Response:

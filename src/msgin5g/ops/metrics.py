@@ -12,7 +12,9 @@ the access log (``-v``) and the refused-request log (4.01/4.03, always).
 
 Multi-process (``--workers``): when ``PROMETHEUS_MULTIPROC_DIR`` is set, prometheus_client keeps
 each worker's values in files there and :func:`scrape` aggregates them (prometheus_client's
-multiprocess mode); callback gauges are then reported per worker by the process that serves HTTP.
+multiprocess mode); callback gauges are then those of the process that serves HTTP. How
+``msgin5g server --workers N --http`` sets this up, and mirrors what workers keep in memory:
+:mod:`.workers`.
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._label_cache: dict[tuple, Any] = {}
+        self._worker = None
+
+    def set_worker(self, index: str) -> None:
+        """In worker ``index`` of ``--workers N`` (SPEC D14): also count its requests apart."""
+        self._worker = Counter(
+            f"{PREFIX}_server_worker_requests",
+            "CoAP requests answered, by worker process (--workers): how the kernel spread the load.",
+            ("worker",),
+            registry=None,
+        ).labels(index)
 
     def observe(self, method: str, path: str, code: int, seconds: float, batch: int | None) -> None:
         key = (method, path, code)
@@ -130,23 +142,32 @@ class ServerMetrics:
             )
         child[0].inc()
         child[1].observe(seconds)
+        if self._worker is not None:
+            self._worker.inc()
         if batch is not None:
             self.batch.observe(batch)
 
 
 class _MeteredPipe:
-    """The request's pipe with the first response noted (code, time)."""
+    """The request's pipe; ``on_first(code)`` runs when the first response is added, *before* it is
+    sent — so a client that has its answer also finds it counted (with ``--workers`` the scrape is
+    answered by another process, which would otherwise see the count a moment late)."""
 
-    __slots__ = ("_pipe", "code", "request")
+    __slots__ = ("_on_first", "_pipe", "code", "request")
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, on_first):
         self._pipe = pipe
+        self._on_first = on_first
         self.request = pipe.request
         self.code: int | None = None
 
     def add_response(self, response, is_last: bool = False) -> None:
         if self.code is None:
             self.code = int(response.code)
+            try:
+                self._on_first(self.code)
+            except Exception:  # counting must never keep an answer from going out
+                logging.getLogger("msgin5g.ops").exception("metrics")
         self._pipe.add_response(response, is_last=is_last)
 
     def __getattr__(self, name):
@@ -179,12 +200,10 @@ class InstrumentedSite:
 
     async def render_to_pipe(self, pipe) -> None:
         t0 = time.perf_counter()
-        metered = _MeteredPipe(pipe)
-        try:
-            await self._site.render_to_pipe(metered)
-        finally:
-            if metered.code is not None:
-                self._note(pipe.request, metered.code, time.perf_counter() - t0)
+        request = pipe.request
+        await self._site.render_to_pipe(
+            _MeteredPipe(pipe, lambda code: self._note(request, code, time.perf_counter() - t0))
+        )
 
     def _note(self, request, code: int, seconds: float) -> None:
         if self._outer:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from .http import OpsHttp, is_loopback, serve_ops
+from .http import OpsHttp, serve_ops
 from .metrics import (
     EventCounters,
     GaugeCallbacks,
@@ -48,30 +48,25 @@ class ServerOps:
         self,
         *,
         http: tuple[str, int] | None,
+        metrics: bool | None = None,
         console: bool = True,
         token_file: str | None = None,
         insecure: bool = False,
         api_prefix: tuple[str, ...] = (),
     ):
         self.http_address = http
-        self.console = console and http is not None
+        self.console = console
         self.token_file = token_file
         self.insecure = insecure
         self.api_prefix = api_prefix
         self.registry = CollectorRegistry()
-        self.metrics = ServerMetrics(self.registry) if http is not None else None
+        # a worker of --workers N counts without serving HTTP (its supervisor does: ops.workers)
+        counting = http is not None if metrics is None else metrics
+        self.metrics = ServerMetrics(self.registry) if counting else None
         self.http: OpsHttp | None = None
         self.token: str | None = None
         self.console_app = None
         self.console_url: str | None = None
-
-    def check(self) -> None:
-        """Refuse an open console off loopback (insecure mode has no administrator to ask for)."""
-        if self.console and self.insecure and not is_loopback(self.http_address[0]):
-            raise ValueError(
-                f"--http {self.http_address[0]}: in --insecure mode the console is served on loopback "
-                "only; use a loopback address, --no-console, or a secured server (without --insecure)"
-            )
 
     def wrap_site(self, site, outer: bool = False):
         return InstrumentedSite(site, self.metrics, outer=outer, prefix=self.api_prefix)
@@ -128,7 +123,7 @@ class ServerOps:
             return None
 
         extend = None
-        if self.console:
+        if self.console and self.http_address is not None:
             from .console import Console
 
             if not self.insecure:
@@ -141,7 +136,7 @@ class ServerOps:
             self.http_address, self.registry, ready=ready, actor="scm-s", extend=extend
         )
         lines = [f"metrics {self.http.url}/metrics (health {self.http.url}/healthz)"]
-        if self.console:
+        if self.console_app is not None:
             url = f"{self.http.url}/console/"
             if self.token and not self.token_file:
                 url += f"#token={self.token}"

@@ -13,6 +13,7 @@ The counterpart of ``msgin5g config`` for the SU_UserProfile API, with the same 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..model import ModelError
 from ..profiles import PROFILE_DOC_ID_KEY, validate_profile_doc
 from ..scmc import ScmClient, ScmClientError
 from ..security.registry import CredentialsError
-from .cli import credentials_opt, identity_opt, server_opt, service_opt
+from .cli import Refused, credentials_opt, emit, identity_opt, output_options, server_opt, service_opt
 from .files import ProvisioningError
 
 
@@ -116,10 +117,11 @@ def _run(server: str, service_id: str, identity: str | None, credentials, operat
 
     try:
         return asyncio.run(run())
-    except (ScmClientError, CredentialsError) as e:
+    except ScmClientError as e:  # exit status by the answer: 3 for 4.01/4.03, 4 for 4.04, else 1
+        raise Refused(str(e), e.code) from None
+    except CredentialsError as e:
         raise click.ClickException(str(e)) from None
-    except (TimeoutError, OSError) as e:
-        raise click.ClickException(f"no answer from {server}: {e or type(e).__name__}") from None
+    # unreachable server, time-outs: one line and exit status 2 from the command group (clicommon.explain)
 
 
 @click.group()
@@ -133,7 +135,8 @@ def profile() -> None:
 @service_opt
 @identity_opt
 @credentials_opt
-def import_(file, server, service_id, identity, credentials) -> None:
+@output_options
+def import_(file, server, service_id, identity, credentials, as_json, quiet) -> None:
     """Import FILE (.json/.yaml list of ProfileDoc). All or nothing."""
     try:
         docs = load_profiles(file)
@@ -144,10 +147,17 @@ def import_(file, server, service_id, identity, credentials) -> None:
         created: list[str] = []
         try:
             for i, doc in enumerate(docs):
+                # a POST already sent when Ctrl-C comes may have created its profile: wait for its
+                # answer, so that the rollback knows it (all or nothing, also when interrupted)
+                task = asyncio.ensure_future(client.create(doc))
                 try:
-                    created.append((await client.create(doc))[PROFILE_DOC_ID_KEY])
+                    created.append((await asyncio.shield(task))[PROFILE_DOC_ID_KEY])
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        created.append((await task)[PROFILE_DOC_ID_KEY])
+                    raise
                 except ScmClientError as e:
-                    raise click.ClickException(f"entry {i}: the server refused it: {e}") from None
+                    raise Refused(f"entry {i}: the server refused it: {e}", e.code) from None
         except BaseException:
             for doc_id in created:  # roll back, so that nothing is half-imported
                 try:
@@ -158,9 +168,8 @@ def import_(file, server, service_id, identity, credentials) -> None:
         return created
 
     created = _run(server, service_id, identity, credentials, create_all)
-    click.echo(f"imported {len(created)} user profiles into {service_id} via {server}")
-    for doc_id in created:
-        click.echo(doc_id)
+    text = "\n".join([f"imported {len(created)} user profiles into {service_id} via {server}", *created])
+    emit(as_json, quiet, text, created)
 
 
 @profile.command("list")
@@ -174,12 +183,14 @@ def import_(file, server, service_id, identity, credentials) -> None:
 @service_opt
 @identity_opt
 @credentials_opt
-@click.option("--json", "as_json", is_flag=True)
-def list_(val_tgt_ue, server, service_id, identity, credentials, as_json) -> None:
+@output_options
+def list_(val_tgt_ue, server, service_id, identity, credentials, as_json, quiet) -> None:
     """List the user profiles of one VAL user or VAL UE."""
     docs = _run(server, service_id, identity, credentials, lambda c: c.list_for(val_tgt_ue))
     if as_json:
         click.echo(json.dumps(docs, indent=1))
+        return
+    if quiet:
         return
     table = Table(title=f"{len(docs)} user profiles of {val_tgt_ue} ({service_id})")
     for col in ("profileDocId", "profileName", "target", "status", "default", "configTypes"):
@@ -206,10 +217,12 @@ def list_(val_tgt_ue, server, service_id, identity, credentials, as_json) -> Non
 @service_opt
 @identity_opt
 @credentials_opt
-def get(doc_id, server, service_id, identity, credentials) -> None:
-    """Print one user profile as JSON."""
+@output_options
+def get(doc_id, server, service_id, identity, credentials, as_json, quiet) -> None:
+    """Print one user profile as JSON (-q: nothing; the exit status says whether it exists)."""
     doc = _run(server, service_id, identity, credentials, lambda c: c.get_doc(doc_id))
-    click.echo(json.dumps(doc, indent=1))
+    if as_json or not quiet:
+        click.echo(json.dumps(doc, indent=1))
 
 
 @profile.command("delete")
@@ -218,7 +231,8 @@ def get(doc_id, server, service_id, identity, credentials) -> None:
 @service_opt
 @identity_opt
 @credentials_opt
-def delete(doc_id, server, service_id, identity, credentials) -> None:
+@output_options
+def delete(doc_id, server, service_id, identity, credentials, as_json, quiet) -> None:
     """Delete one user profile."""
     _run(server, service_id, identity, credentials, lambda c: c.delete(doc_id))
-    click.echo(f"deleted {doc_id}")
+    emit(as_json, quiet, f"deleted {doc_id}", {"deleted": doc_id})

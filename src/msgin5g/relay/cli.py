@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 
 import click
 
-from ..clicommon import http_option, log_options, report_counters, setup_logging
-from .shell import DEFAULT_ADMIN_PORT, DEFAULT_PC5_PORT, RelaySettings, parse_hostport, start_relay
+from ..clicommon import ActorOutput, http_option, log_options, output_options, setup_logging
+from .shell import (
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_PC5_PORT,
+    RelaySettings,
+    parse_hostport,
+    parse_server_uri,
+    start_relay,
+)
 
 
 def _hostport(default_port: int):
@@ -25,7 +31,18 @@ def _hostport(default_port: int):
     return convert
 
 
-async def _run(settings: RelaySettings, http=None) -> dict:
+def _server_uri(ctx, param, value: str) -> str:
+    """``--server``: checked before anything starts (a usage error, exit status 2)."""
+    try:
+        parse_server_uri(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"give coap://HOST[:PORT] (the relay's Uu side is UDP), not {value!r}"
+        ) from None
+    return value
+
+
+async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = None) -> dict:
     from ..ops.actors import relay_registry
     from ..ops.http import serve_ops
 
@@ -39,16 +56,19 @@ async def _run(settings: RelaySettings, http=None) -> dict:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    out = out or ActorOutput("relay")
     host, port = relay.pc5_address
-    click.echo(
+    out.banner(
         f"relay ({settings.mode}) listening on {host}:{port} (PC5), relaying to {settings.server_uri}; "
         f"max {settings.max_links} links{', auto-link' if settings.auto_link else ''}"
     )
     if relay.admin_uri:
-        click.echo(f"counters: {relay.admin_uri}")
+        out.banner(f"counters: {relay.admin_uri}")
+    ready = {"ready": "relay", "listen": {"pc5": [host, port], "admin": relay.admin_uri}}
     if ops is not None:
-        click.echo(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
-    click.echo(json.dumps({"ready": "relay", "listen": {"pc5": [host, port], "admin": relay.admin_uri}}))
+        out.banner(f"metrics {ops.url}/metrics (health {ops.url}/healthz)")
+        ready["http"] = ops.url
+    out.ready(ready)
     try:
         await stop.wait()
     finally:
@@ -72,7 +92,10 @@ async def _run(settings: RelaySettings, http=None) -> dict:
     "server_uri",
     default="coap://127.0.0.1:5683",
     show_default=True,
-    help="The configuration management server functionality (SCM-S) the relay forwards to.",
+    envvar="MSGIN5G_SERVER",
+    callback=_server_uri,
+    help="The configuration management server functionality (SCM-S) the relay forwards to. "
+    "[env: MSGIN5G_SERVER]",
 )
 @click.option(
     "--mode",
@@ -117,6 +140,7 @@ async def _run(settings: RelaySettings, http=None) -> dict:
 )
 @http_option()
 @log_options
+@output_options
 def relay(
     listen,
     server_uri,
@@ -129,6 +153,8 @@ def relay(
     http,
     verbose,
     log_format,
+    as_json,
+    quiet,
 ) -> None:
     """MSGin5G Relay UE: relay constrained UEs' configuration GETs to the SCM-S (TS 24.538 6.2.2.1)."""
     setup_logging(verbose, log_format)
@@ -144,5 +170,6 @@ def relay(
         link_timeout=link_timeout,
         max_exchanges=max_exchanges,
     )
-    snapshot = asyncio.run(_run(settings, http))
-    report_counters("relay", snapshot["counters"])
+    out = ActorOutput("relay", as_json, quiet)
+    snapshot = asyncio.run(_run(settings, http, out))
+    out.counters(snapshot["counters"])

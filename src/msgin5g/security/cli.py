@@ -58,12 +58,17 @@ def _where(db_url, registry_dir):
 
 
 def _open(db_url):
+    from ..clicommon import EXIT_PRECONDITION, TARGET, explain
     from ..store import open_store
 
+    TARGET["db"] = db_url
     try:
         return open_store(db_url)
-    except Exception as e:  # a URL that names no reachable store: one line, no traceback
-        raise click.ClickException(f"cannot open the store {db_url}: {e}") from None
+    except Exception as e:  # a URL that names no reachable store: one line, no traceback, status 2
+        known = explain(e)
+        err = click.ClickException(known[0] if known else f"cannot open the store {db_url}: {e}")
+        err.exit_code = EXIT_PRECONDITION
+        raise err from None
 
 
 @click.group()

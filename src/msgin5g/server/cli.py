@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 
 import click
 
 from ..clicommon import (
     EXIT_PRECONDITION,
+    ActorOutput,
     db_option,
     http_option,
     log_options,
-    report_counters,
+    output_options,
     run_until_signal,
     setup_logging,
 )
@@ -178,6 +177,7 @@ def _seal_cf(param, value):
 )
 @click.option("--no-console", is_flag=True, help="Serve only /metrics and the health checks over --http.")
 @log_options
+@output_options
 def server(
     host,
     port,
@@ -212,6 +212,8 @@ def server(
     no_console,
     verbose,
     log_format,
+    as_json,
+    quiet,
 ) -> None:
     """Run the configuration management server (SCM-S) over UDP, TCP and optionally WebSockets.
 
@@ -225,19 +227,32 @@ def server(
             fg="red",
             err=True,
         )
+    out = ActorOutput("server", as_json, quiet)
+    try:
+        n_workers = worker_count(workers)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--workers") from None
+    from ..ops.address import check_console_address
+
+    try:
+        check_console_address(http, console=not no_console, insecure=insecure)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    metrics_dir = None
+    if n_workers > 1 and http is not None:
+        from ..ops.workers import prepare_multiprocess_dir
+
+        metrics_dir = prepare_multiprocess_dir()  # before prometheus_client is first imported
     from ..ops.server import ServerOps
 
     ops = ServerOps(
-        http=http,
+        http=None if metrics_dir else http,
+        metrics=http is not None,
         console=not no_console,
         token_file=console_token_file,
         insecure=insecure,
         api_prefix=tuple(p for p in api_prefix.split("/") if p),
     )
-    try:
-        ops.check()
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
     cfg = ServerConfig(
         host=host,
         port=port,
@@ -270,17 +285,9 @@ def server(
         wrap_site=ops.wrap_site,
     )
 
-    try:
-        n_workers = worker_count(workers)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--workers") from None
     if n_workers > 1:
-        if http is not None:
-            # the metrics are ready for prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR),
-            # but the worker supervisor has no event loop to serve them from yet
-            raise click.UsageError("--http is served by a single server process; use it without --workers")
         try:
-            run_supervised(cfg, n_workers, lambda uri: click.echo(f"listening {uri}"))
+            _run_workers(cfg, n_workers, out, ops, http, metrics_dir, console_token_file, not no_console)
         except ServerStartError as e:
             err = click.ClickException(str(e))
             err.exit_code = EXIT_PRECONDITION
@@ -290,10 +297,10 @@ def server(
     async def start() -> RunningServer:
         running = await start_server(cfg)
         for uri in running.listeners:
-            click.echo(f"listening {uri}", err=False)
+            out.banner(f"listening {uri}")
         try:
             for line in await ops.start(running):
-                click.echo(line)
+                out.banner(line)
         except OSError as e:
             await running.close()
             raise ServerStartError(f"cannot serve HTTP on {http[0]}:{http[1]}: {e}") from None
@@ -303,13 +310,12 @@ def server(
         if ops.console_url:
             ready["console"] = ops.console_url
         # one machine-readable line for supervisors (msgin5g demo): scheme → base URI
-        click.echo(json.dumps(ready))
-        sys.stdout.flush()
+        out.ready(ready)
         return running
 
     async def stop(running: RunningServer) -> None:
         log.info("stopping")
-        report_counters("server", dict(running.service.counters))
+        out.counters(dict(running.service.counters))
         await ops.close()
         await running.close()
 
@@ -319,3 +325,36 @@ def server(
         err = click.ClickException(str(e))
         err.exit_code = EXIT_PRECONDITION  # port taken, refused insecure address: fix and retry
         raise err from None
+
+
+def _run_workers(cfg, n, out: ActorOutput, ops, http, metrics_dir, token_file, console) -> None:
+    """``--workers N`` (SPEC D14), with ``--http`` served by the supervisor (:mod:`..ops.workers`)."""
+    side = hook = None
+    if metrics_dir is not None:
+        from ..ops.workers import WorkersHttp, worker_hook
+
+        side = WorkersHttp(cfg, http, console=console, token_file=token_file)
+        hook = worker_hook(ops)
+    ready: dict = {"ready": "scm-s", "listen": {}, "workers": n}
+
+    def announce(line: str) -> None:
+        out.banner(line)
+        kind, _, value = line.partition(" ")
+        if kind == "listening":
+            ready["listen"][value.split("://")[0]] = value
+        elif kind == "metrics":
+            ready["http"] = value.split("/metrics")[0]
+        elif kind == "console":
+            ready["console"] = value
+
+    try:
+        run_supervised(cfg, n, announce, hook=hook, side=side, ready=lambda: out.ready(ready))
+        if metrics_dir is not None:  # every worker wrote its counts back when it stopped
+            from ..ops.workers import service_counters
+
+            out.counters(service_counters())
+    finally:
+        if metrics_dir is not None:
+            from ..ops.workers import remove_multiprocess_dir
+
+            remove_multiprocess_dir(metrics_dir)

@@ -304,14 +304,24 @@ class Console:
 
     # -- live counters (server-sent events) ------------------------------------------------------
     def counters(self) -> dict:
-        out = {f"service.{k}": v for k, v in sorted(self.running.service.counters.items())}
+        """The service's counters and the requests by outcome, from the metrics when there are
+        (with ``--workers``: every worker's), else from this process's service."""
+        service: dict[str, int] | None = None
+        out: dict[str, int] = {}
         if self.registry is not None:
             for metric in self.registry.collect():
+                totals = [s for s in metric.samples if s.name.endswith("_total")]
                 if metric.name == "msgin5g_server_requests":
-                    for s in metric.samples:
-                        if s.name.endswith("_total"):
-                            key = f"requests.{s.labels['outcome']}"
-                            out[key] = out.get(key, 0) + int(s.value)
+                    for s in totals:
+                        key = f"requests.{s.labels['outcome']}"
+                        out[key] = out.get(key, 0) + int(s.value)
+                elif metric.name == "msgin5g_server_service_events":
+                    service = service or {}
+                    for s in totals:
+                        service[s.labels["event"]] = service.get(s.labels["event"], 0) + int(s.value)
+        if service is None:
+            service = dict(self.running.service.counters)
+        out.update({f"service.{k}": v for k, v in sorted(service.items())})
         out["stored_documents"] = self._stored()
         return out
 
