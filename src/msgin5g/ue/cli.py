@@ -75,7 +75,7 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
 
 
 @ue.command("get-config")
-@server_option(help_text="apiRoot of the SCM-S (coap://, coap+tcp://, coap+ws://).")
+@server_option(help_text="apiRoot of the SCM-S (coap://, coap+tcp://, coap+ws://; coaps:// with a PSK file).")
 @click.option(
     "--via-relay", default=None, metavar="HOST:PORT", help="Ask through a Relay UE (PC5, SPEC §3.2)."
 )
