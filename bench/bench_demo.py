@@ -4,8 +4,9 @@ Each configuration runs the real command (every actor its own process, the count
 leg) with ``--report`` into a scratch directory, then reads its ``summary.json``: wall time of the
 command, time of the UE phase, the gateway path's Uu messages and bytes and latency, and the peak
 resident memory (VmHWM) of every process. Bulk is set against ``--no-bulk`` measured in the same
-run — the baseline is per-UE configuration through the same gateway, on the same wire. Every UE's
-outcome is checked by the demo itself; a run that is not OK fails the benchmark.
+run — the baseline is per-UE configuration through the same gateway, on the same wire. Secured (the
+default, SPEC D12) is also set against ``--insecure`` (bulk over UDP, target ≤ 1.5× the wall
+time). Every UE's outcome is checked by the demo itself; a run that is not OK fails the benchmark.
 
 Usage: ``python bench/bench_demo.py [--ues 10000] [--transports udp tcp] [--json]``
 """
@@ -71,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("extra", nargs="*", help="further demo options, after --")
     args = ap.parse_args(argv)
     runs = [run_once(args.ues, t, bulk, args.extra) for t in args.transports for bulk in (True, False)]
+    secured = next((r for r in runs if r["transport"] == "udp" and r["bulk"]), None)
+    insecure = None
+    if secured is not None and "--insecure" not in args.extra:
+        insecure = run_once(args.ues, "udp", True, [*args.extra, "--insecure"])
     if args.json:
-        print(json.dumps(runs, indent=1))
+        print(json.dumps({"runs": runs, "insecure": insecure}, indent=1))
         return 0
     print(f"msgin5g demo --ues {args.ues:,}: every UE checked against its provisioning in every run\n")
     head = (
@@ -99,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{t.upper()}: bulk sends {b['uu_messages'] / s['uu_messages']:.3f}× the Uu messages and "
             f"{b['uu_bytes'] / s['uu_bytes']:.2f}× the Uu bytes of --no-bulk for {b['ues']:,} gateway UEs; "
             f"wall time {bulk['wall_s'] / single['wall_s']:.2f}×"
+        )
+    if insecure is not None:
+        print(
+            f"secured vs --insecure (bulk, UDP): {secured['wall_s']:.1f} s vs {insecure['wall_s']:.1f} s "
+            f"wall = {secured['wall_s'] / insecure['wall_s']:.2f}× (target ≤ 1.5×); UE phase "
+            f"{secured['ue_phase_s']:.1f} s vs {insecure['ue_phase_s']:.1f} s"
         )
     return 0
 

@@ -154,7 +154,7 @@ def credentials_option(help_text: str = "OSCORE credentials file (msgin5g keys a
 def _load_credentials(ctx, param, value):
     if value is None:
         return None
-    from .security.registry import CredentialsError, load_credentials
+    from .security.credentials import CredentialsError, load_credentials
 
     try:
         return load_credentials(value)

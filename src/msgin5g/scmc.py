@@ -24,7 +24,8 @@ from .authz import LAB_IDENTITY_OPTION
 from .codec import CF_CBOR, decode, encode
 from .outcome import ConfigResult, Msgin5gConfig, Outcome, result_from_docs, result_from_problem
 from .problem import CF_PROBLEM, Problem, code_text, decode_problem
-from .security.registry import ClientCredentials, SingleContext
+from .security.credentials import KeyCredentials as ClientCredentials
+from .security.credentials import SingleContext
 
 
 class ScmClientError(Exception):
@@ -149,8 +150,8 @@ class ScmClient:
     def _coaps_psk(self):
         """The PSK credentials for a coaps:// apiRoot (None: not coaps); a mismatch of scheme and
         credentials is one :class:`CredentialsError` line."""
+        from .security.credentials import CredentialsError
         from .security.dtls import PskCredentials
-        from .security.registry import CredentialsError
 
         psk = isinstance(self.credentials, PskCredentials)
         if not self.api_root.startswith("coaps://"):

@@ -242,7 +242,8 @@ def test_import_missing_file(tmp_path):
         "--db",
         f"sqlite:///{tmp_path}/d.db",
     )
-    assert p.returncode != 0 and "nope.json, open" in p.stderr
+    assert p.returncode == 2 and "nope.json" in p.stderr and "does not exist" in p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "d.db").exists()
 
 
 def test_direct_import_and_gateway_registry(tmp_path, fleet_files):

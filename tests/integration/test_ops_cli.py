@@ -124,6 +124,24 @@ def test_store_failures_are_one_line_exit_2(tmp_path):
             one_line_error(p, needle)
 
 
+def test_missing_file_is_a_usage_error_exit_2(tmp_path):
+    """A FILE that does not exist is a usage error (exit 2, one line naming it) for every command
+    that reads one — before any store or server is touched."""
+    missing = str(tmp_path / "nope.json")
+    for cmd in (
+        ["config", "import", missing],
+        ["config", "import", missing, "--direct", "--db", f"sqlite:///{tmp_path}/x.db"],
+        ["config", "apply", missing],
+        ["config", "update", "doc-1", missing],
+        ["profile", "import", missing],
+        ["keys", "import", missing, "--db", f"sqlite:///{tmp_path}/x.db", "--out", str(tmp_path / "b.jsonl")],
+    ):
+        p = run(*cmd, timeout=30)
+        assert p.returncode == 2, (cmd, p.stderr)
+        one_line_error(p, "nope.json", "does not exist")
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_exit_4_on_404_and_3_on_403(srv):
     p = run("config", "get", "nope", "--server", srv.api_root)
     assert p.returncode == 4

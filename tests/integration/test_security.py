@@ -6,7 +6,7 @@ with real key files. The authorization matrix runs every requester against every
 operation, asserting the code and that no foreign configuration travels in the body. Then: one
 uniform 4.01 for everything unverifiable, live revocation, the relay passing OSCORE through
 (tampering and replay rejected by the server, a tampered answer rejected by the UE), the gateway
-path, and restarts — clean and after kill -9 — that keep replay protection.
+path (in test_security_gateway.py), and restarts — clean and after kill -9 — that keep replay protection.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiocoap.optiontypes import OpaqueOption
 from aiocoap.transports.oscore import OSCOREAddress
 
 from msgin5g.api import collection_uri, config_query_uri
-from msgin5g.authz import LAB_IDENTITY_OPTION, UNAUTHENTICATED, parse_identity
+from msgin5g.authz import LAB_IDENTITY_OPTION, UNAUTHENTICATED
 from msgin5g.codec import CF_CBOR
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
@@ -36,7 +36,6 @@ from msgin5g.problem import CF_PROBLEM
 from msgin5g.relay.shell import RelaySettings, start_relay
 from msgin5g.security.credentials import KeyCredentials
 from msgin5g.security.endpoint import ClientProtection, forward_proxy_request
-from msgin5g.security.registry import ClientCredentials, Registry
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
 from msgin5g.ue.constrained import ConstrainedUe
@@ -773,190 +772,9 @@ def test_keys_cli_and_secured_server_end_to_end(tmp_path):
         proc.stop()
 
 
-# -- through the gateway: its own leg, and the gateway's own identity towards the SCM-S ---------------
-
-
-@dataclass
-class GatewayKeys:
-    scm: Path  # the SCM-S's store, with the gateway's key
-    gw: Registry  # the gateway's registry, with the constrained UEs' keys
-    gateway: KeyCredentials
-    ue: ClientCredentials
-    other: ClientCredentials
-
-
-def gateway_keys(tmp_path, algorithm: str = "AES-CCM-16-64-128") -> GatewayKeys:
-    scm, gw = tmp_path / "scm.db", Registry(tmp_path / "gw-keys")
-    gateway = store_keys(scm, {"gw1": "gateway:gw1"}, tmp_path, algorithm=algorithm)["gw1"]
-    _, ue = gw.add(parse_identity(f"ue:{ME}"), tmp_path / "ue-at-gw.json")
-    _, other = gw.add(parse_identity(f"ue:{OTHER}"), tmp_path / "other-at-gw.json")
-    return GatewayKeys(scm, gw, gateway, ue, other)
-
-
-@contextlib.asynccontextmanager
-async def secured_gateway(
-    srv, keys: GatewayKeys, tmp_path, port: int = 0, max_wait: float = 0.05, scheme: str = "coap"
-):
-    from msgin5g.gateway.policy import ServicePolicy
-    from msgin5g.gateway.shell import GatewayConfig, GatewayUe
-    from msgin5g.gateway.upstream import UpstreamScmc as GatewayScmClient
-
-    cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway)
-    config = GatewayConfig(
-        port=port,
-        state_path=str(tmp_path / "gw-state.db"),
-        security=str(keys.gw.path),
-        policy=ServicePolicy(max_wait=max_wait),
-    )
-    gw = await GatewayUe(config, cm).start()
-    try:
-        yield gw
-    finally:
-        await gw.close()
-
-
-@pytest.mark.parametrize("scheme", ["coap", "coap+tcp"])
-async def test_gateway_path_secured(tmp_path, scheme):
-    """Constrained UE ─OSCORE (gateway's key)─► Gateway UE ─OSCORE (gateway's own key)─► SCM-S:
-    each UE gets only its own configuration; the SCM-S authorizes the gateway per UE through its
-    registry entry (TS 33.501 Annex Y; SPEC D12)."""
-    from msgin5g.ue.via_gateway import get_config_via_gateway
-
-    keys = gateway_keys(tmp_path)
-    srv = await secured_server(tmp_path, keys.scm)
-    try:
-        provision(srv)
-        async with secured_gateway(srv, keys, tmp_path, scheme=scheme) as gw:
-
-            async def ask(ue_uri, creds):
-                sec = creds.security_context() if creds else None
-                return await get_config_via_gateway(
-                    "127.0.0.1", gw.port, ue_uri=ue_uri, security=sec, timeout=10
-                )
-
-            mine = await ask(ME, keys.ue)
-            assert mine.outcome is Outcome.CONFIGURED and SECRET[ME] in mine.config.ue_service_id
-            # OTHER for itself: the SCM-S's per-UE 4.03 (the gateway's registry entry does not cover it)
-            other = await ask(OTHER, keys.other)
-            assert other.outcome is Outcome.FORBIDDEN
-            # OTHER's key asking for ME: refused by the gateway itself, nothing of ME's leaks
-            spoof = await ask(ME, keys.other)
-            assert spoof.outcome is Outcome.FORBIDDEN and spoof.config is None
-            assert gw.stats["forbidden"] == 1
-            # unprotected, and with a key the gateway does not know (the gateway's own SCM-S key)
-            bare = await ask(ME, None)
-            assert bare.outcome is Outcome.ERROR and bare.code == C401
-            stranger = await ask(ME, keys.gateway)
-            assert stranger.outcome is Outcome.ERROR and stranger.code == C401
-            assert gw.stats["unauthenticated"] == 2
-        assert srv.service.counters.get("bulk-requests", 0) >= 1
-        assert srv.keyring.counters["contexts-loaded"] == 1  # only the gateway talks to the SCM-S
-    finally:
-        await srv.close()
-
-
-async def test_gateway_answers_a_stored_request_after_restart_protected(tmp_path):
-    """The request binding is stored with the request: a gateway restarted before answering
-    still answers with protection the UE verifies (a fresh nonce, never the request's)."""
-    from msgin5g.ue.via_gateway import get_config_via_gateway
-
-    from .conftest import free_port
-
-    keys = gateway_keys(tmp_path)
-    srv = await secured_server(tmp_path, keys.scm)
-    port = free_port()
-    try:
-        provision(srv)
-        async with secured_gateway(srv, keys, tmp_path, port=port, max_wait=3600) as gw:
-            task = asyncio.ensure_future(
-                get_config_via_gateway(
-                    "127.0.0.1", port, ue_uri=ME, security=keys.ue.security_context(), timeout=30
-                )
-            )
-            for _ in range(500):
-                if gw.stats["stored"] == 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert gw.stats["stored"] == 1 and gw.stats["answers"] == 0
-        async with secured_gateway(srv, keys, tmp_path, port=port) as gw:
-            assert gw.stats["restored"] == 1
-            result = await asyncio.wait_for(task, 30)
-        assert result.outcome is Outcome.CONFIGURED and SECRET[ME] in result.config.ue_service_id
-    finally:
-        await srv.close()
-
-
-async def test_gateway_refused_by_the_scm_s_tells_its_ues(tmp_path):
-    """A gateway whose key the SCM-S revoked gets 4.01; its UEs get an error, never a configuration."""
-    from msgin5g.ue.via_gateway import get_config_via_gateway
-
-    keys = gateway_keys(tmp_path)
-    revoke(keys.scm, "gateway:gw1")
-    srv = await secured_server(tmp_path, keys.scm)
-    try:
-        provision(srv)
-        async with secured_gateway(srv, keys, tmp_path) as gw:
-            r = await get_config_via_gateway(
-                "127.0.0.1", gw.port, ue_uri=ME, security=keys.ue.security_context(), timeout=10
-            )
-        assert r.outcome is Outcome.ERROR and r.config is None and "4.01" in r.detail
-    finally:
-        await srv.close()
-
-
-@pytest.mark.parametrize(
-    ("scheme", "algorithm", "n"),
-    [
-        ("coap", "AES-CCM-16-64-128", 200),
-        ("coap+tcp", "AES-CCM-16-64-128", 1000),  # > 64 KiB: block-wise even over TCP
-        ("coap+tcp", "A128GCM", 1000),  # one message
-    ],
-)
-async def test_bulk_get_with_block_wise_follow_ups_is_protected(tmp_path, scheme, algorithm, n):
-    """A bulk answer larger than one block — a UDP block, or over TCP what one AES-CCM-protected
-    message can hold (65,535 bytes) — comes back over OSCORE with follow-ups that name only the bulk
-    configuration identifier (SPEC D7 b); each entry is the covered UE's or a 4.03."""
-    from msgin5g.bulk import BulkItem, decode_answer
-    from msgin5g.gateway.upstream import UpstreamScmc as GatewayScmClient
-
-    keys = gateway_keys(tmp_path, algorithm)
-    srv = await secured_server(tmp_path, keys.scm)
-    try:
-        srv.store.import_docs(
-            "msgin5g",
-            [make_doc(ranges=[{"tac": TAC, "snrRange": {"low": "0", "high": "9999"}}], service_id="s-{snr}")],
-        )
-        covered = 3 * n // 4
-        srv.store.set_gateway(
-            "gw1", {"imeiRanges": [{"tac": TAC, "snrRange": {"low": "0", "high": str(covered - 1)}}]}
-        )
-        cm = GatewayScmClient(f"{scheme}://127.0.0.1:{srv.port}", credentials=keys.gateway, max_ues=n)
-        try:
-            items = [BulkItem(imei_urn(TAC, i)) for i in range(n)]
-            outcomes = await cm.bulk_configure("msgin5g", items)
-        finally:
-            await cm.close()
-        entries = []
-        for o in outcomes:
-            assert o.code == 0x45
-            entries += decode_answer(o.payload)
-        assert len(entries) == n
-        for i, entry in enumerate(entries):
-            if i < covered:
-                assert json.loads(entry["ueConfigs"][0]["configData"])["ueServiceId"] == f"s-{i:06d}"
-            else:
-                assert entry["problem"][-4] == C403 and "ueConfigs" not in entry
-        if algorithm == "A128GCM":
-            assert len(outcomes) == 1 and cm.stats["block2-followups"] == 0
-        else:
-            assert cm.stats["block2-followups"] > 0
-    finally:
-        await srv.close()
-
-
 def test_demo_is_secured_by_default(tmp_path):
-    """``msgin5g demo`` makes keys for every identity and runs the SCM-S with --security; every UE
-    still gets exactly its outcome. ``--insecure`` runs the lab mode (SPEC D12)."""
+    """``msgin5g demo`` makes keys for every identity (the SCM-S secured by its store, the Gateway UE
+    with --oscore); every UE still gets exactly its outcome. ``--insecure`` runs the lab mode (SPEC D12)."""
     p = msgin5g("demo", "--ues", "40", "--report", str(tmp_path / "secured"), timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "OSCORE keys" in p.stdout and "INSECURE" not in p.stdout

@@ -217,3 +217,43 @@ def test_tls_internals_read_by_the_tweaks_still_exist():
 
     assert tweaks.prune_failed_tls_connections(Ctx()) == 1 and not server._pool
     assert tweaks.tls_peer_certificate(conn) is None
+
+
+@pytest.mark.parametrize(
+    ("salt", "sender", "recipient", "keys"),
+    [
+        # RFC 8613 Appendix C.1.1 (client, with Master Salt)
+        (
+            "9e7ca92223786340",
+            "",
+            "01",
+            (
+                "f0910ed7295e6ad4b54fc793154302ff",
+                "ffb14e093c94c9cac9471648b4f98710",
+                "4622d4dd6d944168eefb54987c",
+            ),
+        ),
+        # RFC 8613 Appendix C.2.1 (client, without Master Salt)
+        (
+            "",
+            "00",
+            "01",
+            (
+                "321b26943253c7ffb6003b0b64d74041",
+                "e57b5635815177cd679ab4bcec9d7dda",
+                "be35ae297d2dace910c52e99f9",
+            ),
+        ),
+    ],
+)
+def test_leased_context_derives_the_rfc_8613_test_vectors(salt, sender, recipient, keys):
+    """The context's own HKDF (one Extract, one HMAC per Expand) gives RFC 8613's test vectors."""
+    ctx = LeasedSecurityContext(
+        sender_id=bytes.fromhex(sender),
+        recipient_id=bytes.fromhex(recipient),
+        secret=bytes.fromhex("0102030405060708090a0b0c0d0e0f10"),
+        salt=bytes.fromhex(salt),
+        algorithm="AES-CCM-16-64-128",
+        lease=lambda n: (0, n),
+    )
+    assert (ctx.sender_key.hex(), ctx.recipient_key.hex(), ctx.common_iv.hex()) == keys

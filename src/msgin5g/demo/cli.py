@@ -480,6 +480,9 @@ def demo(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
     opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
+    from ..coap import aiocoap_tweaks
+
+    aiocoap_tweaks.install_process_tweaks()  # this process protects every UE's requests
     console = make_console(quiet or as_json)
     if report is not None:
         try:

@@ -30,8 +30,8 @@ from aiocoap.optiontypes import OpaqueOption
 from ..authz import LAB_IDENTITY_OPTION
 from ..outcome import ConfigResult, Outcome
 from ..scmc import ScmClient
+from ..security.credentials import KeyCredentials as ClientCredentials
 from ..security.endpoint import ClientProtection, UnprotectedResponse, forward_proxy_request
-from ..security.registry import ClientCredentials
 from ..ue.via_gateway import get_config_via_gateway
 from ..ue.via_relay import (
     CoapError,

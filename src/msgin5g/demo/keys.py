@@ -7,8 +7,9 @@ uses:
   and changes documents and the Gateway UE (one key file each), and every UE that talks to the
   SCM-S end to end — the constrained UEs behind the Relay UE (OSCORE passes through it), the phones
   and the observing UE — in one JSON Lines bundle;
-* the **Gateway UE's registry** (``msgin5g gateway --security``): every constrained UE behind the
-  gateway, for the MSGin5G-6 leg (standing in for PC5 unicast security, TS 33.503).
+* the **Gateway UE's keys**, rows in its state database (``msgin5g gateway --oscore``), made in one
+  batch: every constrained UE behind the gateway, for the MSGin5G-6 leg (standing in for PC5
+  unicast security, TS 33.503), their client side in a second bundle.
 
 A UE's key is its identity (``ue:<MSGin5G UE ID>``); an impostor asks, with its own key, for
 another UE's configuration and is refused by the SCM-S (4.03).
@@ -20,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..authz import Identity, Role, parse_identity
-from ..security.credentials import load_bundle, load_key
-from ..security.registry import ClientCredentials, Registry, release_credentials
+from ..security.credentials import KeyCredentials, load_bundle, load_key, release_credentials
 from ..security.storekeys import add_keys
 from ..store import open_store
+from ..store.keysqlite import SqliteKeyStore
 from .plan import GATEWAY_ID, FleetPlan
 from .plan import Path as UePath
 
@@ -32,11 +33,11 @@ ADMIN = "admin:demo"
 
 @dataclass
 class DemoKeys:
-    gateway_registry: Path
-    admin: object  # KeyCredentials
-    gateway: object  # KeyCredentials
-    at_scm: dict[str, object]  # MSGin5G UE ID → its key with the SCM-S (KeyCredentials, one bundle)
-    at_gateway: dict[str, ClientCredentials]  # MSGin5G UE ID → its key with the Gateway UE
+    gateway_state: Path  # the Gateway UE's state database, with its UEs' keys
+    admin: KeyCredentials
+    gateway: KeyCredentials
+    at_scm: dict[str, KeyCredentials]  # MSGin5G UE ID → its key with the SCM-S (one bundle)
+    at_gateway: dict[str, KeyCredentials]  # MSGin5G UE ID → its key with the Gateway UE (one bundle)
     bundle: Path  # the UEs' keys with the SCM-S
 
     @property
@@ -46,8 +47,8 @@ class DemoKeys:
 
 def make_keys(plan: FleetPlan, directory: Path, db_url: str) -> DemoKeys:
     """Credentials for every identity of ``plan`` (see the module docstring)."""
-    gw = Registry(directory / "gateway-keys")
     creds = directory / "credentials"
+    gateway_state = directory / "gateway-state.db"
     scm_ues = sorted({u.device for u in plan.ues if u.path is not UePath.GATEWAY})
     gw_ues = sorted({u.device for u in plan.ues if u.path is UePath.GATEWAY})
     store = open_store(db_url)
@@ -59,23 +60,21 @@ def make_keys(plan: FleetPlan, directory: Path, db_url: str) -> DemoKeys:
             add_keys(store, [Identity(Role.UE, d) for d in scm_ues], bundle)
     finally:
         store.close()
-    gw_made = gw.add_many(
-        [(Identity(Role.UE, d), creds / "gateway" / f"ue{i}.json") for i, d in enumerate(gw_ues)],
-        durable=False,
-    )
+    gw_bundle = creds / "gateway-ues.jsonl"
+    gw_store = SqliteKeyStore(gateway_state)
+    try:
+        if gw_ues:
+            add_keys(gw_store, [Identity(Role.UE, d) for d in gw_ues], gw_bundle)
+    finally:
+        gw_store.close()
     at_scm = {k.identity.name: k for k in load_bundle(bundle, prefetch=16).values()} if scm_ues else {}
+    at_gw = {k.identity.name: k for k in load_bundle(gw_bundle, prefetch=16).values()} if gw_ues else {}
     return DemoKeys(
-        gw.path,
-        load_key(creds / "admin.json"),
-        load_key(creds / "gateway.json"),
-        at_scm,
-        {c.identity.name: c for _, c in gw_made},
-        bundle,
+        gateway_state, load_key(creds / "admin.json"), load_key(creds / "gateway.json"), at_scm, at_gw, bundle
     )
 
 
-def done_with(creds: ClientCredentials | None) -> None:
-    """Write a UE's context back and close it once its procedure is over: a fleet of thousands
-    would otherwise hold a lock file open per UE."""
+def done_with(creds: KeyCredentials | None) -> None:
+    """Forget a UE's context once its procedure is over (a fleet of thousands)."""
     if creds is not None:
         release_credentials(creds)

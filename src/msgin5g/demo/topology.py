@@ -220,11 +220,10 @@ async def start_topology(
         cm = None
         # secured: its own key towards the SCM-S, and its UEs' keys on MSGin5G-6 (SPEC D12)
         uu_identity = ["--credentials", str(keys.gateway.path)] if keys else ["--gateway-id", GATEWAY_ID]
-        args = ["gateway", "--listen", "127.0.0.1:0", "--state", str(workdir / "gateway-state.db")]
-        if keys is not None:
-            # every UE's context stays loaded: no release and reload between request and answer
-            contexts = max(1024, min(len(keys.at_gateway), fd_limit // 2))
-            args += ["--security", str(keys.gateway_registry), "--max-open-contexts", str(contexts)]
+        state = keys.gateway_state if keys is not None else workdir / "gateway-state.db"
+        args = ["gateway", "--listen", "127.0.0.1:0", "--state", str(state)]
+        if keys is not None:  # its UEs' keys are rows of its state database
+            args += ["--oscore"]
         args += ["--bulk" if o.bulk else "--no-bulk", "--max-batch", str(o.max_batch)]
         args += ["--max-wait-ms", str(o.max_wait_ms)]
         if o.cm_client == "separate":

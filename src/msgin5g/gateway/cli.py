@@ -23,8 +23,9 @@ from ..clicommon import (
     setup_logging,
 )
 from ..coap import aiocoap_tweaks
+from ..security.credentials import CredentialsError
+from ..security.credentials import KeyCredentials as ClientCredentials
 from ..security.keys import RegistryError
-from ..security.registry import ClientCredentials, CredentialsError
 from .policy import ServicePolicy
 from .sealc import SealCClient, SealCServer
 from .shell import GatewayConfig, GatewayUe
@@ -244,17 +245,18 @@ def scm_c_options(credentials_help: str):
 )
 @scm_c_options("The gateway's OSCORE credentials with the SCM-S (collocated CM client).")
 @click.option(
-    "--security",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Key registry of the constrained UEs: MSGin5G-6 requests must be OSCORE-protected.",
+    "--oscore",
+    is_flag=True,
+    help="MSGin5G-6 requests must be OSCORE-protected with the constrained UEs' keys kept in the "
+    "state database (msgin5g keys import IDS.csv --db STATE --out BUNDLE).",
 )
 @click.option(
     "--max-open-contexts",
     type=click.IntRange(1, None),
-    default=1024,
+    default=65536,
     show_default=True,
-    help="Constrained UEs' OSCORE contexts kept loaded at once (each holds a lock file open).",
+    help="Constrained UEs' OSCORE contexts kept in memory at once (the rest are read from the state "
+    "database when asked for).",
 )
 @click.option("--no-cache", is_flag=True, help="Do not answer repeat requests from the cache.")
 @http_option()
@@ -273,7 +275,7 @@ def gateway(
     gateway_id,
     nstart,
     credentials,
-    security,
+    oscore,
     max_open_contexts,
     max_ues_per_get,
     no_cache,
@@ -297,7 +299,7 @@ def gateway(
         policy=policy,
         state_path=state or default_state_path(),
         cache=not no_cache,
-        security=security,
+        oscore=oscore,
         max_open_contexts=max_open_contexts,
     )
     where = f"SCM-S {server}" if cm_client == "collocated" else f"CM client {cm_client} (SEAL-C)"

@@ -34,8 +34,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..security.endpoint import Refused, ServerProtection, raw_options
-from ..security.registry import Registry
-from ..security.server import ServerKeyring
+from ..security.storekeys import StoreKeyring
+from ..store.keysqlite import SqliteKeyStore
 from . import wire
 from .core import (
     Ack,
@@ -82,10 +82,11 @@ class GatewayConfig:
     bulk_concurrency: int = 4  # bulk operations in flight towards the CM client
     single_concurrency: int = 64  # single forwards in flight (no bulk policy)
     record_answers: bool = False  # keep the order in which requests were answered (tests)
-    #: key registry of the constrained UEs (OSCORE on MSGin5G-6, standing in for PC5 unicast
-    #: security, TS 33.503; SPEC D12); None: the MSGin5G-6 side is not secured
-    security: str | None = None
-    max_open_contexts: int = 1024
+    #: OSCORE on MSGin5G-6 (standing in for PC5 unicast security, TS 33.503; SPEC D12), with the
+    #: constrained UEs' keys in the state database (``msgin5g keys import --db STATE``); False: the
+    #: MSGin5G-6 side is not secured
+    oscore: bool = False
+    max_open_contexts: int = 65536
 
     def core(self) -> CoreConfig:
         return CoreConfig(
@@ -99,7 +100,7 @@ class GatewayConfig:
 
 
 class OscoreOnMsgin5g6:
-    """The core's :class:`~.core.Security` with a key registry's contexts (SPEC D12)."""
+    """The core's :class:`~.core.Security` with the keys of the state database (SPEC D12)."""
 
     def __init__(self, protection: ServerProtection):
         self.protection = protection
@@ -262,9 +263,16 @@ class GatewayUe:
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> GatewayUe:
         self._loop = asyncio.get_running_loop()
-        if self.config.security is not None:
-            keyring = ServerKeyring(Registry(self.config.security), max_open=self.config.max_open_contexts)
-            self.protection = ServerProtection(keyring.open())
+        if self.config.oscore:
+            keys = SqliteKeyStore(self.config.state_path)
+            if keys.count_keys() == 0:
+                log.warning(
+                    "no active OSCORE key in %s: every MSGin5G-6 request will be refused (4.01); "
+                    "provision the UEs with 'msgin5g keys import UES.csv --gateway-state %s --out BUNDLE'",
+                    self.config.state_path,
+                    self.config.state_path,
+                )
+            self.protection = ServerProtection(StoreKeyring(keys, max_open=self.config.max_open_contexts))
             self.core.security = OscoreOnMsgin5g6(self.protection)
         self.queue = RequestQueue(self.config.state_path)
         self._endpoint = DatagramEndpoint.bind(self.config.host, self.config.port, self._on_burst)
@@ -298,8 +306,9 @@ class GatewayUe:
             self._endpoint.close()
         if self.queue is not None:
             self.queue.close()
-        if self.protection is not None:
-            self.protection.keyring.close()  # sequence numbers and replay windows written back
+        if self.protection is not None:  # every key's state is in the store already
+            self.protection.keyring.close()
+            self.protection.keyring.store.close()
         await self.cm.close()
 
     # -- events into the core ----------------------------------------------------------------------

@@ -49,8 +49,9 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 
 from .. import api
 from ..bulk import UDP_BULK_BUDGET, BulkGet, BulkItem, followup_query, pack, request_options
+from ..security.credentials import KeyCredentials as ClientCredentials
+from ..security.credentials import SingleContext
 from ..security.endpoint import max_plaintext
-from ..security.registry import ClientCredentials, SingleContext
 from .upstream_rules import (
     Done,
     Restart,

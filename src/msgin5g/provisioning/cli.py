@@ -35,7 +35,7 @@ from ..clicommon import (
     server_option,
 )
 from ..scmc import ScmClient, ScmClientError
-from ..security.registry import CredentialsError
+from ..security.credentials import CredentialsError
 from ..store import default_db_url, open_store
 from .docjson import for_people, for_wire, same_content
 from .files import ProvisioningError, iter_docs_in_worker, load
@@ -174,7 +174,7 @@ async def _rollback(client: ScmClient, created: list[str], restore: list[tuple[s
 
 
 @config.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @scm_options
 @click.option("--domain", default="msgin5g.example", show_default=True, help="valServiceDomain of CSV rows.")
 @click.option("--direct", is_flag=True, help="Write straight into the store (--db) in one transaction.")
@@ -230,7 +230,7 @@ async def _import_coap(client: ScmClient, docs: list[dict], quiet: bool = False)
 
 
 @config.command("apply")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @scm_options
 @click.option("--domain", default="msgin5g.example", show_default=True, help="valServiceDomain of CSV rows.")
 @click.option("--dry-run", is_flag=True, help="Only say what would change.")
@@ -328,7 +328,7 @@ async def _apply(client: ScmClient, docs: list[dict], dry_run: bool) -> dict:
 
 @config.command("update")
 @click.argument("doc_id")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @scm_options
 def update(doc_id, file, server, service_id, identity, credentials, as_json, quiet) -> None:
     """Replace document DOC_ID with the one document in FILE (.json/.yaml; configData an object or

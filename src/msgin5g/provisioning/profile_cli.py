@@ -27,7 +27,7 @@ from ..codec import CF_CBOR, decode, encode
 from ..model import ModelError
 from ..profiles import PROFILE_DOC_ID_KEY, validate_profile_doc
 from ..scmc import ScmClient, ScmClientError
-from ..security.registry import CredentialsError
+from ..security.credentials import CredentialsError
 from .cli import Refused, credentials_opt, emit, identity_opt, output_options, server_opt, service_opt
 from .files import ProvisioningError
 
@@ -130,7 +130,7 @@ def profile() -> None:
 
 
 @profile.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @server_opt
 @service_opt
 @identity_opt

@@ -7,16 +7,15 @@ verifies it names the requester; the key's row in the store maps that context to
 
 * :mod:`.keys` — pure: key identifiers, registry state and its transitions, the mapping from a
   verified context's claims to an identity (unit-tested without files or sockets);
-* :mod:`.storekeys` — the SCM-S's keys in its store (:mod:`msgin5g.store.keys`): provisioning
+* :mod:`.storekeys` — keys in a store (:mod:`msgin5g.store.keys`; the SCM-S's store, or a Gateway
+  UE's state database for its constrained UEs, :mod:`msgin5g.store.keysqlite`): provisioning
   (``keys add`` / ``keys import``) and the keyring every server process builds contexts from,
   with leased sequence numbers and the shared replay window (RFC 8613 App. B.1);
 * :mod:`.credentials` — the client side: key files and JSON Lines bundles, sequence numbers
   leased from ``FILE.state``;
-* :mod:`.registry` — the files of a Gateway UE's key registry directory (its constrained UEs'
-  keys; aiocoap ``FilesystemSecurityContext`` directories) and their credentials files;
 * :mod:`.server` — the secured site that verifies each request, claims it in the shared replay
   window after decryption, and answers every unprotected or unverifiable request with one 4.01
-  problem details; and the registry keyring of the Gateway UE;
+  problem details;
 * :mod:`.endpoint` — protection and verification for the project's own small CoAP clients
   (constrained UE through a relay or a gateway) and the gateway's MSGin5G-6 side, on aiocoap's
   ``protect`` / ``unprotect`` primitives;

@@ -1,10 +1,11 @@
 """``msgin5g keys``: provision OSCORE credentials (TS 24.546 6.2.1.2; TS 33.501 Annex Y; SPEC D12).
 
-With ``--db URL`` the keys are the SCM-S's, rows in its store (:mod:`msgin5g.store.keys`):
-``add`` makes one key and writes its key file, ``import`` makes one per identity of a CSV file in
-one transaction and writes one JSON Lines bundle, ``list`` shows them, ``revoke`` ends a key — every
-running server refuses it (4.01) from its next request on. With ``--registry DIR`` they are a
-Gateway UE's registry directory for its constrained UEs (``msgin5g gateway --security DIR``).
+The keys are rows of a database (:mod:`msgin5g.store.keys`), never a file per key: with ``--db
+URL`` the SCM-S's store; with ``--gateway-state FILE`` (or ``--db`` naming an existing gateway
+state file) a Gateway UE's state database, whose keys secure its constrained UEs' MSGin5G-6 leg
+(``msgin5g gateway --oscore``). ``add`` makes one key and writes its key file, ``import`` makes one
+per identity of a CSV file in one transaction and writes one JSON Lines bundle, ``list`` shows them,
+``revoke`` ends a key — every running server refuses it (4.01) from its next request on.
 Formats: docs/security.md.
 """
 
@@ -21,7 +22,6 @@ from rich.table import Table
 from ..authz import parse_identity
 from ..model import ModelError
 from .keys import ALGORITHMS, DEFAULT_ALGORITHM, KeyEntry, RegistryError, identity_arg, kid_for, parse_kid
-from .registry import Registry
 from .storekeys import add_keys, utc_now
 
 
@@ -37,43 +37,50 @@ def emit(as_json: bool, quiet: bool, text: str, value) -> None:
         click.echo(text)
 
 
-registry_opt = click.option(
-    "--registry",
-    "registry_dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="A Gateway UE's key registry directory (created by the first add) instead of --db.",
-)
-db_opt = click.option(
-    "--db",
-    "db_url",
-    default=None,
-    help="The SCM-S's store (sqlite:///path.db or postgresql://...) that holds its keys.",
-)
+def db_opt(f):
+    f = click.option(
+        "--gateway-state",
+        "gateway_state",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="A Gateway UE's state database (its --state; created if missing): the keys of its "
+        "constrained UEs, instead of --db.",
+    )(f)
+    return click.option(
+        "--db",
+        "db_url",
+        default=None,
+        help="The SCM-S's store (sqlite:///path.db or postgresql://...) that holds its keys.",
+    )(f)
 
 
-def _where(db_url, registry_dir):
-    if (db_url is None) == (registry_dir is None):
-        raise click.UsageError("give --db URL (the SCM-S's keys) or --registry DIR (a gateway's)")
-
-
-def _open(db_url):
+def _open(db_url, gateway_state):
+    """The key store named by --db or --gateway-state (exactly one of them)."""
     from ..clicommon import EXIT_PRECONDITION, TARGET, explain
-    from ..store import open_store
+    from ..store import open_store, sqlite_path
+    from ..store.keysqlite import SqliteKeyStore, is_gateway_state
 
-    TARGET["db"] = db_url
+    if (db_url is None) == (gateway_state is None):
+        raise click.UsageError("give --db URL (the SCM-S's keys) or --gateway-state FILE (a gateway's)")
+    where = db_url or gateway_state
+    TARGET["db"] = where
     try:
-        return open_store(db_url)
+        if gateway_state is not None:
+            return SqliteKeyStore(gateway_state), where
+        path = sqlite_path(db_url)
+        if path is not None and is_gateway_state(path):  # a gateway's: its keys, no SCM-S tables
+            return SqliteKeyStore(path), where
+        return open_store(db_url), where
     except Exception as e:  # a URL that names no reachable store: one line, no traceback, status 2
         known = explain(e)
-        err = click.ClickException(known[0] if known else f"cannot open the store {db_url}: {e}")
+        err = click.ClickException(known[0] if known else f"cannot open the key store {where}: {e}")
         err.exit_code = EXIT_PRECONDITION
         raise err from None
 
 
 @click.group()
 def keys() -> None:
-    """OSCORE credentials: add, list and revoke keys of a registry."""
+    """OSCORE credentials: import, add, list and revoke keys (--db or --gateway-state)."""
 
 
 def _identity(text: str, role: str | None):
@@ -92,7 +99,6 @@ def _identity(text: str, role: str | None):
     help="Role of IDENTITY; without it IDENTITY is ue:<uri>, gateway:<id> or admin[:<label>].",
 )
 @db_opt
-@registry_opt
 @click.option(
     "--out",
     required=True,
@@ -113,74 +119,50 @@ def _identity(text: str, role: str | None):
     '{"psk_identity": IDENTITY, "psk": TEXT} (--db only).',
 )
 @output_options
-def add(identity, role, db_url, registry_dir, out, algorithm, psk, as_json, quiet) -> None:
-    """Create a key for IDENTITY: server side in --db (or --registry), client side in --out."""
-    _where(db_url, registry_dir)
+def add(identity, role, db_url, gateway_state, out, algorithm, psk, as_json, quiet) -> None:
+    """Create a key for IDENTITY: server side in --db (or --gateway-state), client side in --out."""
     ident = _identity(identity, role)
     if psk and db_url is None:
         raise click.UsageError("--psk is for the SCM-S's keys: give --db URL")
-    if db_url is not None:
-        store = _open(db_url)
-        try:
-            (number,) = add_keys(store, [ident], out, algorithm, psk=psk)
-        except RegistryError as e:
-            raise click.ClickException(str(e)) from None
-        finally:
-            store.close()
-        kid = kid_for(number, algorithm).hex()
-        emit(
-            as_json,
-            quiet,
-            f"{ident}: key {kid} added to {db_url}\n{'coaps PSK file' if psk else 'credentials'}: {out}",
-            {"identity": str(ident), "kid": kid, "store": db_url, "credentials": str(out), "psk": psk},
-        )
-        return
+    store, where = _open(db_url, gateway_state)
     try:
-        entry, creds = Registry(registry_dir).add(ident, out, algorithm)
+        (number,) = add_keys(store, [ident], out, algorithm, psk=psk)
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        store.close()
+    kid = kid_for(number, algorithm).hex()
     emit(
         as_json,
         quiet,
-        f"{ident}: key {entry.kid.hex()} added to {registry_dir}\n"
-        f"credentials: {out} (OSCORE context {creds.context_dir})",
-        {**entry.to_json(), "registry": str(registry_dir), "credentials": str(out)},
+        f"{ident}: key {kid} added to {where}\n{'coaps PSK file' if psk else 'credentials'}: {out}",
+        {"identity": str(ident), "kid": kid, "store": where, "credentials": str(out), "psk": psk},
     )
 
 
 @keys.command("list")
 @db_opt
-@registry_opt
 @output_options
 @click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
-def list_(db_url, registry_dir, as_json, quiet, show_all) -> None:
-    """List the keys (of --db or --registry)."""
-    _where(db_url, registry_dir)
-    if db_url is not None:
-        store = _open(db_url)
-        try:
-            rows = list(store.iter_keys(include_revoked=show_all))
-        finally:
-            store.close()
-        entries = [
-            KeyEntry(
-                kid_for(r.number, r.algorithm), parse_identity(r.identity), r.created, r.revoked, r.algorithm
-            )
-            for r in rows
-        ]
-        registry_dir = db_url
-    else:
-        try:
-            state = Registry(registry_dir).load()
-        except RegistryError as e:
-            raise click.ClickException(str(e)) from None
-        entries = [e for e in state.entries.values() if show_all or e.active]
+def list_(db_url, gateway_state, as_json, quiet, show_all) -> None:
+    """List the keys (of --db or --gateway-state)."""
+    store, where = _open(db_url, gateway_state)
+    try:
+        rows = list(store.iter_keys(include_revoked=show_all))
+    finally:
+        store.close()
+    entries = [
+        KeyEntry(
+            kid_for(r.number, r.algorithm), parse_identity(r.identity), r.created, r.revoked, r.algorithm
+        )
+        for r in rows
+    ]
     if as_json:
         click.echo(json.dumps([{**e.to_json(), "role": e.identity.role.value} for e in entries], indent=1))
         return
     if quiet:
         return
-    table = Table(title=f"{len(entries)} keys in {registry_dir}")
+    table = Table(title=f"{len(entries)} keys in {where}")
     for col in ("kid", "identity", "role", "algorithm", "created", "status"):
         table.add_column(col, overflow="fold")
     for e in entries:
@@ -194,58 +176,41 @@ def list_(db_url, registry_dir, as_json, quiet, show_all) -> None:
 @click.option("--role", type=click.Choice(["ue", "gateway", "admin"]), default=None)
 @click.option("--kid", default=None, help="Revoke this one key (hex) instead of an identity's keys.")
 @db_opt
-@registry_opt
 @output_options
-def revoke(identity, role, kid, db_url, registry_dir, as_json, quiet) -> None:
+def revoke(identity, role, kid, db_url, gateway_state, as_json, quiet) -> None:
     """Revoke IDENTITY's active key (or --kid): running servers refuse it from their next request on."""
     if (identity is None) == (kid is None):
         raise click.UsageError("give IDENTITY or --kid")
-    _where(db_url, registry_dir)
-    if db_url is not None:
-        try:
-            number = int.from_bytes(parse_kid(kid), "big") if kid is not None else None
-        except RegistryError as e:
-            raise click.BadParameter(str(e), param_hint="--kid") from None
-        who = str(_identity(identity, role)) if identity is not None else None
-        store = _open(db_url)
-        try:
-            done = store.revoke_keys(utc_now(), identity=who, number=number)
-        finally:
-            store.close()
-        if not done:
-            raise click.ClickException(f"{who or 'key ' + kid}: no active key to revoke in {db_url}")
-        gone = [
-            (str(ident), None if n is None else int(n).to_bytes((int(n).bit_length() + 7) // 8, "big").hex())
-            for n, ident in done
-        ]
-        emit(
-            as_json,
-            quiet,
-            "\n".join(
-                f"{ident}: TLS client certificates revoked" if k is None else f"{ident}: key {k} revoked"
-                for ident, k in gone
-            ),
-            [{"identity": ident, "kid": k} for ident, k in gone],
-        )
-        return
     try:
-        if kid is not None:
-            revoked = Registry(registry_dir).revoke(kid=parse_kid(kid))
-        else:
-            revoked = Registry(registry_dir).revoke(identity=_identity(identity, role))
+        number = int.from_bytes(parse_kid(kid), "big") if kid is not None else None
     except RegistryError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="--kid") from None
+    who = str(_identity(identity, role)) if identity is not None else None
+    store, where = _open(db_url, gateway_state)
+    try:
+        done = store.revoke_keys(utc_now(), identity=who, number=number)
+    finally:
+        store.close()
+    if not done:
+        raise click.ClickException(f"{who or 'key ' + kid}: no active key to revoke in {where}")
+    gone = [
+        (str(ident), None if n is None else int(n).to_bytes((int(n).bit_length() + 7) // 8, "big").hex())
+        for n, ident in done
+    ]
     emit(
         as_json,
         quiet,
-        "\n".join(f"{e.identity}: key {e.kid.hex()} revoked" for e in revoked),
-        [e.to_json() for e in revoked],
+        "\n".join(
+            f"{ident}: TLS client certificates revoked" if k is None else f"{ident}: key {k} revoked"
+            for ident, k in gone
+        ),
+        [{"identity": ident, "kid": k} for ident, k in gone],
     )
 
 
 @keys.command("import")
 @click.argument("identities_csv", metavar="IDENTITIES.csv", type=click.Path(exists=True, dir_okay=False))
-@click.option("--db", "db_url", required=True, help="The SCM-S's store that holds its keys.")
+@db_opt
 @click.option(
     "--out",
     required=True,
@@ -256,7 +221,7 @@ def revoke(identity, role, kid, db_url, registry_dir, as_json, quiet) -> None:
     "--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM, show_default=True
 )
 @output_options
-def import_(identities_csv, db_url, out, algorithm, as_json, quiet) -> None:
+def import_(identities_csv, db_url, gateway_state, out, algorithm, as_json, quiet) -> None:
     """Make one key per identity of a CSV file (header ``identity``; ``ue:<MSGin5G UE ID>``,
     ``gateway:<id>``, ``admin:<label>``), all in one transaction, and write their bundle."""
     began = time.monotonic()
@@ -273,7 +238,7 @@ def import_(identities_csv, db_url, out, algorithm, as_json, quiet) -> None:
                 raise click.ClickException(f"{identities_csv} line {line}: {e}") from None
     if not identities:
         raise click.ClickException(f"{identities_csv}: no identities")
-    store = _open(db_url)
+    store, where = _open(db_url, gateway_state)
     try:
         numbers = add_keys(store, identities, out, algorithm)
     except RegistryError as e:
@@ -283,8 +248,8 @@ def import_(identities_csv, db_url, out, algorithm, as_json, quiet) -> None:
     emit(
         as_json,
         quiet,
-        f"{len(numbers)} keys added to {db_url} in {time.monotonic() - began:.1f} s; bundle: {out}",
-        {"added": len(numbers), "store": db_url, "bundle": str(out)},
+        f"{len(numbers)} keys added to {where} in {time.monotonic() - began:.1f} s; bundle: {out}",
+        {"added": len(numbers), "store": where, "bundle": str(out)},
     )
 
 
@@ -308,7 +273,7 @@ def cert(identity, role, db_url, out, as_json, quiet) -> None:
     for name in ("cert.pem", "key.pem", "ca.pem"):
         if (target / name).exists():
             raise click.ClickException(f"{target / name} exists; certificates are never overwritten")
-    store = _open(db_url)
+    store, _ = _open(db_url, None)
     try:
         ca_cert, ca_key = store.tls_ca(tls.new_ca)
         cert_pem, key_pem, serial = tls.issue(ca_cert, ca_key, identity=ident)

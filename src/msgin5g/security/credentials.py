@@ -22,11 +22,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiocoap.credentials import CredentialsMap
+
 from ..authz import Identity, parse_identity
 from ..coap.aiocoap_tweaks import LeasedSecurityContext
 from ..model import ModelError
 from .keys import ALGORITHMS, SERVER_SENDER_ID, RegistryError, parse_kid
-from .registry import CredentialsError
+
+
+class CredentialsError(RuntimeError):
+    """Credentials that cannot be used (missing or malformed)."""
+
 
 KEY_FORMAT = "msgin5g-oscore-key"
 KEY_VERSION = 1
@@ -245,3 +251,43 @@ def load_bundle(path: str | os.PathLike, prefetch: int = 0) -> dict[str, KeyCred
 def bundle_size(path: str | os.PathLike) -> int:
     with open(path, encoding="utf-8") as f:
         return sum(1 for ln in f if ln.strip())
+
+
+def load_credentials(path: str | os.PathLike):
+    """Read ``--credentials FILE``: a key file, or a bundle (a bundle of several keys comes back as
+    a :class:`KeyBundle` to choose from), or a coaps PSK file (``keys add --psk``: a
+    :class:`~msgin5g.security.dtls.PskCredentials`). Raises CredentialsError with the reason."""
+    from . import dtls as _psk
+
+    if _psk.is_psk_file(path):
+        try:
+            return _psk.load_psk_credentials(path)
+        except _psk.PskFileError as e:
+            raise CredentialsError(str(e)) from None
+    try:
+        if bundle_size(path) > 1:
+            return KeyBundle(Path(path).resolve())
+        return load_key(path)
+    except FileNotFoundError:
+        raise CredentialsError(f"{path}: no such credentials file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CredentialsError(f"{path}: not a readable credentials file: {e}") from None
+
+
+def release_credentials(credentials: KeyCredentials) -> None:
+    """Forget this process's context of ``credentials`` (a simulator done with one device)."""
+    credentials.release()
+
+
+class SingleContext(CredentialsMap):
+    """aiocoap client credentials naming one OSCORE context for every request of a client context
+    that talks to one server. aiocoap's own map matches each request's full URI against its
+    patterns — for a bulk GET with hundreds of ``ue-uri`` options that costs milliseconds."""
+
+    def __init__(self, context):
+        super().__init__()
+        self["*"] = context
+        self._context = context
+
+    def credentials_from_request(self, msg):
+        return self._context

@@ -77,11 +77,13 @@ def load_psk_file(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def is_psk_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PSK file (reads its first line only: a bundle can be large)."""
     try:
-        load_psk_file(path)
-    except PskFileError:
+        with open(path, encoding="utf-8") as f:
+            doc = json.loads(f.readline())
+    except (OSError, ValueError):
         return False
-    return True
+    return isinstance(doc, dict) and "psk_identity" in doc and "psk" in doc
 
 
 @dataclass(frozen=True)

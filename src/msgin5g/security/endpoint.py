@@ -145,8 +145,11 @@ def raw_options(message: Message) -> list[tuple[int, bytes]]:
 
 
 class ServerProtection:
-    """Verify requests and protect answers with the security contexts of a key registry (the
-    Gateway UE's MSGin5G-6 side, standing in for PC5 unicast security, TS 33.503; SPEC D12)."""
+    """Verify requests and protect answers with the keys of a :class:`~.storekeys.StoreKeyring` (the
+    Gateway UE's MSGin5G-6 side, its UEs' keys in its state database; standing in for PC5 unicast
+    security, TS 33.503; SPEC D12). A request is accepted only after it decrypted and the key's
+    replay window in the store took its sequence number (RFC 8613 §7.4): a revoked key is refused
+    at its next request, and a restart starts from the stored window (no Echo round trip)."""
 
     def __init__(self, keyring):
         self.keyring = keyring
@@ -162,11 +165,11 @@ class ServerProtection:
             return Refused(f"malformed: {e}")
         if message.code not in (Code.POST, Code.FETCH):
             return Refused(f"outer code {message.code}")
-        self.keyring.refresh()
-        try:
-            context = self.keyring.find_oscore(unprotected)
-        except KeyError:
-            return Refused("unknown or revoked key")
+        context = None
+        if unprotected.get(oscore.COSE_KID_CONTEXT) is None:
+            context = self.keyring.find(unprotected.get(oscore.COSE_KID))
+        if context is None:
+            return Refused("key unknown or revoked on this server")
         try:
             plain, request_id = context.unprotect(message)
         except oscore.ReplayErrorWithEcho as e:
@@ -174,10 +177,14 @@ class ServerProtection:
             inner.opt.content_format = CF_PROBLEM
             challenge, _ = e.secctx.protect(inner, request_id=e.request_id)
             return Refused("replay window unknown: Echo challenge", challenge)
+        except oscore.ReplayError:
+            return Refused("replay")
         except (oscore.ProtectionInvalid, ValueError) as e:
             return Refused(f"{type(e).__name__}: {e}")
-        identity = self.keyring.identity_for(context.authenticated_claims)
-        return VerifiedRequest(plain, identity, encode_binding(request_id))
+        verdict = self.keyring.claim_now(context, int.from_bytes(request_id.partial_iv, "big"))
+        if verdict.value != "accepted":
+            return Refused(verdict.value)
+        return VerifiedRequest(plain, context.key_identity, encode_binding(request_id))
 
     def protect(
         self, binding: bytes, code: int, options: list[tuple[int, bytes]], payload: bytes
@@ -185,9 +192,8 @@ class ServerProtection:
         """The protected (code, options, payload) of an answer to the request ``binding`` names;
         None when its key is gone (revoked since): such an answer cannot be sent."""
         kid, request_id = decode_binding(binding)
-        try:
-            context = self.keyring.find_oscore({oscore.COSE_KID: kid})
-        except KeyError:
+        context = self.keyring.find(kid)
+        if context is None:
             return None
         plain = Message(code=Code(code), payload=payload)
         for number, value in options:

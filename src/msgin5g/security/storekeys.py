@@ -50,6 +50,8 @@ log = logging.getLogger("msgin5g.security")
 
 #: Compare-and-set attempts on a replay window contended by sibling processes
 CAS_ATTEMPTS = 64
+#: Claims decided in one transaction at most (group commit of concurrent requests)
+CLAIM_BATCH = 256
 
 
 def utc_now() -> str:
@@ -129,6 +131,12 @@ class StoreKeyring:
         self._identities: dict[int, Identity] = {}
         self._listeners: list[Callable[[], None]] = []
         self._revoked_identities: set[Identity] = set()
+        self._wanted: dict[int, list[asyncio.Future]] = {}  # keys being read, and who waits
+        self._loading = False
+        self._loader: asyncio.Future | None = None
+        self._claims: list[tuple[LeasedSecurityContext, int, asyncio.Future]] = []
+        self._claiming = False
+        self._drainer: asyncio.Future | None = None
 
     def open(self) -> StoreKeyring:
         return self
@@ -157,7 +165,31 @@ class StoreKeyring:
         ctx = self._cached(number)
         if ctx is not None:
             return ctx
-        return self._install(kid, number, await asyncio.to_thread(self.store.get_key, number))
+        waiting = self._wanted.get(number)
+        if waiting is None:
+            waiting = self._wanted[number] = []
+        future = asyncio.get_running_loop().create_future()
+        waiting.append(future)
+        if not self._loading:  # keys asked for while a read runs are read together next
+            self._loading = True
+            self._loader = asyncio.ensure_future(self._load_wanted())
+        return self._install(kid, number, await future)
+
+    async def _load_wanted(self) -> None:
+        try:
+            while self._wanted:
+                wanted, self._wanted = self._wanted, {}
+                try:
+                    rows = await asyncio.to_thread(self.store.get_keys, list(wanted))
+                except Exception as e:
+                    log.error("cannot read keys: %s", e)
+                    rows = {}
+                for number, futures in wanted.items():
+                    for f in futures:
+                        if not f.done():
+                            f.set_result(rows.get(number))
+        finally:
+            self._loading = False
 
     @staticmethod
     def _number(kid: object) -> int | None:
@@ -193,6 +225,7 @@ class StoreKeyring:
             claims=claims_for(kid),
         )
         self._revoked_identities.discard(identity)  # a new key of an identity revoked before
+        ctx.store_window = (row.rw_index, row.rw_bits)
         ctx.key_identity = identity  # read by identify(), even after the context left the cache
         ctx.key_revoked = False
         self._contexts[number] = ctx
@@ -210,27 +243,105 @@ class StoreKeyring:
     def claim_now(self, ctx: LeasedSecurityContext, seqno: int) -> Verdict:
         """Accept request number ``seqno`` of ``ctx``'s key in the shared replay window (compare-
         and-set in the store). Run after the request decrypted; blocking (see :meth:`claim`)."""
-        number = kid_number(ctx.recipient_id)
+        return self.claim_many_now([(ctx, seqno)])[0]
+
+    def claim_many_now(self, items: list[tuple[LeasedSecurityContext, int]]) -> list[Verdict]:
+        """:meth:`claim_now` for the requests of several keys (or several of one key), their
+        compare-and-sets in one transaction per attempt. Blocking.
+
+        The first guess of a key's window is what this process last saw in the store — right
+        whenever no sibling process took a request of that key since, which saves reading it
+        back. Windows only move forward, so a sequence number an older window refuses, every
+        later one refuses too: such a request is a replay without asking the store."""
+        verdicts: list[Verdict | None] = [None] * len(items)
+        numbers = [kid_number(ctx.recipient_id) for ctx, _ in items]
+        known: dict[int, tuple[int, int]] = {}
+        for (ctx, _), number in zip(items, numbers, strict=True):
+            guess = getattr(ctx, "store_window", None)
+            if guess is not None and number not in known:
+                known[number] = guess
+        todo = list(range(len(items)))
         for _ in range(CAS_ATTEMPTS):
-            row = self.store.replay_window(number)
-            if row is None or not row[2]:
-                self._revoked(number)
-                return Verdict.REVOKED
-            old = (row[0], row[1])
-            new = window_accepts(old, seqno)
-            if new is None:
-                ctx.set_window(old)
-                return Verdict.REPLAY
-            if self.store.swap_replay_window(number, old, new):
-                ctx.set_window(new)
-                return Verdict.ACCEPTED
-            self.counters["replay-window-retries"] += 1
-        log.error("replay window of key %s: no compare-and-set succeeded", ctx.recipient_id.hex())
-        return Verdict.REPLAY
+            missing = {numbers[i] for i in todo if numbers[i] not in known}
+            if missing:
+                rows = self.store.replay_windows(missing)
+                for number in missing:
+                    row = rows.get(number)
+                    if row is not None and row[2]:
+                        known[number] = (row[0], row[1])
+                for i in todo:
+                    if numbers[i] in missing and numbers[i] not in known:
+                        verdicts[i] = Verdict.REVOKED
+                for number in missing - known.keys():
+                    self._revoked(number)
+            working = dict(known)
+            swaps: list[tuple[int, int, tuple[int, int], tuple[int, int]]] = []
+            for i in todo:
+                if verdicts[i] is not None:
+                    continue
+                ctx, seqno = items[i]
+                old = working[numbers[i]]
+                new = window_accepts(old, seqno)
+                if new is None:
+                    ctx.set_window(old)
+                    verdicts[i] = Verdict.REPLAY
+                    continue
+                swaps.append((i, numbers[i], old, new))
+                working[numbers[i]] = new
+            if not swaps:
+                break
+            done = self.store.swap_replay_windows([(n, old, new) for _, n, old, new in swaps])
+            todo = []
+            for (i, number, _old, new), ok in zip(swaps, done, strict=True):
+                if ok:
+                    ctx = items[i][0]
+                    ctx.set_window(new)
+                    ctx.store_window = new
+                    known[number] = new
+                    verdicts[i] = Verdict.ACCEPTED
+                else:  # a sibling process moved the window (or the key was revoked): read it again
+                    todo.append(i)
+                    known.pop(number, None)
+            if not todo:
+                break
+            self.counters["replay-window-retries"] += len(todo)
+        for i, v in enumerate(verdicts):
+            if v is None:
+                log.error(
+                    "replay window of key %s: no compare-and-set succeeded", items[i][0].recipient_id.hex()
+                )
+                verdicts[i] = Verdict.REPLAY
+        return verdicts  # type: ignore[return-value]
 
     async def claim(self, ctx: LeasedSecurityContext, seqno: int) -> Verdict:
-        """:meth:`claim_now` off the event loop (SPEC D14: the loop never waits on the database)."""
-        return await asyncio.to_thread(self.claim_now, ctx, seqno)
+        """:meth:`claim_now` off the event loop (SPEC D14: the loop never waits on the database).
+        Claims arriving while a transaction runs wait for the next one and share it (group
+        commit): one write transaction per batch of concurrent requests, not per request."""
+        future = asyncio.get_running_loop().create_future()
+        self._claims.append((ctx, seqno, future))
+        if not self._claiming:
+            self._claiming = True
+            self._drainer = asyncio.ensure_future(self._drain_claims())
+        return await future
+
+    async def _drain_claims(self) -> None:
+        try:
+            while self._claims:
+                batch, self._claims = self._claims[:CLAIM_BATCH], self._claims[CLAIM_BATCH:]
+                try:
+                    verdicts = await asyncio.to_thread(self.claim_many_now, [(c, n) for c, n, _ in batch])
+                except Exception as e:  # the store failed: these requests are not accepted
+                    log.error("replay window claims failed: %s", e)
+                    for _, _, f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    continue
+                self.counters["claim-batches"] += 1
+                for (_, _, f), v in zip(batch, verdicts, strict=True):
+                    if not f.done():
+                        f.set_result(v)
+        finally:
+            self._claiming = False
 
     def _revoked(self, number: int) -> None:
         ctx = self._contexts.get(number)

@@ -15,6 +15,7 @@ __all__ = [
     "VersionMismatch",
     "default_db_url",
     "open_store",
+    "sqlite_path",
 ]
 
 
@@ -25,20 +26,26 @@ def default_db_url() -> str:
     return f"sqlite:///{base / 'scm-s.db'}"
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///path.db`` URL (or a bare path); None for ``postgresql://...``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
+    if url.startswith("sqlite://"):
+        return url[len("sqlite://") :]
+    if "://" in url:
+        raise ValueError(f"unsupported database URL {url!r} (use sqlite:///path.db or postgresql://...)")
+    return url
+
+
 def open_store(url: str) -> Store:
     """Open a store from a URL: ``sqlite:///path.db`` (or a bare path) or ``postgresql://...``."""
-    if url.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(url)
+    if path is None:
         from .postgres import PostgresStore
 
         return PostgresStore(url)
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
-    elif url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-    elif "://" in url:
-        raise ValueError(f"unsupported database URL {url!r} (use sqlite:///path.db or postgresql://...)")
-    else:
-        path = url
     from .sqlite import SqliteStore
 
     return SqliteStore(path)

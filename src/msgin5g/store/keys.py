@@ -186,6 +186,18 @@ class KeyStoreMixin:
             r = db.execute(self._ksql(_GET_ACTIVE), (identity,)).fetchone()
         return None if r is None else _row(r)
 
+    def get_keys(self, numbers: Iterable[int]) -> dict[int, KeyRow]:
+        """:meth:`get_key` of several keys in one transaction (missing numbers are left out)."""
+        numbers = list(numbers)
+        out: dict[int, KeyRow] = {}
+        with self._keys_tx(write=False) as db:
+            for i in range(0, len(numbers), 500):
+                chunk = numbers[i : i + 500]
+                marks = ", ".join([self._mark] * len(chunk))
+                for r in db.execute(f"SELECT {_COLUMNS} FROM oscore_keys WHERE number IN ({marks})", chunk):
+                    out[r[0]] = _row(r)
+        return out
+
     def iter_keys(self, include_revoked: bool = False) -> Iterator[KeyRow]:
         """Every key in number order, page by page."""
         where = "" if include_revoked else " AND revoked IS NULL"
@@ -265,6 +277,26 @@ class KeyStoreMixin:
         with self._keys_tx(write=True) as db:
             cur = db.execute(self._ksql(_CAS_WINDOW), (*new, number, *old))
             return cur.rowcount == 1
+
+    def replay_windows(self, numbers: Iterable[int]) -> dict[int, tuple[int, int, bool]]:
+        """:meth:`replay_window` of several keys in one transaction (missing keys are left out)."""
+        numbers = list(numbers)
+        out: dict[int, tuple[int, int, bool]] = {}
+        with self._keys_tx(write=False) as db:
+            for i in range(0, len(numbers), 500):
+                chunk = numbers[i : i + 500]
+                marks = ", ".join([self._mark] * len(chunk))
+                sql = f"SELECT number, rw_index, rw_bits, revoked FROM oscore_keys WHERE number IN ({marks})"
+                for r in db.execute(sql, chunk).fetchall():
+                    out[r[0]] = (r[1], r[2], r[3] is None)
+        return out
+
+    def swap_replay_windows(self, swaps: list[tuple[int, tuple[int, int], tuple[int, int]]]) -> list[bool]:
+        """:meth:`swap_replay_window` for each ``(number, old, new)`` in order, in one transaction
+        (the claims of concurrent requests share one commit); one result per swap."""
+        sql = self._ksql(_CAS_WINDOW)
+        with self._keys_tx(write=True) as db:
+            return [db.execute(sql, (*new, number, *old)).rowcount == 1 for number, old, new in swaps]
 
     def revoked_among(self, numbers: Iterable[int]) -> set[int]:
         """Which of the key ``numbers`` are revoked (or gone)."""

@@ -16,7 +16,7 @@ import click
 from ..clicommon import credentials_option, parse_hostport, server_option, setup_logging
 from ..coap import aiocoap_tweaks
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
-from ..security.registry import CredentialsError
+from ..security.credentials import CredentialsError
 
 
 @click.group()
@@ -170,6 +170,7 @@ async def _get(
 ) -> ConfigResult:
     from ..scmc import ScmClient, apply_fallback
     from ..security.dtls import PskCredentials
+    from .outcome import explain_refusal
 
     if isinstance(credentials, PskCredentials) and (via_relay or via_gateway):
         raise CredentialsError("a coaps PSK file is for a direct coaps:// --server, not a relay or gateway")
@@ -193,7 +194,7 @@ async def _get(
             timeout=timeout,
             security=security,
         )
-        result = apply_fallback(result, pre)
+        result = apply_fallback(explain_refusal(result, credentials, "SCM-S"), pre)
     elif via_gateway:
         from .via_gateway import get_config_via_gateway
 
@@ -210,7 +211,9 @@ async def _get(
             timeout=timeout,
             security=security,
         )
-        result = apply_fallback(result, pre)
+        # without credentials the 4.01 may also be the SCM-S's refusal of the gateway, passed on
+        peer = "Gateway UE" if credentials is not None else "Gateway UE (or the SCM-S behind it)"
+        result = apply_fallback(explain_refusal(result, credentials, peer), pre)
     else:
         async with ScmClient(
             server, service_id, identity=identity, credentials=credentials, timeout=timeout

@@ -7,6 +7,7 @@ response (an aiocoap ``Message``, verified first when OSCORE protects the exchan
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
@@ -48,5 +49,24 @@ def result_from_unprotected(e: UnprotectedResponse, extra: dict | None = None) -
         r.code,
         problem=r.problem,
         detail=f"unprotected answer, not from the server's security context: {r.problem or r.detail}",
-        extra=dict(extra or {}),
+        extra={**(extra or {}), "unprotected": True},
     )
+
+
+def explain_refusal(result: ConfigResult, credentials, peer: str) -> ConfigResult:
+    """One line saying what is wrong when ``peer`` (the SCM-S through a relay, or the Gateway UE)
+    refused the UE's request with its uniform 4.01 (SPEC D12): no credentials given — name
+    ``--credentials``; a protected request answered unprotected — its key is unknown or revoked
+    there (the peer says no more, so that a prober learns nothing). Any other result unchanged."""
+    if result.outcome is not Outcome.ERROR or result.code != int(Code.UNAUTHORIZED):
+        return result
+    if credentials is None:
+        detail = f"4.01: the {peer} is secured; pass --credentials FILE (this UE's key, from 'msgin5g keys')"
+    elif result.extra.get("unprotected"):
+        detail = (
+            f"4.01: the {peer} does not accept key {credentials.kid.hex()} of {credentials.identity} "
+            "— unknown or revoked on this server (or the request was a replay)"
+        )
+    else:
+        return result
+    return replace(result, detail=detail)

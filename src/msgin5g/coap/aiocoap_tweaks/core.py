@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import logging
 import re
 import secrets
 from collections.abc import Callable
 
+import cbor2
 from aiocoap import messagemanager as _messagemanager
 from aiocoap import options as _options
 from aiocoap import oscore
@@ -206,6 +208,23 @@ class LeasedSecurityContext(oscore.CanProtect, oscore.CanUnprotect, oscore.Secur
         self.lease_end = 0  # nothing leased yet
         if claims is not None:
             self.authenticated_claims = claims
+
+    def derive_keys(self, master_salt: bytes, master_secret: bytes) -> None:
+        """Sender Key, Recipient Key and Common IV (RFC 8613 §3.2.1): HKDF-SHA-256 (RFC 5869) with
+        ``info = [id, id_context, alg_aead, type, L]`` — what aiocoap's ``derive_keys`` computes,
+        with one HKDF-Extract for the three (they share salt and secret) and one HMAC per Expand
+        (every output is at most one SHA-256 block), and without aiocoap's nine debug-log calls
+        per derivation: a server builds a context per key of a fleet."""
+        alg = self.alg_aead
+        prk = hmac.digest(master_salt or bytes(32), master_secret, "sha256")  # Extract (RFC 5869 §2.2)
+
+        def expand(role_id: bytes, out_type: str, length: int) -> bytes:  # RFC 5869 §2.3, L ≤ 32
+            info = cbor2.dumps([role_id, self.id_context, alg.value, out_type, length])
+            return hmac.digest(prk, info + b"\x01", "sha256")[:length]
+
+        self.sender_key = expand(self.sender_id, "Key", alg.key_bytes)
+        self.recipient_key = expand(self.recipient_id, "Key", alg.key_bytes)
+        self.common_iv = expand(b"", "IV", alg.iv_bytes)
 
     # -- replay window -----------------------------------------------------------------------------
     def set_window(self, window: tuple[int, int]) -> None:

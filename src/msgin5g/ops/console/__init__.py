@@ -289,7 +289,7 @@ class Console:
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         from ...security.keys import RegistryError, parse_kid
-        from ...security.registry import utc_now
+        from ...security.storekeys import utc_now
 
         if self.running.keyring is None:
             return web.json_response({"error": "insecure mode: there are no keys"}, status=409)
