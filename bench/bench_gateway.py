@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -44,7 +45,11 @@ from pathlib import Path
 import cbor2
 
 from msgin5g.model import imei_urn
-from msgin5g.testing.swarm import SwarmRequest, UeSwarm
+
+try:
+    from msgin5g.testing.swarm import SwarmRequest, UeSwarm
+except ImportError:  # an older tree (a baseline run in its own worktree)
+    from msgin5g.gateway.swarm import SwarmRequest, UeSwarm
 
 TAC = "35209900"
 DOMAIN = "msgin5g.example"
@@ -323,12 +328,18 @@ async def tap_command(tap: asyncio.subprocess.Process, cmd: str) -> str:
 async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, workdir: Path) -> dict:
     scheme = "coap+tcp" if transport == "tcp" else "coap"
     gw_port = free_port()
+    mode = "bulk" if bulk else "per-UE"
+    profile = []
+    if args.profile:  # the gateway under cProfile, one file per run
+        args.profile.mkdir(parents=True, exist_ok=True)
+        runs = len(list(args.profile.glob(f"gw-{transport}-{mode}-{n}-*.prof")))
+        profile = ["-m", "cProfile", "-o", str(args.profile / f"gw-{transport}-{mode}-{n}-{runs}.prof")]
     cmd = [
-        sys.executable, "-m", "msgin5g.cli", "gateway",
+        sys.executable, *profile, "-m", "msgin5g.cli", "gateway",
         "--listen", f"127.0.0.1:{gw_port}",
         "--server", f"{scheme}://127.0.0.1:{tap_port}",
         "--state", str(workdir / f"gw-{transport}-{bulk}-{n}.db"),
-        "--nstart", str(args.nstart),
+        nstart_flag(), str(args.nstart),
         "--max-batch", str(args.max_batch),
         "--max-wait-ms", str(args.max_wait_ms),
         "--bulk" if bulk else "--no-bulk",
@@ -343,6 +354,7 @@ async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, 
             wall = time.perf_counter() - t0
             await swarm.settle(0.3)
         counts = json.loads(await tap_command(tap, "stats"))
+        cpu = cpu_seconds(gw.pid)
     finally:
         out = await stop(gw)
     gw_counters = {}
@@ -364,6 +376,7 @@ async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, 
         "answered": answered,
         "correct": correct,
         "wall_s": round(wall, 3),
+        "gateway_cpu_s": cpu,
         **counts,
         "up_bytes_per_ue": round(counts["up_bytes"] / n, 1),
         "down_bytes_per_ue": round(counts["down_bytes"] / n, 1),
@@ -376,12 +389,37 @@ async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, 
     }  # fmt: skip
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; None elsewhere): less
+    disturbed than wall time by other work on a shared machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+@functools.cache
+def nstart_flag() -> str:
+    """``--nstart`` (``--uu-endpoints`` in older trees, for a baseline run)."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "msgin5g.cli", "gateway", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return "--nstart" if "--nstart" in out else "--uu-endpoints"
+
+
 async def best_of(args, n: int, transport: str, bulk: bool, tap, tap_port: int, workdir: Path) -> dict:
     """The fastest of ``--rounds`` runs (the machine is shared: the best is the least disturbed);
     counts are the same in every round."""
     runs = [await measure(args, n, transport, bulk, tap, tap_port, workdir) for _ in range(args.rounds)]
     best = min(runs, key=lambda r: r["wall_s"])
     best["wall_s_rounds"] = [r["wall_s"] for r in runs]
+    best["gateway_cpu_s_rounds"] = [r["gateway_cpu_s"] for r in runs]
     best["correct"] = min(r["correct"] for r in runs)
     return best
 
@@ -450,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sockets", type=int, default=100, help="UDP sockets the constrained UEs share")
     ap.add_argument("--window", type=int, default=1024, help="UE requests sent but not yet acknowledged")
     ap.add_argument("--nstart", type=int, default=8)
+    ap.add_argument("--profile", type=Path, default=None, help="run the gateway under cProfile, files here")
     ap.add_argument("--max-batch", type=int, default=2000)
     ap.add_argument("--max-wait-ms", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=600.0)

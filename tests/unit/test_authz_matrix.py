@@ -28,18 +28,11 @@ from msgin5g.authz import (
 from msgin5g.model import ModelError, UeIdentity, imei_urn
 from msgin5g.problem import Problem
 from msgin5g.security.keys import (
-    CLAIM_PREFIX,
     KeyEntry,
     RegistryError,
-    RegistryState,
-    add_key,
-    add_keys,
-    claims_for,
     identity_arg,
-    identity_from_claims,
     kid_for,
     parse_kid,
-    revoke_keys,
 )
 
 TAC = "35209900"
@@ -50,23 +43,17 @@ MISSING = Problem(0x84, "no UE configuration document 'x'", "NO_SUCH_DOCUMENT")
 COVERS_ME = {"imeiRanges": [{"tac": TAC, "snrRange": {"low": "0", "high": "1"}}]}
 COVERS_OTHERS = {"uris": ["urn:dev:somebody-else"]}
 
-T0 = "2026-01-01T00:00:00Z"
-STATE, UE_KEY = add_key(RegistryState(), Identity(Role.UE, ME), T0)
-STATE, _ = add_key(STATE, Identity(Role.UE, OTHER), T0)
-STATE, GW_KEY = add_key(STATE, Identity(Role.GATEWAY, "gw1"), T0)
-STATE, ADMIN_KEY = add_key(STATE, Identity(Role.ADMIN, "ops"), T0)
-STATE, REVOKED_KEY = add_key(STATE, Identity(Role.UE, "urn:dev:revoked"), T0)
-STATE, _ = revoke_keys(STATE, T0, kid=REVOKED_KEY.kid)
 
-#: requester → (identity as the server derives it from the verified context, gateway coverage)
+#: requester → (identity as the server takes it from the verified context's key, gateway coverage);
+#: a revoked key verifies nothing, so its requests are unauthenticated
 REQUESTERS = {
-    "ue": (identity_from_claims(claims_for(UE_KEY.kid), STATE.entries), None),
+    "ue": (Identity(Role.UE, ME), None),
     "other-ue": (Identity(Role.UE, OTHER), None),
     "gateway-covering": (Identity(Role.GATEWAY, "gw1"), COVERS_ME),
     "gateway-not-covering": (Identity(Role.GATEWAY, "gw2"), COVERS_OTHERS),
-    "admin": (identity_from_claims(claims_for(ADMIN_KEY.kid), STATE.entries), None),
+    "admin": (Identity(Role.ADMIN, "ops"), None),
     "unauthenticated": (ANONYMOUS, None),
-    "revoked": (identity_from_claims(claims_for(REVOKED_KEY.kid), STATE.entries) or ANONYMOUS, None),
+    "revoked": (ANONYMOUS, None),
 }
 
 OPERATIONS = (
@@ -183,91 +170,18 @@ def test_only_an_administrator_writes_or_lists(op, identity):
     assert authorize(ADMIN, op) is None
 
 
-# -- claims → identity --------------------------------------------------------------------------------
+# -- key numbers and entries (the store numbers keys once: tests/integration/test_store_keys.py) ------
 
 
-def test_identity_from_claims():
-    entries = STATE.entries
-    assert identity_from_claims(claims_for(UE_KEY.kid), entries) == Identity(Role.UE, ME)
-    assert identity_from_claims(claims_for(GW_KEY.kid), entries) == Identity(Role.GATEWAY, "gw1")
-    assert identity_from_claims(claims_for(REVOKED_KEY.kid), entries) is None
-    assert identity_from_claims(claims_for(kid_for(999)), entries) is None
-    assert identity_from_claims(None, entries) is None
-    assert identity_from_claims([], entries) is None
-    assert identity_from_claims([CLAIM_PREFIX + "zz"], entries) is None
-    assert identity_from_claims(["something-else"], entries) is None
-    assert identity_from_claims([*claims_for(UE_KEY.kid), *claims_for(GW_KEY.kid)], entries) is None
-
-
-@given(st.lists(st.text(max_size=20), max_size=4))
-def test_identity_from_claims_never_crashes(claims):
-    result = identity_from_claims(claims, STATE.entries)
-    assert result is None or isinstance(result, Identity)
-
-
-# -- registry state -----------------------------------------------------------------------------------
-
-
-def test_kids_are_short_and_never_reused():
+def test_kids_are_short():
     assert kid_for(1) == b"\x01" and kid_for(255) == b"\xff" and kid_for(256) == b"\x01\x00"
     with pytest.raises(ValueError):
         kid_for(0)
     with pytest.raises(RegistryError):
         kid_for(1 << 56)
-    state, a = add_key(RegistryState(), Identity(Role.UE, ME), T0)
-    state, _ = revoke_keys(state, T0, identity=Identity(Role.UE, ME))
-    state, b = add_key(state, Identity(Role.UE, ME), T0)
-    assert a.kid != b.kid and len(state.entries) == 2
 
 
-def test_one_active_key_per_identity():
-    with pytest.raises(RegistryError, match="already has an active key"):
-        add_key(STATE, Identity(Role.UE, ME), T0)
-    with pytest.raises(RegistryError):
-        add_key(STATE, ANONYMOUS, T0)
-
-
-def test_keys_in_a_batch():
-    ues = [Identity(Role.UE, imei_urn(TAC, i)) for i in range(10, 13)]
-    state, made = add_keys(STATE, ues, T0)
-    assert [e.identity for e in made] == ues and state.next_number == STATE.next_number + 3
-    assert [int.from_bytes(e.kid, "big") for e in made] == [STATE.next_number + i for i in range(3)]
-    with pytest.raises(RegistryError, match="already has an active key"):
-        add_keys(STATE, [ues[0], ues[0]], T0)  # twice in one batch
-    with pytest.raises(RegistryError, match="already has an active key"):
-        add_keys(STATE, [ues[0], Identity(Role.UE, ME)], T0)  # one already in the registry
-
-
-def test_revoke():
-    state, revoked = revoke_keys(STATE, T0, identity=Identity(Role.GATEWAY, "gw1"))
-    assert [e.kid for e in revoked] == [GW_KEY.kid] and not state.entries[GW_KEY.kid].active
-    assert STATE.entries[GW_KEY.kid].active  # pure: the old state is unchanged
-    with pytest.raises(RegistryError, match="no active key"):
-        revoke_keys(state, T0, identity=Identity(Role.GATEWAY, "gw1"))
-    with pytest.raises(RegistryError, match="already revoked"):
-        revoke_keys(state, T0, kid=GW_KEY.kid)
-    with pytest.raises(RegistryError, match="no key"):
-        revoke_keys(state, T0, kid=b"\x7f\x7f")
-    with pytest.raises(ValueError):
-        revoke_keys(state, T0)
-
-
-def test_registry_json_roundtrip_and_rejects():
-    assert RegistryState.from_json(STATE.to_json()) == STATE
-    good = STATE.to_json()
-    for bad in (
-        {**good, "format": "x"},
-        {**good, "version": 2},
-        {**good, "entries": {}},
-        {**good, "nextKey": 1},
-        {**good, "entries": [*good["entries"], good["entries"][0]]},
-        {**good, "entries": [{"kid": "01"}]},
-        {**good, "entries": [{**good["entries"][0], "identity": "king:x"}]},
-        {**good, "entries": [{**good["entries"][0], "kid": "xyz"}]},
-        {**good, "entries": [{**good["entries"][0], "revoked": 5}]},
-    ):
-        with pytest.raises(RegistryError):
-            RegistryState.from_json(bad)
+T0 = "2026-01-01T00:00:00Z"
 
 
 def test_entry_json():
@@ -287,10 +201,6 @@ def test_entry_json():
 
 
 def test_algorithms():
-    state, entry = add_key(RegistryState(), Identity(Role.GATEWAY, "gw9"), T0, "A128GCM")
-    assert entry.algorithm == "A128GCM" and RegistryState.from_json(state.to_json()) == state
-    with pytest.raises(RegistryError, match="unknown algorithm"):
-        add_key(RegistryState(), Identity(Role.GATEWAY, "gw9"), T0, "DES")
     assert len(kid_for((1 << 56) - 1)) == 7  # AES-CCM-16-64-128: 13-byte nonce, 7-byte Sender IDs
     with pytest.raises(RegistryError):
         kid_for((1 << 56) - 1, "A128GCM")  # 12-byte nonce: 6 bytes

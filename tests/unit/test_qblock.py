@@ -319,3 +319,27 @@ def test_back_off_never_waits_longer_than_non_probing_wait():
         now = due
         assert rx.poll(now).numbers == (1,)
     assert waits == [4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_holes_of_a_set_asked_first_then_continue_once_they_are_filled():
+    """RFC 9177 §4.4: blocks 1 and 4 of the first set are lost; the server pauses after the set.
+    The client asks for the holes only (the next set comes by itself), and when they are in, the
+    set is complete: Continue at once."""
+    body = body_of(23)
+    rx = QBlock2Receiver()
+    rx.start(0.0)
+    assert feed(rx, 0.1, body, [0, 2, 3, 5, 6, 7, 8, 9]) == []
+    assert rx.poll(4.1) == AskBlocks(numbers=(1, 4), szx=SZX)
+    assert feed(rx, 4.2, body, [1, 4]) == [AskBlocks(continue_from=10, szx=SZX)]
+    assert feed(rx, 4.3, body, range(10, 20)) == [AskBlocks(continue_from=20, szx=SZX)]
+    assert feed(rx, 4.4, body, range(20, 23)) == [] and rx.body() == body
+
+
+def test_a_lost_set_is_asked_for_when_nothing_more_comes():
+    """The whole second set is lost (and the Continue for it was sent): after the silence the
+    client asks for it, up to MAX_PAYLOADS numbers."""
+    body = body_of(23)
+    rx = QBlock2Receiver()
+    rx.start(0.0)
+    assert feed(rx, 0.1, body, range(10)) == [AskBlocks(continue_from=10, szx=SZX)]
+    assert rx.poll(4.1) == AskBlocks(numbers=tuple(range(10, 20)), szx=SZX)

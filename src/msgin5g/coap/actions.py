@@ -68,12 +68,14 @@ class Deliver:
 
 #: why a request failed (:attr:`Fail.cause`)
 RESET, GAVE_UP, DEADLINE, BLOCKWISE, NO_MID = "reset", "gave-up", "deadline", "blockwise", "no-mid"
+#: the peer's host reported that nothing listens there (ICMP port unreachable, RFC 1122 §4.1.3.3)
+UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True, slots=True)
 class Fail:
     """Request (or CON separate response) ``handle`` ended without an answer: ``cause`` (one of
-    RESET, GAVE_UP, DEADLINE, BLOCKWISE, NO_MID) and a sentence saying why."""
+    RESET, GAVE_UP, DEADLINE, BLOCKWISE, NO_MID, UNREACHABLE) and a sentence saying why."""
 
     handle: int
     cause: str
@@ -135,6 +137,31 @@ class Counters:
     unmatched: int = 0  # responses, ACKs and RSTs that match nothing of ours
     gave_up: int = 0  # CONs never acknowledged after MAX_RETRANSMIT
     rejected: int = 0  # RSTs sent
+    unverified: int = 0  # responses dropped because they failed OSCORE verification (RFC 8613 §8.4)
+
+
+class NotProtected(Exception):
+    """Raised by a :class:`Protection`'s ``verify``: the response carries no protection."""
+
+
+class ProtectionFailed(Exception):
+    """Raised by a :class:`Protection`'s ``verify``: the response does not verify."""
+
+
+class Protection:
+    """End-to-end protection of a client's requests (OSCORE, RFC 8613 §8.1, §8.4), as the message
+    layer applies it: ``protect(plain) -> (outer, binding)`` before a request goes out (each
+    transmission of a new token protected anew, a CON retransmission sending the same bytes), and
+    ``verify(outer, binding) -> plain`` on every response to it (raising :class:`NotProtected` or
+    :class:`ProtectionFailed`). Block-wise transfer (RFC 7959, RFC 9177) runs on the plain messages,
+    above the protection (inner Block2/Q-Block2, RFC 8613 §4.1.3.4). The layer calls only these two
+    methods; :class:`msgin5g.security.endpoint.LayerProtection` implements them with aiocoap's OSCORE."""
+
+    def protect(self, plain: CoapMessage) -> tuple[CoapMessage, object]:  # pragma: no cover
+        raise NotImplementedError
+
+    def verify(self, outer: CoapMessage, binding: object) -> CoapMessage:  # pragma: no cover
+        raise NotImplementedError
 
 
 # -- message IDs ---------------------------------------------------------------------------------------

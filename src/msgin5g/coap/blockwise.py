@@ -7,13 +7,16 @@ An RFC 7959 client asks for :meth:`BlockwiseTransfer.next_block` one request at 
 Q-Block2 client (RFC 9177 §4.4) asks for :meth:`BlockwiseTransfer.missing` in one request and
 feeds every block that arrives, in any order, to the same :meth:`BlockwiseTransfer.add`.
 
-:func:`slice_block2` is the server's side: the block ``num`` of a body.
+:func:`slice_block2` is the server's side: the block ``num`` of a body; :func:`block2_of` the
+response a request asks for.
 """
 
 from __future__ import annotations
 
+from . import wire
 from .wire import MAX_SZX, block_size
 
+BAD_OPTION = 0x82  # 4.02 (RFC 7252 §5.9.2.4)
 #: the largest body a client reassembles (a cap against a peer that never sends the last block)
 MAX_BODY = 1 << 20
 
@@ -132,3 +135,28 @@ def slice_block2(payload: bytes, num: int, szx: int) -> tuple[bytes, bool] | Non
     if start >= len(payload) and not (num == 0 and not payload):
         return None
     return payload[start : start + size], start + size < len(payload)
+
+
+def block2_of(request: wire.CoapMessage, response: wire.CoapMessage, max_szx: int) -> wire.CoapMessage:
+    """The Block2 block of ``response`` that ``request`` asks for (RFC 7959 §2.3, §2.4): the whole
+    response when it fits one block of ``max_szx`` and no block was asked for; 4.02 for a bad
+    Block2 option or a block past the end."""
+    num, szx = 0, max_szx
+    value = request.first(wire.OPT_BLOCK2)
+    if value is not None:
+        try:
+            num, _, want = wire.parse_block(value)
+            szx = min(szx, want)
+        except wire.WireError as e:
+            return wire.CoapMessage(wire.ACK, BAD_OPTION, 0, b"", [], str(e).encode())
+    elif len(response.payload) <= block_size(szx):
+        return response
+    piece = slice_block2(response.payload, num, szx)
+    if piece is None:
+        return wire.CoapMessage(wire.ACK, BAD_OPTION, 0, b"", [], f"block {num} is past the end".encode())
+    payload, more = piece
+    opts = [o for o in response.options if o[0] not in (wire.OPT_BLOCK2, wire.OPT_SIZE2)]
+    opts.append((wire.OPT_BLOCK2, wire.block_option(num, more, szx)))
+    if num == 0:
+        opts.append((wire.OPT_SIZE2, wire.uint_bytes(len(response.payload))))
+    return wire.CoapMessage(response.mtype, response.code, 0, b"", opts, payload)

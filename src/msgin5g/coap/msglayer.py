@@ -33,7 +33,7 @@ import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from . import qblock_client, wire
+from . import protect, qblock_client, wire
 from .actions import (  # noqa: F401 (the layer's vocabulary, importable from here)
     ACK_RANDOM_FACTOR,
     ACK_TIMEOUT,
@@ -48,6 +48,7 @@ from .actions import (  # noqa: F401 (the layer's vocabulary, importable from he
     NON_LIFETIME,
     NSTART,
     RESET,
+    UNREACHABLE,
     Acked,
     Action,
     Addr,
@@ -58,11 +59,12 @@ from .actions import (  # noqa: F401 (the layer's vocabulary, importable from he
     Incoming,
     MidAllocator,
     Params,
+    Protection,
     Send,
     Serve,
     Unmatched,
 )
-from .blockwise import BlockError, BlockwiseTransfer, slice_block2
+from .blockwise import BlockError, BlockwiseTransfer, block2_of
 from .wire import ACK, CON, EMPTY, NON, OPT_BLOCK2, OPT_ETAG, OPT_OBSERVE, OPT_SIZE2, RST, CoapMessage
 
 # -- state ---------------------------------------------------------------------------------------------
@@ -98,6 +100,8 @@ class _Exchange:
     transfer: BlockwiseTransfer | None = None
     first: CoapMessage | None = None  # block 0 of a block-wise response (its options are kept)
     q: qblock_client.QBlockState | None = None  # RFC 9177 Q-Block2 offered (coap.qblock_client)
+    prot: Protection | None = None  # OSCORE: ``msg`` is the plain request (RFC 8613 §8.1)
+    bindings: dict[bytes, object] | None = None  # token → request binding of its responses
 
 
 @dataclass(slots=True, eq=False)
@@ -199,13 +203,18 @@ class MessageLayer:
         observe: bool = False,
         deadline: float | None = None,
         qblock: qblock_client.QBlockOffer | None = None,
+        protection: Protection | None = None,
     ) -> tuple[int, list[Action]]:
         """Send the request ``msg`` (its type, MID and token are the layer's) to ``addr``: (handle,
         actions). The handle's outcome comes as :class:`Deliver` or :class:`Fail`; ``deadline``
         (absolute; default EXCHANGE_LIFETIME or NON_LIFETIME from now) bounds the wait for the
         first response. With ``blockwise`` a Block2 response is completed by follow-up requests
         (RFC 7959 §2.4) and delivered whole; with ``observe`` the token stays live for
-        notifications until :meth:`cancel` (RFC 7641 §3.2). ``qblock``: offer Q-Block2 (RFC 9177)."""
+        notifications until :meth:`cancel` (RFC 7641 §3.2). ``qblock``: offer Q-Block2 (RFC 9177).
+        ``protection``: ``msg`` is a plain request, protected end to end at each transmission of a
+        new token, every response verified before anything else looks at it (OSCORE, RFC 8613
+        §8.1, §8.4; a response that fails verification is dropped as if lost, an unprotected error
+        response is the answer — the server's refusal)."""
         if token is not None and (addr, token) in self._by_token:
             raise ValueError(f"token {token.hex()} is in use towards {addr!r}")
         if deadline is None:
@@ -213,6 +222,8 @@ class MessageLayer:
         ex = _Exchange(next(self._handles), addr, msg, confirmable, blockwise, observe, deadline)
         ex.msg, ex.q = qblock_client.offer(msg, qblock, now) if qblock else (msg, None)
         ex.token = token if token is not None else self._new_token(addr)
+        if protection is not None:
+            ex.prot, ex.bindings = protection, {}
         self._exchanges[ex.handle] = ex
         self._by_token[(addr, ex.token)] = ex
         self._queues.setdefault(addr, deque()).append(ex)
@@ -251,7 +262,9 @@ class MessageLayer:
     def _transmit(self, now: float, ex: _Exchange, mid: int, out: list) -> None:
         msg = ex.msg
         msg.mtype, msg.mid, msg.token = (CON if ex.con else NON), mid, ex.token
-        data = wire.encode(msg)
+        data = wire.encode(msg) if ex.prot is None else protect.outgoing(ex, msg)
+        if ex.q is not None:
+            qblock_client.on_sent(self, now, ex)
         ex.mid = mid
         self._by_mid[(ex.addr, mid)] = ex
         ex.outstanding = True
@@ -298,6 +311,10 @@ class MessageLayer:
         self._pump(now, ex.addr, out)
 
     def _on_response(self, now: float, ex: _Exchange, msg: CoapMessage, addr: Addr, out: list) -> None:
+        if ex.prot is not None:
+            msg = protect.verified(self.counters, ex, msg)
+            if msg is None:  # as if lost: a CON request goes on being retransmitted
+                return
         self._release(ex)
         if ex.q is not None and qblock_client.on_response(self, now, ex, msg, addr, out):
             return
@@ -361,7 +378,7 @@ class MessageLayer:
         if incoming.answered:
             return None, []
         incoming.answered = True
-        response = self._sliced(m, response)
+        response = block2_of(m, response, self.params.block_szx)
         if m.mtype == CON and not incoming.acked:
             data = wire.encode(
                 CoapMessage(ACK, response.code, m.mid, m.token, response.options, response.payload)
@@ -397,28 +414,6 @@ class MessageLayer:
             self._timer(sep.tx.next_at, sep, mid)
         self._send(out, data, addr)
         return handle, out
-
-    def _sliced(self, request: CoapMessage, response: CoapMessage) -> CoapMessage:
-        """The Block2 block of ``response`` the request asks for (RFC 7959 §2.3, §2.4)."""
-        num, szx = 0, self.params.block_szx
-        value = request.first(OPT_BLOCK2)
-        if value is not None:
-            try:
-                num, _, want = wire.parse_block(value)
-                szx = min(szx, want)
-            except wire.WireError as e:
-                return CoapMessage(ACK, BAD_OPTION, 0, b"", [], str(e).encode())
-        elif len(response.payload) <= wire.block_size(szx):
-            return response
-        piece = slice_block2(response.payload, num, szx)
-        if piece is None:
-            return CoapMessage(ACK, BAD_OPTION, 0, b"", [], f"block {num} is past the end".encode())
-        payload, more = piece
-        opts = [o for o in response.options if o[0] not in (OPT_BLOCK2, OPT_SIZE2)]
-        opts.append((OPT_BLOCK2, wire.block_option(num, more, szx)))
-        if num == 0:
-            opts.append((OPT_SIZE2, wire.uint_bytes(len(response.payload))))
-        return CoapMessage(response.mtype, response.code, 0, b"", opts, payload)
 
     # -- input ---------------------------------------------------------------------------------------
     def on_datagram(self, now: float, data: bytes, addr: Addr) -> list[Action]:
@@ -527,6 +522,17 @@ class MessageLayer:
         else:
             self._on_response(now, ex, msg, addr, out)
         self._pump(now, addr, out)
+
+    def on_unreachable(self, now: float, addr: Addr, reason: str = "port unreachable") -> list[Action]:
+        """The network reported that nothing listens at ``addr`` (ICMP port unreachable, RFC 1122
+        §4.1.3.3, surfaced by a connected socket): every request already sent there ends now with
+        UNREACHABLE rather than being retransmitted until MAX_TRANSMIT_WAIT (RFC 7252 §4.2 allows
+        giving up early). Queued requests go out next, and end the same way while the peer is down."""
+        out: list[Action] = []
+        for ex in [e for e in self._exchanges.values() if e.addr == addr and e.mid >= 0]:
+            self._fail(ex, f"{addr!r} unreachable: {reason}", out, UNREACHABLE)
+        self._pump(now, addr, out)
+        return out
 
     # -- timers --------------------------------------------------------------------------------------
     def _live(self, owner: object, mid: int) -> bool:

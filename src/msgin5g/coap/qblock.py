@@ -274,6 +274,17 @@ class QBlock2Receiver:
         p = self.params
         return min(p.non_receive_timeout * (2 ** min(self._rounds, p.non_max_retransmit)), p.non_probing_wait)
 
+    def _next_set(self) -> int | None:
+        """The first block of the set to Continue with: the set before it held whole, nothing at
+        or above it, more to come, no Continue sent for it yet (RFC 9177 §4.4)."""
+        if not self.send_continue or not self.received:
+            return None
+        mp = self.params.max_payloads
+        nxt = max(self.received) + 1
+        if nxt % mp or nxt in self._continued or (self.total is not None and nxt >= self.total):
+            return None
+        return nxt if all(n in self.received for n in range(nxt - mp, nxt)) else None
+
     def poll(self, now: float) -> AskBlocks | None:
         """The request to send now, if any (raises :class:`QBlockFailed` when giving up)."""
         if self.complete:
@@ -281,18 +292,14 @@ class QBlock2Receiver:
         mp = self.params.max_payloads
         if now - self._last_progress >= self.params.non_partial_timeout:
             raise QBlockFailed(f"no block for {self.params.non_partial_timeout:g} s; partial body dropped")
-        # a set just completed with more to come: Continue at once (§4.4), once per set
-        if self.send_continue and self.received and self._asked_at is None:
-            top = max(self.received)
-            nxt = top + 1
-            if (
-                nxt % mp == 0
-                and nxt not in self._continued
-                and (self.total is None or nxt < self.total)
-                and all(n in self.received for n in range(nxt - mp, nxt))
-            ):
-                self._continued.add(nxt)
-                return AskBlocks(continue_from=nxt, szx=self.szx)
+        # a set just completed with more to come — as it arrived, or once the blocks asked for
+        # filled its holes — and nothing of the next set seen: Continue at once (§4.4), once per set
+        nxt = self._next_set()
+        if nxt is not None:
+            self._continued.add(nxt)
+            if all(n in self.received for n in self._asked):  # what was asked for is in
+                self._asked, self._asked_at, self._rounds = (), None, 0
+            return AskBlocks(continue_from=nxt, szx=self.szx)
         # the blocks asked for last time all came: ask for the next lot now
         asked_done = self._asked_at is not None and all(n in self.received for n in self._asked)
         due = self.deadline()
@@ -305,6 +312,10 @@ class QBlock2Receiver:
             self._asked, self._asked_at = (), now
             return AskBlocks(continue_from=0, szx=self.szx if self.szx is not None else 6)
         want = self.missing()
+        # holes of the sets sent so far first: the server sends the next set by itself after
+        # NON_TIMEOUT, or at once on the Continue that follows when these holes are filled
+        set_end = (max(self.received) // mp + 1) * mp
+        want = [n for n in want if n < set_end] or want
         if self.total is None:
             nxt = max(self.received) + 1
             if nxt not in want:

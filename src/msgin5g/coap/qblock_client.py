@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import wire
+from . import protect, wire
 from .actions import Deliver
 from .qblock import BlockOpt, QBlock2Receiver, QBlockFailed, QBlockParams
 from .wire import CoapMessage
@@ -70,18 +70,44 @@ def without_offer(msg: CoapMessage) -> CoapMessage:
     return CoapMessage(msg.mtype, msg.code, msg.mid, msg.token, msg.without(wire.OPT_Q_BLOCK2), msg.payload)
 
 
+def on_sent(layer, now: float, ex) -> None:
+    """The first request has just gone out (again): the receiver's clock starts now (RFC 9177 §7.2),
+    not when the request was queued behind NSTART. A NON request (e.g. over OSCORE) is not
+    retransmitted by RFC 7252: if nothing comes within NON_RECEIVE_TIMEOUT it goes again as CON."""
+    st: QBlockState = ex.q
+    st.rx.start(now)
+    if not ex.con:
+        st.armed = st.rx.deadline()
+        layer._timer(st.armed, ex, QBLOCK_TIMER)
+
+
+def ask_options(st: QBlockState, request: CoapMessage, blocks: list[BlockOpt]) -> list[tuple[int, bytes]]:
+    """The options of a request for more blocks (RFC 9177 §4.4): ``followup_options`` (a bulk GET's
+    name only ``bulk-conf-flag``, SPEC D7 b) or the request's own without Block2/Q-Block2/Observe —
+    the request's own also when nothing has arrived at all (the first request may have been lost:
+    the server may not know what a shortened request refers to) — then one Q-Block2 per block."""
+    if st.offer.followup_options is not None and (st.rx.received or st.first is not None):
+        base = list(st.offer.followup_options)
+    else:
+        base = request.without(wire.OPT_Q_BLOCK2, wire.OPT_BLOCK2, wire.OPT_OBSERVE)
+    return base + [(wire.OPT_Q_BLOCK2, wire.block_option(b.num, b.more, b.szx)) for b in blocks]
+
+
 def on_response(layer, now: float, ex, msg: CoapMessage, addr, out: list) -> bool:
     """A response to an exchange offering Q-Block2; True when handled here, False to let the
     message layer handle it as a plain (or RFC 7959) answer."""
     st: QBlockState = ex.q
     value = msg.first(wire.OPT_Q_BLOCK2) if 64 <= msg.code < 96 else None
     if value is None:
-        if st.rx.received or st.requests:
+        if st.rx.received:
             if msg.token != ex.token and msg.code < 128:
                 return True  # a stray answer to a request for blocks: the receiver asks again
             layer._fail(ex, f"Q-Block2 transfer ended by {wire.code_text(msg.code)}", out)
             return True
-        ex.q = None  # the server does not do RFC 9177: fall back (RFC 9177 §4.1)
+        # nothing received yet (to the first request or to asking for the whole body again): the
+        # server does not do RFC 9177 or the answer is whole — fall back (RFC 9177 §4.1)
+        forget(layer, ex)
+        ex.q = None
         if msg.code == BAD_OPTION:
             ex.msg = without_offer(ex.msg)
             layer._resend(now, ex, out)
@@ -134,6 +160,14 @@ def _advance(layer, now: float, ex, addr, out: list) -> bool:
         layer._fail(ex, f"Q-Block2 transfer failed: {e}", out)
         return True
     if ask is not None:
+        if not ex.con and not rx.received and st.first is None:
+            # nothing came back to a NON request: it goes again as CON, retransmitted on RFC 7252
+            # timers — and a server that cannot verify it answers a CON (its refusal, RFC 8613
+            # §8.2) where it ignores a NON
+            ex.con = True
+            layer._release(ex)
+            layer._resend(now, ex, out)
+            return True
         _ask(layer, now, ex, ask.options(), out)
     due = rx.deadline()
     if due is not None and due != st.armed:
@@ -151,13 +185,6 @@ def _ask(layer, now: float, ex, blocks: list[BlockOpt], out: list) -> None:
     token = layer._new_token(ex.addr)
     layer._by_token[(ex.addr, token)] = ex
     st.tokens.append(token)
-    base = (
-        list(st.offer.followup_options)
-        if st.offer.followup_options is not None
-        else ex.msg.without(wire.OPT_Q_BLOCK2, wire.OPT_BLOCK2, wire.OPT_OBSERVE)
-    )
-    base += [(wire.OPT_Q_BLOCK2, wire.block_option(b.num, b.more, b.szx)) for b in blocks]
     st.requests += 1
-    layer._send(
-        out, wire.encode(CoapMessage(wire.NON, ex.msg.code, mid, token, base, ex.msg.payload)), ex.addr
-    )
+    msg = CoapMessage(wire.NON, ex.msg.code, mid, token, ask_options(st, ex.msg, blocks), ex.msg.payload)
+    layer._send(out, wire.encode(msg) if ex.prot is None else protect.outgoing(ex, msg), ex.addr)

@@ -1,11 +1,15 @@
 """The asyncio datagram shell of the CoAP message layer (RFC 7252 over UDP).
 
-:class:`CoapEndpoint` owns one non-blocking UDP socket and one pure
+:class:`DatagramSocket` is the project's one UDP socket under asyncio: non-blocking, read in bursts
+(up to :data:`READ_BURST` datagrams per readiness event, handed over together — asyncio's datagram
+transport costs a loop turn per datagram, and the Gateway UE stores a whole burst in one
+transaction), sends queued only while the socket buffer is full, ICMP errors reported.
+
+:class:`CoapEndpoint` is a :class:`DatagramSocket` with one pure
 :class:`~msgin5g.coap.msglayer.MessageLayer` and does only what the layer's actions say: it sends
 datagrams, resolves the futures of client requests (:class:`Deliver` / :class:`Fail`), hands new
 requests to ``on_request`` (:class:`Serve`), and keeps one event-loop timer armed for the layer's
-earliest deadline. The socket is read in bursts (up to :data:`READ_BURST` datagrams per readiness
-event): asyncio's datagram transport costs a loop turn per datagram.
+earliest deadline.
 
 A datagram the layer should not see — PC5 signalling sharing the socket (:mod:`msgin5g.pc5`) — is
 claimed first by ``demux``.
@@ -29,6 +33,7 @@ from .msglayer import (
     Fail,
     Incoming,
     MessageLayer,
+    Protection,
     Send,
     Serve,
     Unmatched,
@@ -38,7 +43,10 @@ from .wire import CoapMessage
 
 log = logging.getLogger(__name__)
 
+#: Datagrams read per readiness event.
 READ_BURST = 256
+#: Socket buffers: thousands of UEs may send within milliseconds to a relay or Gateway UE (the
+#: kernel caps the value at net.core.rmem_max / wmem_max).
 SOCKET_BUFFER = 4 << 20
 
 
@@ -55,7 +63,130 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-class CoapEndpoint:
+class DatagramSocket:
+    """One non-blocking UDP socket: ``on_burst(list of (data, addr))`` per readiness event."""
+
+    def __init__(
+        self, sock: socket.socket, on_burst: Callable[[list[tuple[bytes, Addr]]], None] | None = None
+    ):
+        self.sock = sock
+        if on_burst is not None:
+            self.on_burst = on_burst
+        self.loop = asyncio.get_running_loop()
+        self.peer: Addr | None = None
+        with contextlib.suppress(OSError):
+            self.peer = sock.getpeername()[:2]
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self._backlog: deque[tuple[bytes, Addr]] = deque()
+        self._closed = False
+        sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    def bind(cls, host: str, port: int, *args, **kw):
+        """A socket listening on ``host:port`` (0: any free port)."""
+        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, *args, **kw)
+
+    @classmethod
+    def connect(cls, host: str, port: int, *args, **kw):
+        """A socket on a fresh port that talks to ``host:port`` only (its :attr:`peer`); ICMP
+        errors about that peer are reported on it (:meth:`on_error`)."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, *args, **kw)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self._backlog:
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+
+    def on_burst(self, burst: list[tuple[bytes, Addr]]) -> None:  # pragma: no cover — given or overridden
+        pass
+
+    def on_error(self, error: OSError) -> None:
+        """An error the kernel reported on the socket (an ICMP error about an earlier datagram)."""
+
+    def _readable(self) -> None:
+        burst: list[tuple[bytes, Addr]] = []
+        for _ in range(READ_BURST):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # an ICMP error reported on the (connected) socket
+                self.on_error(e)
+                if self._closed:
+                    return
+                continue
+            burst.append((data, addr[:2]))
+        if burst:
+            self.datagrams_in += len(burst)
+            try:
+                self.on_burst(burst)
+            except Exception:  # never let one burst stop the socket
+                log.exception("datagrams not handled")
+
+    def sendto(self, data: bytes, addr: Addr | None = None) -> None:
+        """Send one datagram (to :attr:`peer` when ``addr`` is None); queued while the buffer is full."""
+        if self._closed:
+            return
+        self.datagrams_out += 1
+        if self._backlog:
+            self._backlog.append((data, addr))
+            return
+        try:
+            self._raw_send(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._backlog.append((data, addr))
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        except OSError as e:  # e.g. ICMP port unreachable from an earlier datagram
+            log.debug("send to %s failed: %s", addr, e)
+            self.on_error(e)
+
+    def _raw_send(self, data: bytes, addr: Addr | None) -> None:
+        if addr is None or addr == self.peer:
+            self.sock.send(data)
+        else:
+            self.sock.sendto(data, addr)
+
+    def _writable(self) -> None:
+        while self._backlog:
+            data, addr = self._backlog[0]
+            try:
+                self._raw_send(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("send to %s failed: %s", addr, e)
+            self._backlog.popleft()
+        self.loop.remove_writer(self.sock.fileno())
+
+
+class CoapEndpoint(DatagramSocket):
     """One UDP socket driven by a :class:`MessageLayer` (the one datagram shell of the project)."""
 
     def __init__(
@@ -69,73 +200,29 @@ class CoapEndpoint:
         on_acked: Callable[[int], None] | None = None,
         demux: Callable[[bytes, Addr], bool] | None = None,
     ):
-        self.sock = sock
         self.layer = layer or MessageLayer(server=on_request is not None)
         self.on_request = on_request
         self.on_unmatched = on_unmatched
         self.on_separate = on_separate  # (handle, None | failure reason) of CON separate responses
         self.demux = demux
         self.on_acked = on_acked  # (handle) of a request whose answer follows separately
-        self.loop = asyncio.get_running_loop()
-        self.peer: Addr | None = None
-        with contextlib.suppress(OSError):
-            self.peer = sock.getpeername()[:2]
-        self.datagrams_in = 0
-        self.datagrams_out = 0
         self._futures: dict[int, asyncio.Future] = {}
         self._notify: dict[int, Callable[[CoapMessage], None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._backlog: deque[tuple[bytes, Addr]] = deque()
-        self._closed = False
-        sock.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        self.loop.add_reader(sock.fileno(), self._readable)
-
-    @classmethod
-    def bind(cls, host: str, port: int, layer: MessageLayer | None = None, **kw) -> CoapEndpoint:
-        """An endpoint listening on ``host:port`` (0: any free port)."""
-        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        return cls(sock, layer, **kw)
-
-    @classmethod
-    def connect(cls, host: str, port: int, layer: MessageLayer | None = None, **kw) -> CoapEndpoint:
-        """An endpoint on a fresh port that talks to ``host:port`` only (its :attr:`peer`)."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-        return cls(sock, layer, **kw)
-
-    @property
-    def local_address(self) -> tuple[str, int]:
-        return self.sock.getsockname()[:2]
+        self._in_error = False
+        super().__init__(sock)
 
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        self.loop.remove_reader(self.sock.fileno())
-        if self._backlog:
-            self.loop.remove_writer(self.sock.fileno())
+        super().close()
         if self._timer is not None:
             self._timer.cancel()
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(CoapError("endpoint closed"))
         self._futures.clear()
-        self.sock.close()
 
     # -- client ---------------------------------------------------------------------------------------
     def request(
@@ -149,6 +236,7 @@ class CoapEndpoint:
         blockwise: bool = False,
         on_notification: Callable[[CoapMessage], None] | None = None,
         qblock: QBlockOffer | None = None,
+        protection: Protection | None = None,
     ) -> asyncio.Future:
         """Send a request (to :attr:`peer` when ``addr`` is None); the future gets the response or
         :class:`CoapError`. With ``on_notification`` the request registers an observation (RFC
@@ -166,6 +254,7 @@ class CoapEndpoint:
             observe=on_notification is not None,
             deadline=self.loop.time() + timeout,
             qblock=qblock,
+            protection=protection,
         )
         fut.handle = handle  # type: ignore[attr-defined]
         self._futures[handle] = fut
@@ -261,19 +350,11 @@ class CoapEndpoint:
         self.perform(self.layer.on_tick(self.loop.time()))
 
     # -- socket ---------------------------------------------------------------------------------------
-    def _readable(self) -> None:
-        layer = self.layer
-        for _ in range(READ_BURST):
+    def on_burst(self, burst: list[tuple[bytes, Addr]]) -> None:
+        layer, demux = self.layer, self.demux
+        for data, addr in burst:
             try:
-                data, addr = self.sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # an ICMP error reported on the socket: nothing to read
-                continue
-            addr = addr[:2]
-            self.datagrams_in += 1
-            try:
-                if self.demux is not None and self.demux(data, addr):
+                if demux is not None and demux(data, addr):
                     continue
                 self.perform(layer.on_datagram(self.loop.time(), data, addr))
             except Exception:  # never let one datagram stop the endpoint
@@ -281,36 +362,14 @@ class CoapEndpoint:
             if self._closed:
                 return
 
-    def sendto(self, data: bytes, addr: Addr | None = None) -> None:
-        """Send one datagram (to :attr:`peer` when ``addr`` is None); queued while the buffer is full."""
-        if self._closed:
+    def on_error(self, error: OSError) -> None:
+        """An ICMP error the kernel reported on a connected socket (ECONNREFUSED: port unreachable,
+        RFC 1122 §4.1.3.3): the requests to the peer end at once (:meth:`MessageLayer.on_unreachable`).
+        An unconnected socket is not told which peer the error was for: nothing to do."""
+        if self.peer is None or not isinstance(error, ConnectionRefusedError) or self._in_error:
             return
-        self.datagrams_out += 1
-        if self._backlog:
-            self._backlog.append((data, addr))
-            return
+        self._in_error = True  # the requests it lets go out may meet the same error: once
         try:
-            self._raw_send(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self._backlog.append((data, addr))
-            self.loop.add_writer(self.sock.fileno(), self._writable)
-        except OSError as e:  # e.g. ICMP port unreachable from an earlier datagram
-            log.debug("send to %s failed: %s", addr, e)
-
-    def _raw_send(self, data: bytes, addr: Addr | None) -> None:
-        if addr is None or addr == self.peer:
-            self.sock.send(data)
-        else:
-            self.sock.sendto(data, addr)
-
-    def _writable(self) -> None:
-        while self._backlog:
-            data, addr = self._backlog[0]
-            try:
-                self._raw_send(data, addr)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.debug("send to %s failed: %s", addr, e)
-            self._backlog.popleft()
-        self.loop.remove_writer(self.sock.fileno())
+            self.perform(self.layer.on_unreachable(self.loop.time(), self.peer, error.strerror or "refused"))
+        finally:
+            self._in_error = False

@@ -170,7 +170,8 @@ def scm_c_options(credentials_help: str):
                     default=DEFAULT_NSTART,
                     show_default=True,
                     help="Exchanges outstanding towards the SCM-S at once over UDP (RFC 7252 4.7 NSTART; "
-                    "each on an endpoint of its own, so a lost datagram holds up only its own exchange).",
+                    "a lost datagram holds up only its own exchange; RFC 9177 requests for missing "
+                    "blocks are paced outside it).",
                 ),
                 click.option(
                     "--max-ues-per-get",

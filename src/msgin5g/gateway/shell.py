@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..coap.udp import DatagramSocket
 from ..security.endpoint import Refused, ServerProtection, raw_options
 from ..security.storekeys import StoreKeyring
 from ..store.keysqlite import SqliteKeyStore
@@ -57,14 +57,9 @@ from .upstream_rules import UpstreamOutcome
 
 log = logging.getLogger("msgin5g.gateway")
 
-#: Socket buffers of the MSGin5G-6 endpoint: thousands of UEs may send within milliseconds (the
-#: kernel caps the value at net.core.rmem_max / wmem_max).
-SOCKET_BUFFER = 4 * 1024 * 1024
 #: Datagrams sent per event-loop turn, so that the UEs' ACKs are read in between (a whole split
 #: bulk answer sent at once would fill the receive buffer with their ACKs).
 SEND_BURST = 128
-#: Datagrams read per readiness event of the MSGin5G-6 socket.
-READ_BURST = 256
 
 
 @dataclass
@@ -128,103 +123,6 @@ class OscoreOnMsgin5g6:
         return wire.CoapMessage(msg.mtype, code, msg.mid, msg.token, options, payload)
 
 
-class DatagramEndpoint:
-    """A non-blocking UDP socket read in bursts (up to :data:`READ_BURST` datagrams per readiness
-    event, handed over together).
-
-    asyncio's datagram transport delivers one datagram per event-loop turn, so each datagram
-    pays a full loop iteration and the gateway would store each request in a transaction of its
-    own; reading a burst lets one SQLite transaction and one policy call cover it. Sends go out
-    directly, queued only while the socket buffer is full.
-    """
-
-    def __init__(self, sock: socket.socket, on_burst):
-        self.sock = sock
-        self.on_burst = on_burst
-        self.loop = asyncio.get_running_loop()
-        self._backlog: deque[tuple[bytes, tuple | None]] = deque()
-        self._closed = False
-        sock.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        self.loop.add_reader(sock.fileno(), self._readable)
-
-    @classmethod
-    def bind(cls, host: str, port: int, on_burst) -> DatagramEndpoint:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        return cls(sock, on_burst)
-
-    @classmethod
-    def connect(cls, host: str, port: int, on_burst) -> DatagramEndpoint:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        sock.connect((host, port))
-        return cls(sock, on_burst)
-
-    @property
-    def local_address(self) -> tuple[str, int]:
-        return self.sock.getsockname()[:2]
-
-    def _readable(self) -> None:
-        burst: list[tuple[bytes, tuple[str, int]]] = []
-        for _ in range(READ_BURST):
-            try:
-                data, addr = self.sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # an ICMP error reported on the socket: nothing to read
-                continue
-            burst.append((data, (addr[0], addr[1])))
-        if burst:
-            try:
-                self.on_burst(burst)
-            except Exception:  # never let one burst stop the endpoint
-                log.exception("datagrams not handled")
-
-    def sendto(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
-        if self._closed:
-            return
-        if self._backlog:
-            self._backlog.append((data, addr))
-            return
-        try:
-            self.sock.sendto(data, addr) if addr is not None else self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            self._backlog.append((data, addr))
-            self.loop.add_writer(self.sock.fileno(), self._writable)
-        except OSError as e:  # e.g. ICMP port unreachable from an earlier datagram
-            log.debug("send to %s failed: %s", addr, e)
-
-    def _writable(self) -> None:
-        while self._backlog:
-            data, addr = self._backlog[0]
-            try:
-                self.sock.sendto(data, addr) if addr is not None else self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.debug("send to %s failed: %s", addr, e)
-            self._backlog.popleft()
-        self.loop.remove_writer(self.sock.fileno())
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.loop.remove_reader(self.sock.fileno())
-        if self._backlog:
-            self.loop.remove_writer(self.sock.fileno())
-        self.sock.close()
-
-
 class GatewayUe:
     """The MSGin5G Gateway Client with its MSGin5G-6 endpoint (SPEC D9): performs the core's actions."""
 
@@ -234,7 +132,7 @@ class GatewayUe:
         self.core = GatewayCore(config.core())
         self.queue: RequestQueue | None = None
         self.protection: ServerProtection | None = None
-        self._endpoint: DatagramEndpoint | None = None
+        self._endpoint: DatagramSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._outbox_scheduled = False
@@ -275,7 +173,7 @@ class GatewayUe:
             self.protection = ServerProtection(StoreKeyring(keys, max_open=self.config.max_open_contexts))
             self.core.security = OscoreOnMsgin5g6(self.protection)
         self.queue = RequestQueue(self.config.state_path)
-        self._endpoint = DatagramEndpoint.bind(self.config.host, self.config.port, self._on_burst)
+        self._endpoint = DatagramSocket.bind(self.config.host, self.config.port, self._on_burst)
         self.config.port = self._endpoint.local_address[1]
         pending = self.queue.pending()
         if pending:

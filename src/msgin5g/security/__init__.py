@@ -5,8 +5,8 @@ verifies it names the requester; the key's row in the store maps that context to
 :class:`~msgin5g.authz.Identity` (UE with its MSGin5G UE ID, gateway, administrator), and the pure
 :mod:`msgin5g.authz` core decides what that identity may do.
 
-* :mod:`.keys` — pure: key identifiers, registry state and its transitions, the mapping from a
-  verified context's claims to an identity (unit-tested without files or sockets);
+* :mod:`.keys` — pure: key identifiers, key entries as the command line shows them, identity
+  arguments (unit-tested without files or sockets);
 * :mod:`.storekeys` — keys in a store (:mod:`msgin5g.store.keys`; the SCM-S's store, or a Gateway
   UE's state database for its constrained UEs, :mod:`msgin5g.store.keysqlite`): provisioning
   (``keys add`` / ``keys import``) and the keyring every server process builds contexts from,

@@ -21,6 +21,9 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.optionnumbers import OptionNumber
 
 from ..authz import UNAUTHENTICATED, Identity
+from ..coap import wire
+from ..coap.actions import NotProtected, Protection, ProtectionFailed
+from ..coap.wire import CoapMessage
 from ..problem import CF_PROBLEM
 
 DEFAULT_PORTS = {"coap": 5683, "coap+tcp": 5683}
@@ -87,6 +90,35 @@ class ClientProtection:
         except (oscore.ProtectionInvalid, oscore.NotAProtectedMessage, ValueError) as e:
             raise VerificationFailed(str(e) or type(e).__name__) from None
         return plain
+
+
+@dataclass(frozen=True)
+class LayerProtection(Protection):
+    """A :class:`ClientProtection` at the message layer's seam (:class:`msgin5g.coap.actions.
+    Protection`; ``MessageLayer.request(..., protection=)``): each request the layer sends for an
+    exchange is protected (RFC 8613 §8.1) and each response verified (§8.4) on its own, so the
+    layer's RFC 7959 / RFC 9177 block-wise transfer runs on the plain messages — every Q-Block2
+    block response verified separately. Messages cross into aiocoap at :mod:`msgin5g.coap.wire`'s
+    boundary. The Gateway UE's SCM-C (Uu over UDP) uses it."""
+
+    client: ClientProtection
+
+    def protect(self, plain: CoapMessage) -> tuple[CoapMessage, object]:
+        outer, binding = self.client.protect(wire.to_aiocoap(plain, incoming=False))
+        return wire.from_aiocoap(outer), binding
+
+    def verify(self, outer: CoapMessage, binding: object) -> CoapMessage:
+        try:
+            plain = self.client.verify(wire.to_aiocoap(outer), binding)
+        except UnprotectedResponse:
+            raise NotProtected from None
+        except VerificationFailed as e:
+            raise ProtectionFailed(str(e)) from None
+        if plain.opt.observe is not None and not 0 <= plain.opt.observe < 1 << 24:
+            # aiocoap puts the partial IV (or -1 for the request's own nonce) there as its
+            # reordering marker of notifications: not an Observe value the wire can carry
+            plain.opt.observe = None
+        return wire.from_aiocoap(plain, outer.mtype, outer.mid)
 
 
 def max_plaintext(context) -> int:
