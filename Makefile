@@ -11,7 +11,11 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,report]"
+	@# coaps: aiocoap's DTLS server needs DTLSSocket, built from source (autoconf, automake, libtool), with
+	@# room for PSK identities longer than tinydtls's default 32 bytes (ue:urn:gsma:imei:… is 34)
+	CFLAGS="-DDTLS_PSK_MAX_CLIENT_IDENTITY_LEN=256" $(BIN)/python -m pip install --quiet --no-cache-dir \
+		--no-binary DTLSSocket "DTLSSocket==0.2.3"
+	$(BIN)/python -m pip install --quiet -e ".[test,report,dtls]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

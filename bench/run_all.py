@@ -15,6 +15,7 @@ BENCHES = [
     "bench_gateway.py",
     "bench_qblock.py",
     "bench_security.py",
+    "bench_coaps.py",
     "bench_security_fleet.py",
     "bench_keys.py",
     "bench_demo.py",

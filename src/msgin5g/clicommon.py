@@ -193,13 +193,16 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 def check_server_uri(value: str) -> str:
     """``--server``: an apiRoot with a scheme (TS 24.546 C.1.1 via :func:`api.parse_api_root`)."""
+    if value.startswith(("coaps+tcp:", "coaps+ws:")):
+        raise click.BadParameter(
+            f"{value!r}: this client does not present TLS client certificates; use coaps:// with a PSK "
+            "file (msgin5g keys add --psk) or OSCORE (--credentials) over coap://, coap+tcp:// or coap+ws://",
+            param_hint="--server",
+        )
     try:
-        api.parse_api_root(value)
+        api.parse_api_root(value, (*api.PLAIN_SCHEMES, "coaps"))
     except api.ApiUriError as e:
-        hint = ""
-        if value.startswith("coaps"):
-            hint = " (DTLS is not offered: secure the exchange with OSCORE, --credentials, over coap://)"
-        raise click.BadParameter(f"{e}{hint}", param_hint="--server") from None
+        raise click.BadParameter(str(e), param_hint="--server") from None
     TARGET["server"] = value
     return value
 

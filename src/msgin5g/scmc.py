@@ -134,6 +134,10 @@ class ScmClient:
         self._own_ctx = context is None
 
     async def __aenter__(self) -> ScmClient:
+        if self._ctx is None and self._coaps_psk() is not None:
+            # coaps (DTLS 1.2, PSK; TS 24.546 C.1.1): the PSK identity names the identity
+            self._ctx = await aiocoap.Context.create_client_context(transports=["tinydtls"])
+            self._ctx.client_credentials = self._coaps_psk().credentials_map()
         if self._ctx is None:
             # with credentials every request is OSCORE-protected end to end (TS 24.546 6.2.1.2;
             # SPEC D12); aiocoap's OSCORE transport also answers a restarted server's Echo challenge
@@ -142,6 +146,26 @@ class ScmClient:
             if security is not None:
                 self._ctx.client_credentials = SingleContext(security)
         return self
+
+    def _coaps_psk(self):
+        """The PSK credentials for a coaps:// apiRoot (None: not coaps); a mismatch of scheme and
+        credentials is one :class:`CredentialsError` line."""
+        from .security.credentials import CredentialsError
+        from .security.dtls import PskCredentials
+
+        psk = isinstance(self.credentials, PskCredentials)
+        if not self.api_root.startswith("coaps://"):
+            if psk:
+                raise CredentialsError(
+                    f"{self.credentials.path or 'the credentials'} is a coaps PSK file: "
+                    "give a coaps:// --server"
+                )
+            return None
+        if not psk:
+            raise CredentialsError(
+                "a coaps:// server takes a PSK file as --credentials (msgin5g keys add IDENTITY --psk)"
+            )
+        return self.credentials
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
@@ -194,7 +218,12 @@ class ScmClient:
         except UnprotectedAnswer as e:
             return ConfigResult(Outcome.ERROR, e.code, problem=e.problem, detail=str(e))
         except (TimeoutError, aiocoap.error.Error, OSError) as e:
-            detail = f"no response from {self.api_root} — is `msgin5g server` running there? ({e})"
+            detail = (
+                f"no response from {self.api_root} — is `msgin5g server` running there? "
+                f"({e or type(e).__name__})"
+            )
+            if self.api_root.startswith("coaps://"):  # a refused PSK ends the DTLS handshake silently
+                detail += " (coaps: is the PSK file's key active on this server?)"
             return apply_fallback(ConfigResult(Outcome.ERROR, detail=detail), None)
         return apply_fallback(interpret(response), preconfigured)
 

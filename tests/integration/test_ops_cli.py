@@ -86,7 +86,8 @@ def test_unreachable_server_for_a_ue_says_what_to_do():
     "value,needle",
     [
         ("127.0.0.1:5690", "has no scheme"),
-        ("coaps://127.0.0.1:5690", "scheme 'coaps' is not supported"),
+        ("coaps+tcp://127.0.0.1:5690", "does not present TLS client certificates"),
+        ("coaps+ws://127.0.0.1:5690", "does not present TLS client certificates"),
         ("http://127.0.0.1:5690", "scheme 'http' is not supported"),
     ],
 )
@@ -100,6 +101,13 @@ def test_server_uri_is_validated(value, needle):
         p = run(*cmd, "--server", value, timeout=30)
         assert p.returncode == 2 and "Traceback" not in p.stderr, (cmd, p.stderr)
         assert value in p.stderr and "coap://HOST[:PORT]" in p.stderr, p.stderr
+
+
+def test_coaps_without_a_psk_file_is_one_line():
+    for cmd in (["config", "list"], ["ue", "get-config", "--ue-uri", "urn:x:1"]):
+        p = run(*cmd, "--server", "coaps://127.0.0.1:5690")
+        assert p.returncode != 0 and "Traceback" not in p.stderr
+        one_line_error(p, "a coaps:// server takes a PSK file as --credentials", "keys add IDENTITY --psk")
 
 
 def test_store_failures_are_one_line_exit_2(tmp_path):

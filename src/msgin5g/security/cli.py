@@ -112,13 +112,21 @@ def _identity(text: str, role: str | None):
     show_default=True,
     help="AEAD; A128GCM suits unconstrained peers (a gateway's bulk GETs over TCP: no 64 KiB limit).",
 )
+@click.option(
+    "--psk",
+    is_flag=True,
+    help="Write the coaps (DTLS) PSK file to --out instead of the OSCORE key file: "
+    '{"psk_identity": IDENTITY, "psk": TEXT} (--db only).',
+)
 @output_options
-def add(identity, role, db_url, gateway_state, out, algorithm, as_json, quiet) -> None:
+def add(identity, role, db_url, gateway_state, out, algorithm, psk, as_json, quiet) -> None:
     """Create a key for IDENTITY: server side in --db (or --gateway-state), client side in --out."""
     ident = _identity(identity, role)
+    if psk and db_url is None:
+        raise click.UsageError("--psk is for the SCM-S's keys: give --db URL")
     store, where = _open(db_url, gateway_state)
     try:
-        (number,) = add_keys(store, [ident], out, algorithm)
+        (number,) = add_keys(store, [ident], out, algorithm, psk=psk)
     except RegistryError as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -127,8 +135,8 @@ def add(identity, role, db_url, gateway_state, out, algorithm, as_json, quiet) -
     emit(
         as_json,
         quiet,
-        f"{ident}: key {kid} added to {where}\ncredentials: {out}",
-        {"identity": str(ident), "kid": kid, "store": where, "credentials": str(out)},
+        f"{ident}: key {kid} added to {where}\n{'coaps PSK file' if psk else 'credentials'}: {out}",
+        {"identity": str(ident), "kid": kid, "store": where, "credentials": str(out), "psk": psk},
     )
 
 

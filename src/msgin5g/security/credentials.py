@@ -253,9 +253,17 @@ def bundle_size(path: str | os.PathLike) -> int:
         return sum(1 for ln in f if ln.strip())
 
 
-def load_credentials(path: str | os.PathLike) -> KeyCredentials | KeyBundle:
+def load_credentials(path: str | os.PathLike):
     """Read ``--credentials FILE``: a key file, or a bundle (a bundle of several keys comes back as
-    a :class:`KeyBundle` to choose from). Raises CredentialsError with the reason."""
+    a :class:`KeyBundle` to choose from), or a coaps PSK file (``keys add --psk``: a
+    :class:`~msgin5g.security.dtls.PskCredentials`). Raises CredentialsError with the reason."""
+    from . import dtls as _psk
+
+    if _psk.is_psk_file(path):
+        try:
+            return _psk.load_psk_credentials(path)
+        except _psk.PskFileError as e:
+            raise CredentialsError(str(e)) from None
     try:
         if bundle_size(path) > 1:
             return KeyBundle(Path(path).resolve())

@@ -76,11 +76,15 @@ def new_keys(identities: Iterable[Identity], algorithm: str = DEFAULT_ALGORITHM)
 
 
 def add_keys(
-    store, identities: list[Identity], out: str | Path, algorithm: str = DEFAULT_ALGORITHM
+    store, identities: list[Identity], out: str | Path, algorithm: str = DEFAULT_ALGORITHM, psk: bool = False
 ) -> list[int]:
     """Keys for ``identities`` in the store, their client side written to ``out`` (a key file for
     one identity, a JSON Lines bundle for several; never overwritten — a reused key file would
-    repeat sequence numbers). Returns the key numbers. Raises RegistryError."""
+    repeat sequence numbers). With ``psk`` the client side is the coaps PSK instead (a PSK file,
+    ``{psk_identity, psk}``, derived from the key: :mod:`msgin5g.security.dtls`). Returns the key
+    numbers. Raises RegistryError."""
+    from .dtls import derive_psk, psk_json
+
     out = Path(out)
     if out.exists():
         raise RegistryError(
@@ -96,7 +100,12 @@ def add_keys(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.writelines(
-            key_json(k.identity, kid_for(n, algorithm), k.secret, k.salt, algorithm) + "\n"
+            (
+                psk_json(k.identity, derive_psk(k.secret, k.salt))
+                if psk
+                else key_json(k.identity, kid_for(n, algorithm), k.secret, k.salt, algorithm)
+            )
+            + "\n"
             for n, k in zip(numbers, keys, strict=True)
         )
     tmp.rename(out)

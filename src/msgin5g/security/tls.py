@@ -192,6 +192,11 @@ class TlsSite(interfaces.Resource):
         from ..coap.aiocoap_tweaks import tls_peer_certificate
         from .server import unauthenticated_message
 
+        refused = self.site.admit(pipe.request)  # overload / client rate first, as SecuredSite does
+        if refused is not None:
+            pipe.add_response(refused, is_last=True)
+            return
+
         peercert = tls_peer_certificate(pipe.request.remote)
         identity, serial = identity_from_peercert(peercert), serial_of(peercert)
         known = None

@@ -40,30 +40,39 @@ AIOCOAP_WS_PORT_OFFSET = 3000
 
 
 def _identify(keyring: StoreKeyring):
-    """A request's identity: from its TLS client certificate (coaps+tcp), else its OSCORE key."""
+    """A request's identity: from its TLS client certificate (coaps+tcp, coaps+ws) or its DTLS PSK
+    identity (coaps), else its OSCORE key (SPEC D12: one authorization for all of them)."""
+    from ..security.dtls import dtls_identity
     from ..security.tls import tls_identity
 
     def identify(request):
-        return tls_identity(request) or keyring.identify(request)
+        return tls_identity(request) or dtls_identity(request) or keyring.identify(request)
 
     return identify
 
 
-async def _tls_listener(running: RunningServer, site) -> aiocoap.Context:
-    """coaps+tcp on ``--tls-port`` (TS 24.546 C.1.1; RFC 8323): the server certificate issued by
-    the store's CA for the host, client certificates required (SPEC D12)."""
+async def _tls_server_context(running: RunningServer):
+    """The TLS server context of coaps+tcp and coaps+ws: the server certificate issued by the
+    store's CA for the host at start-up, client certificates of that CA required (SPEC D12)."""
     from ..security import tls
 
     store, host = running.store, running.host
     ca_cert, ca_key = await asyncio.to_thread(store.tls_ca, tls.new_ca)
     names = tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
     cert, key, _ = tls.issue(ca_cert, ca_key, hosts=names)
+    return tls.server_context(ca_cert, cert, key)
+
+
+async def _tls_listener(running: RunningServer, site) -> aiocoap.Context:
+    """coaps+tcp on ``--tls-port`` (TS 24.546 C.1.1; RFC 8323) with mutual TLS."""
+    from ..security import tls
+
     ctx = await aiocoap.Context.create_server_context(
-        tls.TlsSite(site, store),
+        tls.TlsSite(site, running.store),
         # aiocoap's TLS server binds the given port + (COAPS_PORT - COAP_PORT), as for its default
-        bind=(host, running.config.tls_port - (COAPS_PORT - COAP_PORT)),
+        bind=(running.host, running.config.tls_port - (COAPS_PORT - COAP_PORT)),
         transports=["tlsserver"],
-        _ssl_context=tls.server_context(ca_cert, cert, key),
+        _ssl_context=await _tls_server_context(running),
     )
 
     async def prune() -> None:  # bound aiocoap's pool of rejected handshakes
@@ -72,6 +81,45 @@ async def _tls_listener(running: RunningServer, site) -> aiocoap.Context:
             aiocoap_tweaks.prune_failed_tls_connections(ctx)
 
     running._background.append(asyncio.ensure_future(prune()))
+    return ctx
+
+
+async def _wss_listener(running: RunningServer, site) -> aiocoap.Context:
+    """coaps+ws on ``--wss-port`` (TS 24.546 C.1.1; RFC 8323 §4) with mutual TLS, as coaps+tcp."""
+    from ..security import tls
+
+    ssl_context = await _tls_server_context(running)
+    site = tls.TlsSite(site, running.store)
+    return await aiocoap_tweaks.serve_coaps_ws(site, running.host, running.config.wss_port, ssl_context)
+
+
+async def _dtls_listener(running: RunningServer, site) -> aiocoap.Context:
+    """coaps (DTLS 1.2, PSK) on ``--dtls-port`` (TS 24.546 C.1.1; RFC 7252 §9.1.3.1): the PSK
+    identity names the identity, the PSK is derived from its OSCORE key in the store
+    (:mod:`msgin5g.security.dtls`); sessions bounded in number and idle time."""
+    from ..security import dtls
+
+    config = running.config
+    credentials = dtls.StorePskCredentials(running.store)
+    ctx = await aiocoap.Context.create_server_context(
+        dtls.DtlsSite(site, running.store),
+        # aiocoap's DTLS server binds the given port + (COAPS_PORT - COAP_PORT), as for its default
+        bind=(running.host, config.dtls_port - (COAPS_PORT - COAP_PORT)),
+        transports=["tinydtls_server"],
+        server_credentials=credentials,
+    )
+    try:
+        running.dtls_sessions = aiocoap_tweaks.bound_dtls_sessions(
+            ctx, config.dtls_max_sessions, config.dtls_idle_timeout
+        )
+    except RuntimeError:
+        await ctx.shutdown()
+        raise
+    running.dtls_credentials = credentials
+    sweep = running.dtls_sessions.sweep
+    running._background.append(
+        asyncio.ensure_future(aiocoap_tweaks.secure_transports.run_periodically(5.0, sweep))
+    )
     return ctx
 
 
@@ -105,6 +153,10 @@ class ServerConfig:
     api_prefix: tuple[str, ...] = ()
     ws_port: int | None = None
     tls_port: int | None = None  # coaps+tcp with mutual TLS (client certificates of the store's CA)
+    wss_port: int | None = None  # coaps+ws with mutual TLS, the same certificates
+    dtls_port: int | None = None  # coaps: DTLS 1.2 with PSKs derived from the store's keys
+    dtls_max_sessions: int = 10_000  # DTLS sessions held at once (least recently used ended first)
+    dtls_idle_timeout: float = 300.0  # s after which an idle DTLS session is ended
     tcp: bool = True
     insecure: bool = False
     insecure_anywhere: bool = False
@@ -184,6 +236,8 @@ class RunningServer:
     _own_store: bool = True
     _watch: asyncio.Task | None = None
     _background: list = field(default_factory=list)
+    dtls_sessions: aiocoap_tweaks.DtlsSessions | None = None
+    dtls_credentials: object | None = None
     feed: ChangeWatcher | None = None
     executor: ThreadPoolExecutor | None = None
 
@@ -193,7 +247,12 @@ class RunningServer:
 
     def base_uri(self, scheme: str = "coap") -> str:
         """``{apiRoot}/su-uc/v1`` for one transport scheme (coap, coap+tcp, coap+ws)."""
-        port = {"coap+ws": self.ws_port, "coaps+tcp": self.config.tls_port}.get(scheme, self.port)
+        port = {
+            "coap+ws": self.ws_port,
+            "coaps+tcp": self.config.tls_port,
+            "coaps+ws": self.config.wss_port,
+            "coaps": self.config.dtls_port,
+        }.get(scheme, self.port)
         prefix = "".join(f"/{p}" for p in self.config.api_prefix)
         return f"{scheme}://{uri_host(self.host)}:{port}{prefix}/su-uc/v1"
 
@@ -204,8 +263,13 @@ class RunningServer:
             out.append(self.base_uri("coap+tcp"))
         if self.ws_port is not None:
             out.append(self.base_uri("coap+ws"))
-        if self.config.tls_port is not None:
-            out.append(self.base_uri("coaps+tcp"))
+        for scheme, port in (
+            ("coaps+tcp", self.config.tls_port),
+            ("coaps+ws", self.config.wss_port),
+            ("coaps", self.config.dtls_port),
+        ):
+            if port is not None:
+                out.append(self.base_uri(scheme))
         return out
 
     def collection_uri(self, service_id: str = "msgin5g", scheme: str = "coap") -> str:
@@ -245,10 +309,20 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     identity. Insecure (labs only): loopback only unless ``insecure_anywhere``, with a warning on
     every start.
     """
-    if config.tls_port is not None and config.tls_port <= COAPS_PORT - COAP_PORT:
-        raise ServerStartError("--tls-port must be above 1")
-    if config.insecure and config.tls_port is not None:
-        raise ServerStartError("--tls-port serves mutual TLS: it needs the secured mode (drop --insecure)")
+    for name, value in (("--tls-port", config.tls_port), ("--dtls-port", config.dtls_port)):
+        if value is not None and value <= COAPS_PORT - COAP_PORT:
+            raise ServerStartError(f"{name} must be above 1")
+    for name, value, what in (
+        ("--tls-port", config.tls_port, "mutual TLS"),
+        ("--wss-port", config.wss_port, "mutual TLS"),
+        ("--dtls-port", config.dtls_port, "DTLS with the store's keys"),
+    ):
+        if config.insecure and value is not None:
+            raise ServerStartError(f"{name} serves {what}: it needs the secured mode (drop --insecure)")
+    if config.dtls_port is not None:
+        problem = aiocoap_tweaks.dtls_available()
+        if problem is not None:
+            raise ServerStartError(f"--dtls-port: {problem}")
     if config.insecure:
         if not _is_loopback(config.host) and not config.insecure_anywhere:
             raise ServerStartError(
@@ -318,6 +392,13 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
             )
         if config.tls_port is not None:
             running.contexts.append(await _tls_listener(running, site))
+        if config.wss_port is not None:
+            running.contexts.append(await _wss_listener(running, site))
+        if config.dtls_port is not None:
+            running.contexts.append(await _dtls_listener(running, site))
+    except RuntimeError as e:  # aiocoap not of the shape a listener relies on
+        await running.close()
+        raise ServerStartError(str(e)) from None
     except OSError as e:
         await running.close()
         raise ServerStartError(f"cannot listen on {host}:{port}: {e}") from e

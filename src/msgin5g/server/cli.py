@@ -68,6 +68,30 @@ def _seal_cf(param, value):
     default=None,
     help="Also serve coaps+tcp with mutual TLS on this port (client certificates: msgin5g keys cert).",
 )
+@click.option(
+    "--wss-port",
+    type=int,
+    default=None,
+    help="Also serve coaps+ws with mutual TLS on this port (the same client certificates as --tls-port).",
+)
+@click.option(
+    "--dtls-port",
+    type=int,
+    default=None,
+    help="Also serve coaps (DTLS 1.2, PSK) on this port; PSK identity = identity (msgin5g keys add --psk).",
+)
+@click.option(
+    "--dtls-max-sessions",
+    default=10_000,
+    show_default=True,
+    help="DTLS sessions held at once (the least recently used is ended beyond).",
+)
+@click.option(
+    "--dtls-idle-timeout",
+    default=300.0,
+    show_default=True,
+    help="Seconds after which an idle DTLS session is ended (its client does a new handshake).",
+)
 @click.option("--no-tcp", is_flag=True, help="Do not serve CoAP over TCP.")
 @click.option("--max-age", default=300, show_default=True, help="Max-Age (s) of configuration answers.")
 @click.option(
@@ -163,6 +187,10 @@ def server(
     api_prefix,
     ws_port,
     tls_port,
+    wss_port,
+    dtls_port,
+    dtls_max_sessions,
+    dtls_idle_timeout,
     no_tcp,
     max_age,
     max_body,
@@ -233,6 +261,10 @@ def server(
         api_prefix=tuple(p for p in api_prefix.split("/") if p),
         ws_port=ws_port,
         tls_port=tls_port,
+        wss_port=wss_port,
+        dtls_port=dtls_port,
+        dtls_max_sessions=dtls_max_sessions,
+        dtls_idle_timeout=dtls_idle_timeout,
         tcp=not no_tcp,
         insecure=insecure,
         insecure_anywhere=insecure_anywhere,

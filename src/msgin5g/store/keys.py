@@ -65,6 +65,7 @@ _INSERT = (
     "VALUES ({m}, {m}, {m}, {m}, {m}, {m})"
 )
 _GET = f"SELECT {_COLUMNS} FROM oscore_keys WHERE number = {{m}}"
+_GET_ACTIVE = f"SELECT {_COLUMNS} FROM oscore_keys WHERE identity = {{m}} AND revoked IS NULL"
 _PAGE = f"SELECT {_COLUMNS} FROM oscore_keys WHERE number > {{m}}{{where}} ORDER BY number LIMIT {{m}}"
 _COUNT = "SELECT count(*) FROM oscore_keys WHERE revoked IS NULL"
 _REVOKE_NUMBER = (
@@ -177,6 +178,12 @@ class KeyStoreMixin:
     def get_key(self, number: int) -> KeyRow | None:
         with self._keys_tx(write=False) as db:
             r = db.execute(self._ksql(_GET), (number,)).fetchone()
+        return None if r is None else _row(r)
+
+    def active_key(self, identity: str) -> KeyRow | None:
+        """The active key of ``identity`` (at most one, by the partial unique index), else None."""
+        with self._keys_tx(write=False) as db:
+            r = db.execute(self._ksql(_GET_ACTIVE), (identity,)).fetchone()
         return None if r is None else _row(r)
 
     def get_keys(self, numbers: Iterable[int]) -> dict[int, KeyRow]:

@@ -75,7 +75,7 @@ def print_result(ue_uri: str, result: ConfigResult, as_json: bool) -> None:
 
 
 @ue.command("get-config")
-@server_option(help_text="apiRoot of the SCM-S (coap://, coap+tcp://, coap+ws://).")
+@server_option(help_text="apiRoot of the SCM-S (coap://, coap+tcp://, coap+ws://; coaps:// with a PSK file).")
 @click.option(
     "--via-relay", default=None, metavar="HOST:PORT", help="Ask through a Relay UE (PC5, SPEC §3.2)."
 )
@@ -169,9 +169,13 @@ async def _get(
     **_unused,
 ) -> ConfigResult:
     from ..scmc import ScmClient, apply_fallback
+    from ..security.dtls import PskCredentials
     from .outcome import explain_refusal
 
-    security = credentials.security_context() if credentials is not None else None
+    if isinstance(credentials, PskCredentials) and (via_relay or via_gateway):
+        raise CredentialsError("a coaps PSK file is for a direct coaps:// --server, not a relay or gateway")
+    psk = isinstance(credentials, PskCredentials)
+    security = credentials.security_context() if credentials is not None and not psk else None
 
     if via_relay:
         from .via_relay import get_config_via_relay

@@ -30,6 +30,15 @@ The tweaks:
   _transport``; the WebSocket remote's ``_connection``): read here, nowhere else. And its TLS
   server keeps a connection object in its pool for every rejected handshake (it never learns of
   it), which then also breaks its shutdown: :func:`prune_failed_tls_connections`.
+* :mod:`.secure_transports` — coaps and coaps+ws. aiocoap's DTLS server (``tinydtls_server``)
+  keeps a tinydtls session for every source address that ever sent it a datagram and never ends
+  one (its ``_maybe_purge_sockets`` is never called): :func:`bound_dtls_sessions` caps them (least
+  recently used ended first) and ends idle ones; the PSK identity a session authenticated is
+  only in private attributes (:func:`dtls_psk_claim`). aiocoap starts a TLS WebSocket server
+  only beside a plain one on the port before it: :func:`serve_coaps_ws` starts it alone on a
+  chosen port, the way aiocoap does; and an aiocoap client can present a client certificate
+  only through :func:`present_client_certificate`. Guarded by
+  ``tests/unit/test_aiocoap_secure_transports.py``.
 * :mod:`.hardening` — malformed and oversize datagrams answered (4.02, 4.13 + Size1, RST)
   instead of a traceback per datagram, a bounded duplicate-detection cache, a guard for CoAP over
   TCP/WebSockets; installed by the server on its contexts (``hardening.install``,
@@ -59,12 +68,28 @@ from .core import (
     tls_peer_certificate,
     window_accepts,
 )
+from .secure_transports import (
+    DtlsSessions,
+    bound_dtls_sessions,
+    coaps_ws_shape_problem,
+    dtls_available,
+    dtls_psk_claim,
+    dtls_shape_problem,
+    present_client_certificate,
+    serve_coaps_ws,
+)
 
 __all__ = [
     "HASH",
     "WINDOW_SIZE",
+    "DtlsSessions",
     "EncodedResponse",
     "LeasedSecurityContext",
+    "bound_dtls_sessions",
+    "coaps_ws_shape_problem",
+    "dtls_available",
+    "dtls_psk_claim",
+    "dtls_shape_problem",
     "duplicate_cache_shape_problem",
     "hardening",
     "install_compact_duplicate_cache",
@@ -72,7 +97,9 @@ __all__ = [
     "install_process_tweaks",
     "option_copy_installed",
     "option_copy_shape_problem",
+    "present_client_certificate",
     "prune_failed_tls_connections",
+    "serve_coaps_ws",
     "tls_peer_certificate",
     "window_accepts",
 ]
