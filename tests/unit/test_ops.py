@@ -173,3 +173,19 @@ def test_explain_store_and_network_failures():
     line, code = explain(sqlite3.OperationalError("unable to open database file"))
     assert "sqlite:////x/y.db" in line and "directory" in line and code == 2
     assert explain(RuntimeError("something else")) is None
+
+
+def test_banner_lines_name_metrics_health_and_the_console():
+    from msgin5g.ops.http import banner_lines
+
+    url = "http://127.0.0.1:9100"
+    assert banner_lines(url, False, "t", None) == (
+        None,
+        ["metrics http://127.0.0.1:9100/metrics (health http://127.0.0.1:9100/healthz)"],
+    )
+    # a token kept in a file is not printed; one made for this run goes in the fragment
+    assert banner_lines(url, True, "t", "/etc/tok")[0] == "http://127.0.0.1:9100/console/"
+    console, lines = banner_lines(url, True, "s3cret", None)
+    assert console == "http://127.0.0.1:9100/console/#token=s3cret"
+    assert lines[-1] == "console http://127.0.0.1:9100/console/#token=s3cret" and len(lines) == 2
+    assert banner_lines(url, True, None, None)[0] == "http://127.0.0.1:9100/console/"  # insecure: no token

@@ -120,3 +120,16 @@ async def serve_ops(
     ops = await start_http(app, host, port)
     log.info("operations HTTP on %s", ops.url)
     return ops
+
+
+def banner_lines(url: str, console: bool, token: str | None, token_file) -> tuple[str | None, list[str]]:
+    """(the console's URL or None, the lines an actor prints about its HTTP side, SPEC D15): the
+    metrics and health URLs, and the console's — with its token in the fragment when the token is
+    not kept in a file for the operator to read."""
+    lines = [f"metrics {url}/metrics (health {url}/healthz)"]
+    if not console:
+        return None, lines
+    console_url = f"{url}/console/"
+    if token and not token_file:
+        console_url += f"#token={token}"
+    return console_url, [*lines, f"console {console_url}"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from .http import OpsHttp, serve_ops
+from .http import OpsHttp, banner_lines, serve_ops
 from .metrics import (
     EventCounters,
     GaugeCallbacks,
@@ -135,13 +135,8 @@ class ServerOps:
         self.http = await serve_ops(
             self.http_address, self.registry, ready=ready, actor="scm-s", extend=extend
         )
-        lines = [f"metrics {self.http.url}/metrics (health {self.http.url}/healthz)"]
-        if self.console_app is not None:
-            url = f"{self.http.url}/console/"
-            if self.token and not self.token_file:
-                url += f"#token={self.token}"
-            self.console_url = url
-            lines.append(f"console {url}")
+        console = self.console_app is not None
+        self.console_url, lines = banner_lines(self.http.url, console, self.token, self.token_file)
         return lines
 
     async def close(self) -> None:

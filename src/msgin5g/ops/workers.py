@@ -233,7 +233,7 @@ class WorkersHttp:
         from ..server.service import ScmService
         from ..store import default_db_url, open_store
         from .console import Console
-        from .http import make_app, start_http
+        from .http import banner_lines, make_app, start_http
         from .server import load_or_create_token
 
         self.sup = sup
@@ -271,13 +271,9 @@ class WorkersHttp:
             self.http = await start_http(app, *self.address)
         except OSError as e:
             raise ServerStartError(f"cannot serve HTTP on {self.address[0]}:{self.address[1]}: {e}") from None
-        lines = [f"metrics {self.http.url}/metrics (health {self.http.url}/healthz)"]
-        if self.console_app is not None:
-            url = f"{self.http.url}/console/"
-            if self.console_app.token and not self.token_file:
-                url += f"#token={self.console_app.token}"
-            self.console_url = url
-            lines.append(f"console {url}")
+        console = self.console_app is not None
+        token = self.console_app.token if console else None
+        self.console_url, lines = banner_lines(self.http.url, console, token, self.token_file)
         return lines
 
     async def close(self) -> None:

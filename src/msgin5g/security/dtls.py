@@ -27,12 +27,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocoap import interfaces
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..authz import Identity, parse_identity
 from ..model import ModelError
+from .server import ChannelSecuredSite
 
 PSK_FORMAT = "msgin5g-dtls-psk"
 PSK_INFO = b"msgin5g coaps PSK v1"
@@ -134,42 +134,17 @@ def dtls_identity(request) -> Identity | None:
     return None if claim is None else parse_identity(claim.identity)
 
 
-class DtlsSite(interfaces.Resource):
+class DtlsSite(ChannelSecuredSite):
     """The SCM-S site behind coaps: a request whose session's key is no longer the identity's
     active key (revoked, or replaced) gets 4.01 problem details; otherwise the site serves it,
     the identity taken from the PSK identity (:func:`dtls_identity`)."""
 
-    def __init__(self, site, store):
-        self.site = site
-        self.store = store
-        self.counters: Counter = Counter()
-
-    async def render(self, request):
-        raise RuntimeError("DtlsSite is used through render_to_pipe")
-
-    async def needs_blockwise_assembly(self, request):
-        raise RuntimeError("DtlsSite is used through render_to_pipe")
-
-    def get_resources_as_linkheader(self):  # pragma: no cover - aiocoap's /.well-known/core
-        return self.site.get_resources_as_linkheader()
-
-    async def render_to_pipe(self, pipe) -> None:
-        from .server import unauthenticated_message
-
-        refused = self.site.admit(pipe.request)  # overload / client rate first, as SecuredSite does
-        if refused is not None:
-            pipe.add_response(refused, is_last=True)
-            return
-
-        claim = psk_claim(pipe.request)
-        row = None
-        if claim is not None:
-            row = await asyncio.to_thread(self.store.active_key, claim.identity)
-        if row is None or row.number != claim.number:
-            self.counters["refused"] += 1
-            pipe.add_response(unauthenticated_message(), is_last=True)
-            return
-        await self.site.render_to_pipe(pipe)
+    async def authenticated(self, request) -> bool:
+        claim = psk_claim(request)
+        if claim is None:
+            return False
+        row = await asyncio.to_thread(self.store.active_key, claim.identity)
+        return row is not None and row.number == claim.number
 
 
 @dataclass(frozen=True)

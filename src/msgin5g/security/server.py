@@ -156,3 +156,38 @@ class SecuredSite(interfaces.Resource):
             pipe.add_response(protected, is_last=is_last)
             if is_last:
                 break
+
+
+class ChannelSecuredSite(interfaces.Resource):
+    """The SCM-S site behind a secured channel — mutual TLS (coaps+tcp, coaps+ws) or DTLS with a
+    PSK (coaps) (TS 24.546 C.1.1; SPEC D12): admission first (4.29 / 5.03, inside the channel), then
+    :meth:`authenticated` decides whether the channel's identity is still one of the store's; a
+    request that is not gets the uniform 4.01 with problem details, the others the site."""
+
+    def __init__(self, site, store):
+        self.site = site
+        self.store = store
+        self.counters: Counter = Counter()
+
+    async def authenticated(self, request) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def render(self, request):
+        raise RuntimeError(f"{type(self).__name__} is used through render_to_pipe")
+
+    async def needs_blockwise_assembly(self, request):
+        raise RuntimeError(f"{type(self).__name__} is used through render_to_pipe")
+
+    def get_resources_as_linkheader(self):  # pragma: no cover - aiocoap's /.well-known/core
+        return self.site.get_resources_as_linkheader()
+
+    async def render_to_pipe(self, pipe) -> None:
+        refused = self.site.admit(pipe.request)  # overload / client rate first, as SecuredSite does
+        if refused is not None:
+            pipe.add_response(refused, is_last=True)
+            return
+        if not await self.authenticated(pipe.request):
+            self.counters["refused"] += 1
+            pipe.add_response(unauthenticated_message(), is_last=True)
+            return
+        await self.site.render_to_pipe(pipe)

@@ -15,6 +15,7 @@ and then meets the same authorization as an OSCORE identity.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import ipaddress
 import os
@@ -22,7 +23,6 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from aiocoap import interfaces
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..authz import Identity, parse_identity
 from ..model import ModelError
+from .server import ChannelSecuredSite
 
 CA_NAME = "msgin5g SCM-S clients CA"
 CA_DAYS = 3650
@@ -165,48 +166,19 @@ def write_client_files(directory: Path, cert_pem: str, key_pem: str, ca_pem: str
             f.write(text)
 
 
-class TlsSite(interfaces.Resource):
-    """The SCM-S site behind mutual TLS (coaps+tcp): a request whose connection presented no
-    certificate of this store's CA, or a revoked one, gets 4.01 problem details; otherwise the
+class TlsSite(ChannelSecuredSite):
+    """The SCM-S site behind mutual TLS (coaps+tcp, coaps+ws): a request whose connection presented
+    no certificate of this store's CA, or a revoked one, gets 4.01 problem details; otherwise the
     site serves it, the identity taken from the certificate (:func:`tls_identity`)."""
 
-    def __init__(self, site, store):
-        from collections import Counter
-
-        self.site = site
-        self.store = store
-        self.counters: Counter = Counter()
-
-    async def render(self, request):
-        raise RuntimeError("TlsSite is used through render_to_pipe")
-
-    async def needs_blockwise_assembly(self, request):
-        raise RuntimeError("TlsSite is used through render_to_pipe")
-
-    def get_resources_as_linkheader(self):  # pragma: no cover - aiocoap's /.well-known/core
-        return self.site.get_resources_as_linkheader()
-
-    async def render_to_pipe(self, pipe) -> None:
-        import asyncio
-
+    async def authenticated(self, request) -> bool:
         from ..coap.aiocoap_tweaks import tls_peer_certificate
-        from .server import unauthenticated_message
 
-        refused = self.site.admit(pipe.request)  # overload / client rate first, as SecuredSite does
-        if refused is not None:
-            pipe.add_response(refused, is_last=True)
-            return
-
-        peercert = tls_peer_certificate(pipe.request.remote)
+        peercert = tls_peer_certificate(request.remote)
         identity, serial = identity_from_peercert(peercert), serial_of(peercert)
-        known = None
-        if identity is not None and serial is not None:
-            known = await asyncio.to_thread(self.store.cert_identity, serial)
-        if identity is None or known != str(identity):
-            self.counters["refused"] += 1
-            pipe.add_response(unauthenticated_message(), is_last=True)
-            return
-        await self.site.render_to_pipe(pipe)
+        if identity is None or serial is None:
+            return False
+        return await asyncio.to_thread(self.store.cert_identity, serial) == str(identity)
 
 
 def tls_identity(request) -> Identity | None:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from .keys import SQLITE_KEYS_DDL, KeyStoreMixin
+from .sqlite import BUSY_TIMEOUT_MS, locked_transaction
 
-BUSY_TIMEOUT_MS = 30_000
 #: the table that marks a Gateway UE's state database (:mod:`msgin5g.gateway.queue`)
 GATEWAY_TABLE = "requests"
 
@@ -67,18 +65,8 @@ class SqliteKeyStore(KeyStoreMixin):
             self._db.close()
             raise
 
-    @contextmanager
-    def _tx(self, write: bool) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+    def _tx(self, write: bool):
+        return locked_transaction(self._lock, self._db, write)
 
     def _keys_tx(self, write: bool):
         return self._tx(write=write)

@@ -48,6 +48,25 @@ from .profiles import SQLITE_DDL, ProfileStoreMixin
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+
+
+@contextmanager
+def locked_transaction(
+    lock: threading.Lock, db: sqlite3.Connection, write: bool
+) -> Iterator[sqlite3.Connection]:
+    """One transaction on ``db`` under the process lock; writers take the file lock up front
+    (IMMEDIATE) so that concurrent processes wait on busy_timeout rather than fail on lock upgrade."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
 IMPORT_CHUNK = 20_000  # documents per executemany inside the single import transaction
 MANY_CHUNK = 5_000  # UEs per batched lookup of candidates_many
 PAGE = 1_000  # documents per page of iter_all
@@ -206,20 +225,8 @@ class SqliteStore(KeyStoreMixin, ProfileStoreMixin, Store):
             if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    @contextmanager
-    def _tx(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction under the process lock; writers take the file lock up front (IMMEDIATE)
-        so that concurrent processes wait on busy_timeout rather than fail on lock upgrade."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+    def _tx(self, write: bool):
+        return locked_transaction(self._lock, self._db, write)
 
     def _profile_tx(self, write: bool):
         return self._tx(write=write)
