@@ -103,13 +103,12 @@ def _stop_on_signal() -> asyncio.Event:
 async def _run_gateway(
     config: GatewayConfig, cm: CmClient, describe: str, http=None, out: ActorOutput | None = None
 ) -> dict:
-    from ..ops.actors import gateway_registry
-    from ..ops.http import serve_ops
+    from ..ops.address import serve_actor_ops
 
     gw = GatewayUe(config, cm)
     try:
         await gw.start()
-        ops = await serve_ops(http, gateway_registry(gw, cm), actor="gateway")
+        ops = await serve_actor_ops(http, "gateway_registry", gw, cm, actor="gateway")
     except (OSError, RegistryError, CredentialsError) as e:
         await cm.close()
         raise click.ClickException(f"cannot start the gateway: {e}") from e
@@ -137,11 +136,10 @@ async def _run_gateway(
 
 
 async def _serve_cm_ops(http, scm, out: ActorOutput):
-    from ..ops.actors import cmclient_registry
-    from ..ops.http import serve_ops
+    from ..ops.address import serve_actor_ops
 
     try:
-        ops = await serve_ops(http, cmclient_registry(scm), actor="cm-client")
+        ops = await serve_actor_ops(http, "cmclient_registry", scm, actor="cm-client")
     except OSError as e:
         raise click.ClickException(f"cannot serve HTTP: {e}") from e
     if ops is not None:

@@ -33,3 +33,15 @@ def is_loopback(host: str) -> bool:
         return ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+async def serve_actor_ops(address: tuple[str, int] | None, registry: str, *sources, actor: str):
+    """Start a relay's, gateway's or cm-client's operations side (``--http``; SPEC D15): the
+    registry ``msgin5g.ops.actors.<registry>(*sources)`` served by :func:`.http.serve_ops`. Without
+    ``--http`` nothing is imported: prometheus_client and aiohttp cost start-up time nobody uses."""
+    if address is None:
+        return None
+    from . import actors
+    from .http import serve_ops
+
+    return await serve_ops(address, getattr(actors, registry)(*sources), actor=actor)

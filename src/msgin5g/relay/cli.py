@@ -43,12 +43,11 @@ def _server_uri(ctx, param, value: str) -> str:
 
 
 async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = None) -> dict:
-    from ..ops.actors import relay_registry
-    from ..ops.http import serve_ops
+    from ..ops.address import serve_actor_ops
 
     try:
         relay = await start_relay(settings)
-        ops = await serve_ops(http, relay_registry(relay), actor="relay")
+        ops = await serve_actor_ops(http, "relay_registry", relay, actor="relay")
     except (OSError, ValueError) as e:
         raise click.ClickException(f"cannot start the relay: {e}") from e
     stop = asyncio.Event()
