@@ -148,24 +148,7 @@ class ScmClient:
         return self
 
     def _coaps_psk(self):
-        """The PSK credentials for a coaps:// apiRoot (None: not coaps); a mismatch of scheme and
-        credentials is one :class:`CredentialsError` line."""
-        from .security.credentials import CredentialsError
-        from .security.dtls import PskCredentials
-
-        psk = isinstance(self.credentials, PskCredentials)
-        if not self.api_root.startswith("coaps://"):
-            if psk:
-                raise CredentialsError(
-                    f"{self.credentials.path or 'the credentials'} is a coaps PSK file: "
-                    "give a coaps:// --server"
-                )
-            return None
-        if not psk:
-            raise CredentialsError(
-                "a coaps:// server takes a PSK file as --credentials (msgin5g keys add IDENTITY --psk)"
-            )
-        return self.credentials
+        return coaps_psk(self.api_root, self.credentials)
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
@@ -297,3 +280,23 @@ class ScmClient:
         arrive block-wise (RFC 7959); aiocoap reassembles them."""
         r = self._ok(await self.request(self._message(Code.GET, self.collection_uri, query)), Code.CONTENT)
         return decode(r.payload, int(r.opt.content_format or CF_CBOR))
+
+
+def coaps_psk(api_root: str, credentials):
+    """The PSK credentials for a coaps:// apiRoot (None: not coaps); a mismatch of scheme and
+    credentials is one :class:`CredentialsError` line (TS 24.546 C.1.1; SPEC D12)."""
+    from .security.credentials import CredentialsError
+    from .security.dtls import PskCredentials
+
+    psk = isinstance(credentials, PskCredentials)
+    if not api_root.startswith("coaps://"):
+        if psk:
+            raise CredentialsError(
+                f"{credentials.path or 'the credentials'} is a coaps PSK file: give a coaps:// --server"
+            )
+        return None
+    if not psk:
+        raise CredentialsError(
+            "a coaps:// server takes a PSK file as --credentials (msgin5g keys add IDENTITY --psk)"
+        )
+    return credentials

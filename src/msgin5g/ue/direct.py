@@ -35,7 +35,15 @@ from ..coap.qblock_client import QBlockOffer
 from ..codec import CF_CBOR, decode
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..problem import Problem
-from ..scmc import CredentialsMissing, UnprotectedAnswer, apply_fallback, interpret, problem_of, query_options
+from ..scmc import (
+    CredentialsMissing,
+    UnprotectedAnswer,
+    apply_fallback,
+    coaps_psk,
+    interpret,
+    problem_of,
+    query_options,
+)
 from ..security.endpoint import ClientProtection, UnprotectedResponse
 from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, get_request
 from .reask import ReaskPolicy, ask_again, exchange_timeout
@@ -73,6 +81,7 @@ class DirectClient:
         self.identity = identity
         self.credentials = credentials
         self.timeout = timeout
+        coaps_psk(self.api_root, credentials)  # a coaps PSK file here is one line, not a traceback
         security = credentials.security_context() if credentials is not None else None
         self.ue = ConstrainedUe(
             self.host,
