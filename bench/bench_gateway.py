@@ -22,6 +22,9 @@ the UE's own ``ueServiceId``). ``--big`` adds one bulk run over TCP with many mo
 
 Each mode runs ``--rounds`` times and the fastest run is reported (the counts do not vary).
 
+``--gateway-src DIR`` runs the gateway from another tree's ``src`` (e.g. a baseline commit checked
+out with ``git worktree add``) with this tree's UEs, tap and SCM-S.
+
 Usage: ``python bench/bench_gateway.py [--ues 10000] [--big 100000] [--rounds 3] [--uu-delay-ms 0 10]``
 (``--json`` for the report alone).
 """
@@ -52,6 +55,7 @@ except ImportError:  # an older tree (a baseline run in its own worktree)
     from msgin5g.gateway.swarm import SwarmRequest, UeSwarm
 
 TAC = "35209900"
+GATEWAY_SRC = ""  # --gateway-src
 DOMAIN = "msgin5g.example"
 
 SERVER_SCRIPT = textwrap.dedent(
@@ -289,8 +293,19 @@ def check(i: int, code: int, payload: bytes) -> bool:
     return sid == (f"own-{i}@msgin5g.example" if own_doc(i) else f"sensor-{i:06d}@msgin5g.example")
 
 
-async def start_proc(*cmd: str, stdin: bytes | None = None, what: str = "") -> asyncio.subprocess.Process:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def gateway_env() -> dict[str, str]:
+    """The gateway's environment: ``--gateway-src`` runs another tree's gateway (a baseline)
+    against this tree's UEs, tap and SCM-S, so that only the gateway differs."""
+    env = dict(os.environ)
+    if GATEWAY_SRC:
+        env["PYTHONPATH"] = GATEWAY_SRC
+    return env
+
+
+async def start_proc(
+    *cmd: str, stdin: bytes | None = None, what: str = "", env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    env = dict(env or os.environ, PYTHONUNBUFFERED="1")
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         stdin=asyncio.subprocess.PIPE,
@@ -344,7 +359,7 @@ async def measure(args, n: int, transport: str, bulk: bool, tap, tap_port: int, 
         "--max-wait-ms", str(args.max_wait_ms),
         "--bulk" if bulk else "--no-bulk",
     ]  # fmt: skip
-    gw = await start_proc(*cmd, what="gateway")
+    gw = await start_proc(*cmd, what="gateway", env=gateway_env())
     try:
         await tap_command(tap, "reset")
         requests = [SwarmRequest(ue_uri(i)) for i in range(n)]
@@ -409,6 +424,7 @@ def nstart_flag() -> str:
         capture_output=True,
         text=True,
         check=False,
+        env=gateway_env(),
     ).stdout
     return "--nstart" if "--nstart" in out else "--uu-endpoints"
 
@@ -492,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=2000)
     ap.add_argument("--max-wait-ms", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--gateway-src", type=Path, default=None, help="run the gateway from this src directory")
     ap.add_argument("--json", action="store_true", help="print only the JSON report")
     ap.add_argument(
         "--uu-delay-ms",
@@ -504,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tap", nargs=3, metavar=("LISTEN_PORT", "SERVER_PORT", "DELAY_MS"), help=argparse.SUPPRESS
     )
     args = ap.parse_args(argv)
+    global GATEWAY_SRC
+    GATEWAY_SRC = str(args.gateway_src or "")
     if args.tap:
         asyncio.run(run_tap(int(args.tap[0]), int(args.tap[1]), float(args.tap[2])))
         return 0

@@ -20,6 +20,10 @@ and direct UE ↔ SCM-S), emulating a cellular round trip of 2·D: a small UDP f
 process that keeps one upstream socket per source endpoint, so layer-2 and direct UEs stay
 distinct at the SCM-S. Default 0 (pure loopback).
 
+``--profile DIR`` runs the relay under cProfile (one file per mode); the relay's CPU seconds of each
+timed round are reported either way. ``--relay-src DIR`` runs the relay from another tree's ``src``
+(e.g. a baseline commit checked out with ``git worktree add``) with this tree's driver and SCM-S.
+
 Usage: ``python bench/bench_relay.py [--ues 1000] [--rounds 3] [--window 100] [--uu-delay-ms 0]``
 """
 
@@ -36,9 +40,14 @@ import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from msgin5g.model import imei_urn
-from msgin5g.outcome import Outcome
+
+try:
+    from msgin5g.outcome import Outcome
+except ImportError:  # an older tree (a baseline run with its src on PYTHONPATH)
+    from msgin5g.ue.outcome import Outcome
 from msgin5g.ue.via_relay import ConstrainedUe, config_query_uri, get_request, result_from_response
 
 TAC = "35209900"
@@ -147,12 +156,32 @@ async def stop(proc: asyncio.subprocess.Process) -> bytes:
     return out or b""
 
 
+def relay_env(args) -> dict[str, str]:
+    """The relay's environment: ``--relay-src`` runs another tree's relay (a baseline) against this
+    tree's driver and SCM-S, so that only the relay differs."""
+    env = dict(os.environ)
+    if args.relay_src:
+        env["PYTHONPATH"] = str(args.relay_src)
+    return env
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; None elsewhere): less
+    disturbed than wall time by other work on a shared machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ModeResult:
     mode: str
     rates: list[float] = field(default_factory=list)
     link_seconds: float = 0.0
     relay_counters: dict = field(default_factory=dict)
+    relay_cpu: list[float] = field(default_factory=list)  # the relay's CPU seconds per timed round
 
     @property
     def best(self) -> float:
@@ -185,11 +214,16 @@ async def run_mode(mode: str, args, uu_port: int, api_base: str) -> ModeResult:
             ues = [await ConstrainedUe("127.0.0.1", uu_port).open() for _ in range(n)]
         else:
             pc5_port = free_port()
+            profile = []
+            if args.profile:  # the relay under cProfile, one file per run
+                args.profile.mkdir(parents=True, exist_ok=True)
+                runs = len(list(args.profile.glob(f"relay-{mode}-{n}-*.prof")))
+                profile = ["-m", "cProfile", "-o", str(args.profile / f"relay-{mode}-{n}-{runs}.prof")]
             relay = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "msgin5g.cli", "relay", "--listen", f"127.0.0.1:{pc5_port}",
+                sys.executable, *profile, "-m", "msgin5g.cli", "relay", "--listen", f"127.0.0.1:{pc5_port}",
                 "--server", f"coap://127.0.0.1:{uu_port}", "--mode", mode, "--max-links", str(n),
                 "--admin", "none", "--link-timeout", "600",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=relay_env(args),
             )  # fmt: skip
             await wait_ready(relay, "relay")
             ues = [await ConstrainedUe("127.0.0.1", pc5_port, l2_id=i + 1).open() for i in range(n)]
@@ -204,7 +238,10 @@ async def run_mode(mode: str, args, uu_port: int, api_base: str) -> ModeResult:
             res.link_seconds = time.perf_counter() - t0
         await configure_all(ues, uris, args.window, via_proxy=mode != "direct")  # warm-up, not counted
         for _ in range(args.rounds):
+            cpu0 = cpu_seconds(relay.pid) if relay is not None else None
             res.rates.append(await configure_all(ues, uris, args.window, via_proxy=mode != "direct"))
+            if cpu0 is not None:
+                res.relay_cpu.append(round(cpu_seconds(relay.pid) - cpu0, 2))
         for ue in ues:
             await ue.close(release=False)
     finally:
@@ -239,6 +276,7 @@ async def scenario(args, scm_port: int, delay_ms: float) -> dict:
         "configs_per_s": {m: round(r.best, 1) for m, r in results.items()},
         "all_rounds": {m: [round(x, 1) for x in r.rates] for m, r in results.items()},
         "link_setup_s": {m: round(r.link_seconds, 3) for m, r in results.items() if m != "direct"},
+        "relay_cpu_s_rounds": {m: r.relay_cpu for m, r in results.items() if r.relay_cpu},
         "relay_counters": {
             m: {
                 k: r.relay_counters.get(k)
@@ -286,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uu-delay-ms", type=float, nargs="+", default=[0.0, 5.0],
                     help="one-way delays added on the Uu side, one scenario each")  # fmt: skip
     ap.add_argument("--modes", nargs="+", default=["direct", "l3", "l2"], choices=["direct", "l3", "l2"])
+    ap.add_argument("--profile", type=Path, default=None, help="run the relay under cProfile, files here")
+    ap.add_argument("--relay-src", type=Path, default=None,
+                    help="run the relay from this src directory (another tree's)")  # fmt: skip
     ap.add_argument("--json", action="store_true", help="print only the JSON report")
     args = ap.parse_args(argv)
     report = asyncio.run(main_async(args))
@@ -305,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {mode:6s} {rate:8.1f} configurations/s{extra}   rounds: {rounds}")
         if "l2_over_l3" in sc:
             print(f"  L2 / L3 = {sc['l2_over_l3']:.2f}x")
-        print("  " + json.dumps({k: sc[k] for k in ("link_setup_s", "relay_counters")}))
+        print("  " + json.dumps({k: sc[k] for k in ("link_setup_s", "relay_cpu_s_rounds", "relay_counters")}))
     return 0
 
 
