@@ -273,6 +273,32 @@ def test_respond_to_a_stored_request_and_rst_fails_it():
     assert sends(non)[0].mtype == NON and server.next_deadline() is None
 
 
+def test_empty_ack_and_rst_datagrams_end_exactly_their_own_exchange():
+    """A four-byte empty ACK or RST (RFC 7252 §3: version 1, TKL 0, code 0.00) ends the CON with
+    that message ID towards that endpoint, once; from another endpoint it matches nothing."""
+    server = MessageLayer(rng=random.Random(15), server=True)
+    handles, mids = [], []
+    for token in (b"a", b"b", b"c"):
+        handle, out = server.respond_to(0.0, C, token, CoapMessage(CON, CONTENT, 0, b"", [], b"x"))
+        handles.append(handle)
+        mids.append(sends(out)[0].mid)
+    ack = [bytes([0x60, 0, m >> 8, m & 0xFF]) for m in mids]  # 01 10 0000: ACK, no token
+    rst = [bytes([0x70, 0, m >> 8, m & 0xFF]) for m in mids]  # 01 11 0000: RST, no token
+    assert server.on_datagram(0.5, ack[0], C) == [Confirmed(handles[0])]
+    assert server.on_datagram(0.6, ack[0], C) == []  # a duplicate ACK: nothing more
+    assert server.on_datagram(0.7, rst[1], C) == [Fail(handles[1], "reset", "rejected with RST")]
+    assert server.on_datagram(0.8, ack[2], ("10.0.0.9", 5683)) == []  # not that endpoint's MID
+    assert server.counters.unmatched == 2
+    assert server.on_datagram(0.9, ack[2], C) == [Confirmed(handles[2])]
+    assert server.next_deadline() is None
+    # the client side: an empty ACK of a request says its answer follows (RFC 7252 §5.2.2)
+    client = MessageLayer(rng=random.Random(16))
+    handle, out = client.request(0.0, get(), S, deadline=60.0)
+    mid = sends(out)[0].mid
+    assert client.on_datagram(0.1, bytes([0x60, 0, mid >> 8, mid & 0xFF]), S) == [Acked(handle)]
+    assert client.next_deadline() == 60.0  # no more retransmissions, the wait for the answer only
+
+
 # -- Block2 (RFC 7959) ---------------------------------------------------------------------------------
 
 

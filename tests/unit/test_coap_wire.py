@@ -23,6 +23,14 @@ def test_rfc_7252_figure_example_bytes():
     assert encode(msg) == data
 
 
+def test_empty_ack_and_reset_bytes():
+    # RFC 7252 §3: Ver 01, T ACK 10 / RST 11, TKL 0000 → 0x60 / 0x70; code 0.00; MID big-endian
+    assert wire.empty_ack(0x7D34) == bytes([0x60, 0x00, 0x7D, 0x34])
+    assert wire.reset(0x0001) == bytes([0x70, 0x00, 0x00, 0x01])
+    assert decode(wire.empty_ack(65535)) == CoapMessage(wire.ACK, wire.EMPTY, 65535)
+    assert decode(wire.reset(0)) == CoapMessage(wire.RST, wire.EMPTY, 0)
+
+
 def test_extended_option_delta_and_length():
     # option 65020 after 0: delta 65020 = 269 + 64751 → nibble 14, 2-byte extension 0xfcef
     value = b"x" * 20  # length 20 = 13 + 7 → nibble 13, 1-byte extension 0x07

@@ -67,6 +67,10 @@ from .actions import (  # noqa: F401 (the layer's vocabulary, importable from he
 from .blockwise import BlockError, BlockwiseTransfer, block2_of
 from .wire import ACK, CON, EMPTY, NON, OPT_BLOCK2, OPT_ETAG, OPT_OBSERVE, OPT_SIZE2, RST, CoapMessage
 
+#: First octet of an empty ACK / RST without token: version 1, type, TKL 0 (RFC 7252 §3)
+_EMPTY_ACK = (wire.VERSION << 6) | (ACK << 4)
+_EMPTY_RST = (wire.VERSION << 6) | (RST << 4)
+
 # -- state ---------------------------------------------------------------------------------------------
 
 
@@ -417,7 +421,15 @@ class MessageLayer:
 
     # -- input ---------------------------------------------------------------------------------------
     def on_datagram(self, now: float, data: bytes, addr: Addr) -> list[Action]:
-        """One datagram from ``addr``. A malformed CON is rejected with RST (RFC 7252 §4.2)."""
+        """One datagram from ``addr``. A malformed CON is rejected with RST (RFC 7252 §4.2).
+
+        An empty ACK or RST — four bytes, version 1, no token (RFC 7252 §3, §4.2): half of what
+        a server answering with separate responses receives — is taken from its header without
+        building a :class:`CoapMessage`."""
+        if len(data) == 4 and data[1] == EMPTY and (data[0] == _EMPTY_ACK or data[0] == _EMPTY_RST):
+            out: list[Action] = []
+            self._on_empty_ack_or_reset(now, data[0] == _EMPTY_RST, (data[2] << 8) | data[3], addr, out)
+            return out
         try:
             msg = wire.decode(data)
         except wire.WireError:
@@ -489,32 +501,41 @@ class MessageLayer:
             self._pump(now, addr, out)
         return out
 
+    def _on_empty_ack_or_reset(self, now: float, rst: bool, mid: int, addr: Addr, out: list) -> None:
+        """An empty ACK or an RST of message ``mid`` (RFC 7252 §4.2, §5.2.2)."""
+        key = (addr, mid)
+        owner = self._by_mid.get(key)
+        if owner is None:
+            self.counters.unmatched += 1
+            return
+        if type(owner) is _Separate:
+            owner.done = True
+            del self._by_mid[key]
+            out.append(Fail(owner.handle, RESET, "rejected with RST") if rst else Confirmed(owner.handle))
+            return
+        if rst:
+            self._fail(owner, "rejected with RST", out, RESET)
+        else:  # the answer follows separately (RFC 7252 §5.2.2)
+            if owner.tx is not None:
+                out.append(Acked(owner.handle))
+            self._release(owner)
+        self._pump(now, addr, out)
+
     def _on_ack_or_reset(self, now: float, msg: CoapMessage, addr: Addr, out: list) -> None:
+        if msg.code == EMPTY:
+            self._on_empty_ack_or_reset(now, msg.mtype == RST, msg.mid, addr, out)
+            return
         owner = self._by_mid.get((addr, msg.mid))
         if owner is None:
             self.counters.unmatched += 1
-            if msg.code != EMPTY:
-                out.append(Unmatched(msg, addr))
+            out.append(Unmatched(msg, addr))
             return
-        if isinstance(owner, _Separate):
-            if msg.code != EMPTY:  # a response on an ACK answers nothing here
-                self.counters.unmatched += 1
-                return
-            owner.done = True
-            del self._by_mid[(addr, msg.mid)]
-            out.append(
-                Confirmed(owner.handle)
-                if msg.mtype == ACK
-                else Fail(owner.handle, RESET, "rejected with RST")
-            )
+        if isinstance(owner, _Separate):  # a response on an ACK answers nothing here
+            self.counters.unmatched += 1
             return
         ex = owner
         if msg.mtype == RST:
             self._fail(ex, "rejected with RST", out, RESET)
-        elif msg.code == EMPTY:  # the answer follows separately (RFC 7252 §5.2.2)
-            if ex.tx is not None:
-                out.append(Acked(ex.handle))
-            self._release(ex)
         elif msg.token != ex.token or not msg.is_response:
             self.counters.unmatched += 1  # an ACK with another request's answer: not ours
             out.append(Unmatched(msg, addr))

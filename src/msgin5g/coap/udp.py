@@ -159,7 +159,10 @@ class DatagramSocket:
             self._backlog.append((data, addr))
             return
         try:
-            self._raw_send(data, addr)
+            if addr is None or addr == self.peer:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
             self._backlog.append((data, addr))
             self.loop.add_writer(self.sock.fileno(), self._writable)

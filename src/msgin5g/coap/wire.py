@@ -212,13 +212,15 @@ def block_size(szx: int) -> int:
 
 
 def empty_ack(mid: int) -> bytes:
-    """An empty ACK (RFC 7252 §4.2): acknowledges a CON, the answer follows separately."""
-    return encode(CoapMessage(ACK, EMPTY, mid))
+    """An empty ACK (RFC 7252 §4.2): acknowledges a CON, the answer follows separately. Four
+    bytes: version 1, type ACK, no token, code 0.00, the message ID (RFC 7252 §3)."""
+    return bytes(((VERSION << 6) | (ACK << 4), EMPTY, (mid >> 8) & 0xFF, mid & 0xFF))
 
 
 def reset(mid: int) -> bytes:
-    """An RST (RFC 7252 §4.2, §4.3): rejects a message the receiver cannot process."""
-    return encode(CoapMessage(RST, EMPTY, mid))
+    """An RST (RFC 7252 §4.2, §4.3): rejects a message the receiver cannot process (four bytes,
+    as :func:`empty_ack`)."""
+    return bytes(((VERSION << 6) | (RST << 4), EMPTY, (mid >> 8) & 0xFF, mid & 0xFF))
 
 
 def code_text(code: int) -> str:
