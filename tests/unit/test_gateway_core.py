@@ -176,6 +176,31 @@ def test_rst_of_the_answer_also_ends_the_request():
     assert c.on_datagrams(0.2, 1000.2, [(empty(RST, answer_of(reply).mid), A1)]) == [Remove((1,))]
 
 
+def test_answers_beyond_a_burst_wait_and_each_is_retransmitted_from_its_own_transmission():
+    """A bulk answer for many UEs: ``send_burst`` answers go out with the outcome, the rest when
+    the shell asks; ACK_TIMEOUT × [1, 1.5] = [2 s, 3 s] counts from each one's own transmission
+    (RFC 7252 §4.2), not from when the outcome arrived."""
+    config = CoreConfig(policy=ServicePolicy(max_wait=0.0), cache=False, send_burst=2)
+    c = GatewayCore(config, rng=random.Random(3))
+    ues = [f"urn:gsma:imei:35209900-{i:06d}-0" for i in range(5)]
+    reqs = [(request(i, bytes([65 + i]), ue), ("127.0.0.1", 41000 + i)) for i, ue in enumerate(ues)]
+    (fetch,) = of(receive(c, 0.0, *reqs), Fetch)
+    out = c.on_outcome(0.1, fetch.op, bulk_answer(*[(ue, f"sid-{i}") for i, ue in enumerate(ues)]))
+    assert len(of(out, Reply)) == 2 and len(of(out, MarkAnswered)) == 5 and c.answers_waiting == 3
+    sent_at = {r.data: 0.1 for r in of(out, Reply)}
+    sent_at |= {r.data: 5.0 for r in of(c.send_answers(5.0, 2), Reply)}
+    sent_at |= {r.data: 9.0 for r in of(c.send_answers(9.0, 10), Reply)}
+    assert c.answers_waiting == 0 and c.send_answers(9.0, 10) == []
+    assert sorted(wire.decode(d).token for d in sent_at) == [bytes([65 + i]) for i in range(5)]
+    first_retransmission: dict[bytes, float] = {}
+    while len(first_retransmission) < 5:
+        now = c.next_deadline()
+        for r in of(c.on_tick(now), Reply):
+            first_retransmission.setdefault(r.data, now)
+    for data, t in first_retransmission.items():
+        assert 2.0 <= t - sent_at[data] <= 3.0
+
+
 # -- each bulk GET answered as it comes; keys carried through ---------------------------------------
 def test_each_bulk_get_outcome_is_answered_at_once_and_the_rest_retried_when_the_fetch_ends():
     c = core(max_wait=0.0, retry_initial=1.0)

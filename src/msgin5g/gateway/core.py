@@ -14,7 +14,8 @@ Events (each takes ``now``, the shell's monotonic clock):
 
 Actions: :class:`Ack` and :class:`Reply` (datagrams to a UE), :class:`Store` (requests to store
 durably *before* they are acknowledged), :class:`Fetch` (keys to ask the SCM-S for), :class:`Remove`
-(delivered, given up or superseded requests), :class:`MarkAnswered`.
+(delivered, given up or superseded requests), :class:`MarkAnswered`. Answers beyond a burst per
+event wait until the shell asks for them (:meth:`GatewayCore.send_answers`).
 
 Each request keeps its *key* (the configuration it asks for, computed once from its query) from
 arrival to answer: a :class:`Fetch` names the keys, outcomes are matched against the keys of that
@@ -37,13 +38,14 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import authz
 from ..bulk import BulkItem, IndividualResponse, answer_responses
-from ..coap.msglayer import Confirmed, Fail, Incoming, MessageLayer, Params, Send, Serve, Unmatched
+from ..coap.msglayer import Confirmed, Fail, Incoming, MessageLayer, Params, Send, Serve
 from ..coap.wire import block_size
 from ..model import ModelError, UeIdentity
 from ..problem import Problem
@@ -150,6 +152,8 @@ class CoreConfig:
     ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT of the CON separate responses
     max_retransmit: int = 4
     record_answers: bool = False
+    #: answers sent per event; the rest wait for :meth:`GatewayCore.send_answers`
+    send_burst: int = 128
 
 
 @dataclass(slots=True)
@@ -159,6 +163,7 @@ class _Live:
     requester: tuple | None  # D13 supersede key: (identity, query)
     answer: IndividualResponse | None = None
     out: tuple[int, Addr, int] | None = None  # the CON separate response in flight: handle, addr, MID
+    waiting: bool = False  # its answer waits in the core's outbox, not sent yet
 
 
 @dataclass(slots=True)
@@ -170,6 +175,15 @@ class _Staged:
     key: Hashable
     binding: bytes | None
     requester: tuple | None
+
+
+#: The counters of :attr:`GatewayCore.stats`
+STAT_NAMES = (
+    "datagrams-in", "garbage", "requests", "duplicates", "rejected", "cache-hits", "stored", "restored",
+    "merged", "superseded", "flush-full", "flush-timer", "flush-urgent", "flush-retry", "flush-single",
+    "bulk-operations", "single-forwards", "upstream-failures", "answers", "retransmissions",
+    "delivered", "undelivered", "given-up", "unauthenticated", "forbidden", "internal-errors"
+)  # fmt: skip
 
 
 def requester_key(identity: authz.Identity | None, query: wire.UeQuery) -> tuple:
@@ -189,37 +203,7 @@ class GatewayCore:
         self.rng = rng or random.Random()
         self.policy = BatchPolicy(config.policy)
         self.cache: ResponseCache[Hashable, IndividualResponse] = ResponseCache()
-        self.stats: dict[str, int] = dict.fromkeys(
-            [
-                "datagrams-in",
-                "garbage",
-                "requests",
-                "duplicates",
-                "rejected",
-                "cache-hits",
-                "stored",
-                "restored",
-                "merged",
-                "superseded",
-                "flush-full",
-                "flush-timer",
-                "flush-urgent",
-                "flush-retry",
-                "flush-single",
-                "bulk-operations",
-                "single-forwards",
-                "upstream-failures",
-                "answers",
-                "retransmissions",
-                "delivered",
-                "undelivered",
-                "given-up",
-                "unauthenticated",
-                "forbidden",
-                "internal-errors",
-            ],
-            0,
-        )
+        self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
         self.answer_log: list[int] = []
         self._requests: dict[int, _Live] = {}
         self._by_requester: dict[tuple, int] = {}
@@ -229,6 +213,7 @@ class GatewayCore:
         )
         self.ml = MessageLayer(params, self.rng, server=True)
         self._handles: dict[int, int] = {}  # CON separate response → its request
+        self._outbox: deque[int] = deque()  # requests whose answer is decided and not yet sent
         self._batches: dict[int, list[_Staged]] = {}
         self._ops: dict[int, set[Hashable]] = {}
         self._next_batch = 0
@@ -244,9 +229,14 @@ class GatewayCore:
     def busy(self) -> bool:
         return bool(self._requests or self._batches)
 
+    @property
+    def answers_waiting(self) -> int:
+        """Answers decided and not yet sent: the shell asks for them with :meth:`send_answers`."""
+        return len(self._outbox)
+
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.policy.next_deadline(), self.ml.next_deadline()) if t is not None]
-        return min(times) if times else None
+        a, b = self.policy.next_deadline(), self.ml.next_deadline()
+        return a if b is None else b if a is None else min(a, b)
 
     # -- restart -------------------------------------------------------------------------------------
     def restore(self, now: float, wall: float, pending: Sequence[StoredRequest]) -> list[Action]:
@@ -278,7 +268,7 @@ class GatewayCore:
             greqs.append(GatewayRequest(st.req_id, key, received, st.urgent, isinstance(key, BulkItem)))
         self.stats["restored"] += len(pending)
         out += self._run(now, self.policy.on_requests(now, greqs))
-        return out
+        return out + self.send_answers(now, self.config.send_burst)
 
     # -- MSGin5G-6 side: receiving -------------------------------------------------------------------
     def on_datagrams(self, now: float, wall: float, datagrams: Sequence[tuple[bytes, Addr]]) -> list[Action]:
@@ -307,20 +297,16 @@ class GatewayCore:
 
     def _perform_ml(self, a, out: list[Action]) -> None:
         """What the message layer says: datagrams out, answers delivered or undeliverable."""
-        if isinstance(a, Send):
+        kind = type(a)
+        if kind is Send:
             out.append(Ack(a.addr, a.data) if len(a.data) == 4 else Reply(a.addr, a.data))
-        elif isinstance(a, Confirmed):
+        elif kind is Confirmed or kind is Fail:  # an RST (Fail) rejects an answer the UE did receive
             req_id = self._handles.pop(a.handle, None)
             if req_id is not None:
-                self.stats["delivered"] += 1
+                ok = kind is Confirmed or "RST" in a.reason
+                self.stats["delivered" if ok else "undelivered"] += 1
                 out += self._done(req_id)
-        elif isinstance(a, Fail):
-            req_id = self._handles.pop(a.handle, None)
-            if req_id is not None:
-                self.stats["undelivered" if "RST" not in a.reason else "delivered"] += 1
-                out += self._done(req_id)
-        elif isinstance(a, Unmatched):
-            pass  # counted by the layer (garbage)
+        # Unmatched: counted by the layer (garbage)
 
     def _request(
         self, now: float, incoming: Incoming, data: bytes, out: list[Action], staged: list[_Staged]
@@ -406,7 +392,7 @@ class GatewayCore:
             keys_seen.add(s.key)
             greqs.append(GatewayRequest(st.req_id, s.key, now, s.request.urgent, isinstance(s.key, BulkItem)))
         out += self._run(now, self.policy.on_requests(now, greqs))
-        return out
+        return out + self.send_answers(now, self.config.send_burst)
 
     def _supersede(self, now: float, old_id: int, new: _Live) -> list[Action]:
         """SPEC D13: ``new`` takes the place of the same UE's earlier request ``old_id``."""
@@ -527,7 +513,7 @@ class GatewayCore:
         out: list[Action] = []
         for key, resp in zip(mine, responses, strict=True):
             out += self._complete(now, key, resp)
-        return out
+        return out + self.send_answers(now, self.config.send_burst)
 
     def on_fetch_done(self, now: float, op: int) -> list[Action]:
         """Fetch ``op`` has ended: what no outcome covered is retried later."""
@@ -547,33 +533,51 @@ class GatewayCore:
 
     # -- MSGin5G-6 side: answering -----------------------------------------------------------------
     def _answer(self, now: float, req_id: int, resp: IndividualResponse) -> list[Action]:
-        """A request's answer as a confirmable separate response (RFC 7252 §5.2.2)."""
+        """A request's answer is decided; :meth:`send_answers` sends it (RFC 7252 §5.2.2)."""
         live = self._requests.get(req_id)
         if live is None:
             return []
-        st = live.stored
-        msg = wire.response_message(CON, 0, st.token, resp, st.block_num, st.block_szx)
-        if msg is None:
-            msg = wire.response_message(CON, 0, st.token, BAD_BLOCK2)
-        msg = self._protected(msg, st.oscore)
+        live.answer = resp
         self.stats["answers"] += 1
-        log.debug("answer to request %d (%s) at %s", req_id, st.query.ue_uri, st.endpoint)
+        log.debug("answer to request %d (%s) at %s", req_id, live.stored.query.ue_uri, live.stored.endpoint)
         if self.config.record_answers:
             self.answer_log.append(req_id)
-        if live.out is not None:  # answered before (a give-up racing an answer): end that one
-            self._handles.pop(live.out[0], None)
-        handle, acts = self.ml.respond_to(now, st.endpoint, st.token, msg)
-        live.answer = resp
+        if not live.waiting:
+            live.waiting = True
+            self._outbox.append(req_id)
+        return [MarkAnswered((req_id,))]
+
+    def send_answers(self, now: float, limit: int) -> list[Action]:
+        """Up to ``limit`` of the answers decided and not yet sent, as CON separate responses
+        (RFC 7252 §5.2.2). Each event sends :attr:`CoreConfig.send_burst` of them and the shell asks
+        for the rest a burst per event-loop turn, so that a CON's retransmission timer starts when
+        it is sent (RFC 7252 §4.2), not while the thousands of answers of one bulk GET queue up."""
         out: list[Action] = []
-        for a in acts:
-            if isinstance(a, Send):
-                out.append(Reply(a.addr, a.data, req_id))
-                if handle is not None:
-                    live.out = (handle, a.addr, int.from_bytes(a.data[2:4], "big"))
-                    self._handles[handle] = req_id
-            else:
-                self._perform_ml(a, out)
-        return [*out, MarkAnswered((req_id,))]
+        outbox, requests = self._outbox, self._requests
+        while outbox and limit > 0:
+            req_id = outbox.popleft()
+            live = requests.get(req_id)
+            if live is None or not live.waiting:  # superseded or given up meanwhile
+                continue
+            live.waiting = False
+            limit -= 1
+            st = live.stored
+            msg = wire.response_message(CON, 0, st.token, live.answer, st.block_num, st.block_szx)
+            if msg is None:
+                msg = wire.response_message(CON, 0, st.token, BAD_BLOCK2)
+            msg = self._protected(msg, st.oscore)
+            if live.out is not None:  # answered before (a give-up racing an answer): end that one
+                self._handles.pop(live.out[0], None)
+            handle, acts = self.ml.respond_to(now, st.endpoint, st.token, msg)
+            for a in acts:
+                if type(a) is Send:
+                    out.append(Reply(a.addr, a.data, req_id))
+                    if handle is not None:
+                        live.out = (handle, a.addr, int.from_bytes(a.data[2:4], "big"))
+                        self._handles[handle] = req_id
+                else:
+                    self._perform_ml(a, out)
+        return out
 
     def _done(self, req_id: int) -> list[Action]:
         live = self._requests.pop(req_id, None)
@@ -593,4 +597,4 @@ class GatewayCore:
             else:
                 self._perform_ml(a, out)
         out += self._run(now, self.policy.on_tick(now))
-        return out
+        return out + self.send_answers(now, self.config.send_burst)

@@ -91,6 +91,7 @@ class GatewayConfig:
             self.ack_timeout,
             self.max_retransmit,
             self.record_answers,
+            SEND_BURST,
         )
 
 
@@ -226,18 +227,22 @@ class GatewayUe:
     # -- performing actions ------------------------------------------------------------------------
     def _perform(self, actions: list[Action]) -> None:
         for a in actions:
-            if isinstance(a, (Ack, Reply)):
+            kind = type(a)
+            if kind is Reply or kind is Ack:
                 self._send(a.data, a.addr)
-            elif isinstance(a, Store):
-                self._store(a)
-            elif isinstance(a, Fetch):
-                self._spawn(self._fetch(a))
-            elif isinstance(a, Remove):
+            elif kind is Remove:
                 self._to_remove.extend(a.req_ids)
                 self._schedule_store()
-            elif isinstance(a, MarkAnswered):
+            elif kind is MarkAnswered:
                 self._to_mark.extend(a.req_ids)
                 self._schedule_store()
+            elif kind is Store:
+                self._store(a)
+            elif kind is Fetch:
+                self._spawn(self._fetch(a))
+        if self.core.answers_waiting and not self._outbox_scheduled and self._loop is not None:
+            self._outbox_scheduled = True
+            self._loop.call_soon(self._drain)
         self._arm()
 
     def _store(self, a: Store) -> None:
@@ -302,15 +307,21 @@ class GatewayUe:
             self._loop.call_soon(self._drain)
 
     def _drain(self) -> None:
-        self._outbox_scheduled = False
+        """One event-loop turn's datagrams: what is queued, then answers the core holds back
+        (:meth:`~.core.GatewayCore.send_answers`: their retransmission timers start now)."""
         if self._closed or self._endpoint is None:
+            self._outbox_scheduled = False
             return
+        room = SEND_BURST - len(self._outbox)
+        if room > 0 and self.core.answers_waiting:
+            self._perform(self.core.send_answers(self._loop.time(), room))  # into the outbox
         for _ in range(min(SEND_BURST, len(self._outbox))):
             data, addr = self._outbox.popleft()
             self._endpoint.sendto(data, addr)
-        if self._outbox:
-            self._outbox_scheduled = True
+        if self._outbox or self.core.answers_waiting:
             self._loop.call_soon(self._drain)
+        else:
+            self._outbox_scheduled = False
 
     def _schedule_store(self) -> None:
         if not self._store_scheduled and self._loop is not None:
