@@ -201,6 +201,7 @@ class UpstreamScmc(CmClient):
         self._tcp_sem = asyncio.Semaphore(4 * self.nstart)
         self._tcp_mms: int | None = None
         self._lock = asyncio.Lock()
+        self._uris: dict[str, str] = {}  # service id → collection URI (percent-encoded once)
         self.stats = {
             "bulk-gets": 0,
             "block2-followups": 0,
@@ -281,7 +282,10 @@ class UpstreamScmc(CmClient):
         return ctx
 
     def _tcp_message(self, service_id: str, query: Sequence[str], block2=None) -> aiocoap.Message:
-        msg = aiocoap.Message(code=Code.GET, uri=self.root.collection_uri(service_id))
+        uri = self._uris.get(service_id)
+        if uri is None:
+            uri = self._uris[service_id] = self.root.collection_uri(service_id)
+        msg = aiocoap.Message(code=Code.GET, uri=uri)
         msg.opt.uri_query = list(query)
         for number, value in self._extra_options():
             msg.opt.add_option(optiontypes.OpaqueOption(OptionNumber(number), value))
@@ -484,17 +488,20 @@ class UpstreamScmc(CmClient):
         """The UE-scoped GET of TS 24.546 6.2.3.3 on one UE's behalf (no bulk policy, D9)."""
         try:
             self.stats["single-gets"] += 1
-            # a GET, safe to repeat: asked again like a bulk GET when it goes unanswered (D13)
-            resp = await self._idempotent(lambda: self._get(service_id, query.uri_query(), blockwise=True))
+            if self.transport == "tcp":  # one exchange, nothing to hedge over TCP (RFC 8323)
+                m = await self._tcp_request(self._tcp_message(service_id, query.uri_query()), True)
+                cf = m.opt.content_format
+                answer = (int(m.code), m.payload, None if cf is None else int(cf), m.opt.max_age)
+            else:  # a GET, safe to repeat: asked again like a bulk GET when it goes unanswered (D13)
+                r = await self._idempotent(lambda: self._get(service_id, query.uri_query(), blockwise=True))
+                answer = (r.code, r.payload, r.content_format, r.max_age)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self.stats["no-answer"] += 1
             detail = f"no answer from the SCM-S: {type(e).__name__}: {e}"
             return UpstreamOutcome((query.ue_uri,), False, None, detail=detail)
-        return UpstreamOutcome(
-            (query.ue_uri,), False, resp.code, resp.payload, resp.content_format, resp.max_age
-        )
+        return UpstreamOutcome((query.ue_uri,), False, *answer)
 
     async def close(self) -> None:
         if self._udp_ep is not None:
