@@ -204,6 +204,27 @@ async def test_link_released_before_the_response_discards_it(scm_server, relays,
         raw.close()
 
 
+async def test_port_unreachable_on_an_uplink_is_counted_and_the_relay_goes_on(relays, coap):
+    """A SCM-S that is down: the kernel reports ICMP port unreachable on the link's connected
+    upstream socket (RFC 1122 §4.1.3.3). The relay counts it and keeps relaying — the UE's own
+    retransmission goes up again (the relay does not retransmit, SPEC D8)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    relay = await relays(f"coap://127.0.0.1:{down}")
+    raw = RawUe(relay)
+    try:
+        await raw.link()
+        req = get_request(config_query_uri(f"coap://127.0.0.1:{down}", "msgin5g", UE1), via_proxy=True)
+        raw.send_raw(raw.encode(req, mid=1, token=b"x"))
+        await until(coap, relay, lambda c: c["errors"].get("uplink-ConnectionRefusedError", 0) >= 1)
+        raw.send_raw(raw.encode(req, mid=1, token=b"x"))  # the UE retransmits (RFC 7252 §4.2)
+        c = await until(coap, relay, lambda c: c["retransmitted_up"] == 1)
+        assert c["relayed_up"] == 1 and c["errors"].get("core", 0) == 0
+    finally:
+        raw.close()
+
+
 async def test_link_table_full_rejects(scm_server, relays):
     srv = scm_server
     relay = await relays(server_uri(srv), max_links=2)

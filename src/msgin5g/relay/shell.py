@@ -13,9 +13,11 @@ and says so in the log. Raw sockets and not aiocoap client contexts: the relay k
 end — message IDs, tokens, block-wise transfers, Observe and OSCORE pass through — where aiocoap's
 client would terminate them.
 
-Sockets are plain non-blocking sockets watched with ``loop.add_reader``: creating one is
-synchronous, which keeps performing an action a plain function call. The admin side — counters and
-links for operators — is an ordinary aiocoap resource tree on a loopback address.
+Every socket is a :class:`~msgin5g.coap.udp.DatagramSocket`, the project's one datagram shell: read
+in bursts (one readiness event, many datagrams), sends queued while the socket buffer is full
+rather than dropped, ICMP errors reported (and counted here). Creating one is synchronous, which
+keeps performing an action a plain function call. The admin side — counters and links for
+operators — is an ordinary aiocoap resource tree on a loopback address.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import aiocoap
 import aiocoap.resource as resource
 
 from .. import codec, pc5
+from ..coap.udp import DatagramSocket
 from .core import (
     MODE_L2,
     MODE_L3,
@@ -51,8 +54,6 @@ log = logging.getLogger("msgin5g.relay")
 
 DEFAULT_PC5_PORT = 65401  # seed 6.2.2.1; SPEC D11
 DEFAULT_ADMIN_PORT = 65411
-RECV_BATCH = 256  # datagrams handled per readiness callback before yielding to the loop
-SOCKET_BUFFER = 1 << 20
 
 
 @dataclass
@@ -110,13 +111,35 @@ def _is_ipv4_loopback(host: str) -> bool:
     return address.version == 4 and address.is_loopback
 
 
-def _udp_socket(family: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-    return sock
+class _Pc5Socket(DatagramSocket):
+    """The PC5 socket: bursts go to :meth:`RunningRelay._on_pc5_burst`, errors are counted."""
+
+    def __init__(self, sock: socket.socket, relay: RunningRelay):
+        self.relay = relay
+        super().__init__(sock)
+
+    def on_burst(self, burst) -> None:
+        self.relay._on_pc5_burst(burst)
+
+    def on_error(self, error: OSError) -> None:
+        self.relay.core.counters.errors[f"pc5-{type(error).__name__}"] += 1
+
+
+class _Uplink(DatagramSocket):
+    """The upstream flow of one PC5 link, connected to the SCM-S (SPEC D8): only the SCM-S's
+    datagrams arrive on it; an ICMP error about the SCM-S (e.g. port unreachable while it
+    restarts) is counted — the UE's own retransmissions go on being relayed."""
+
+    def __init__(self, sock: socket.socket, relay: RunningRelay, key: int):
+        self.relay = relay
+        self.key = key
+        super().__init__(sock)
+
+    def on_burst(self, burst) -> None:
+        self.relay._on_uplink_burst(self.key, burst)
+
+    def on_error(self, error: OSError) -> None:
+        self.relay.core.counters.errors[f"uplink-{type(error).__name__}"] += 1
 
 
 class CountersResource(resource.Resource):
@@ -144,8 +167,8 @@ class RunningRelay:
         self._server_addr = server_addr
         self._family = _family(server_addr[0])
         self._loop = asyncio.get_running_loop()
-        self._pc5: socket.socket | None = None
-        self._uplinks: dict[int, socket.socket] = {}
+        self._pc5: _Pc5Socket | None = None
+        self._uplinks: dict[int, _Uplink] = {}
         self._bind_warned = False
         self._tick_task: asyncio.Task | None = None
         self._admin: aiocoap.Context | None = None
@@ -156,15 +179,14 @@ class RunningRelay:
 
     async def _start(self) -> None:
         s = self.settings
-        sock = _udp_socket(_family(s.listen_host))
+        sock = socket.socket(_family(s.listen_host), socket.SOCK_DGRAM)
         try:
             sock.bind((s.listen_host, s.listen_port))
         except OSError:
             sock.close()
             raise
-        self._pc5 = sock
-        self.pc5_address = sock.getsockname()[:2]
-        self._loop.add_reader(sock.fileno(), self._on_pc5_readable)
+        self._pc5 = _Pc5Socket(sock, self)
+        self.pc5_address = self._pc5.local_address
         self._tick_task = asyncio.create_task(self._ticker())
         if s.admin_host is not None:
             await self._start_admin(s.admin_host, s.admin_port)
@@ -190,7 +212,6 @@ class RunningRelay:
                 await self._tick_task
             self._tick_task = None
         if self._pc5 is not None:
-            self._loop.remove_reader(self._pc5.fileno())
             self._pc5.close()
             self._pc5 = None
         for key in list(self._uplinks):
@@ -215,43 +236,25 @@ class RunningRelay:
 
     # ---- input --------------------------------------------------------------------------------
 
-    def _on_pc5_readable(self) -> None:
-        sock = self._pc5
-        if sock is None:
-            return
-        for _ in range(RECV_BATCH):
+    def _on_pc5_burst(self, burst: list[tuple[bytes, tuple]]) -> None:
+        core, now = self.core, self._loop.time()
+        for data, addr in burst:
             try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # e.g. an ICMP error reported on the socket
-                self.core.counters.errors[type(e).__name__] += 1
-                continue
-            try:
-                actions = self.core.on_pc5(addr[:2], data, self._loop.time())
+                actions = core.on_pc5(addr, data, now)
             except Exception:  # a bug must not stop the relay: log, count, go on
-                log.exception("relay core failed on a PC5 datagram from %s", addr[:2])
-                self.core.counters.errors["core"] += 1
+                log.exception("relay core failed on a PC5 datagram from %s", addr)
+                core.counters.errors["core"] += 1
                 continue
             self._perform(actions)
 
-    def _on_uplink_readable(self, key: int) -> None:
-        sock = self._uplinks.get(key)
-        if sock is None:
-            return
-        for _ in range(RECV_BATCH):
+    def _on_uplink_burst(self, key: int, burst: list[tuple[bytes, tuple]]) -> None:
+        core, now = self.core, self._loop.time()
+        for data, _ in burst:
             try:
-                data = sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # ICMP port unreachable from the server, reported on a connected socket
-                self.core.counters.errors[f"uplink-{type(e).__name__}"] += 1
-                return
-            try:
-                actions = self.core.on_uu(key, data, self._loop.time())
+                actions = core.on_uu(key, data, now)
             except Exception:
                 log.exception("relay core failed on a Uu datagram")
-                self.core.counters.errors["core"] += 1
+                core.counters.errors["core"] += 1
                 continue
             self._perform(actions)
             if key not in self._uplinks:
@@ -270,27 +273,23 @@ class RunningRelay:
 
     def _perform(self, actions) -> None:
         for action in actions:
-            try:
-                if isinstance(action, SendUplink):
-                    sock = self._uplinks.get(action.uplink)
-                    if sock is None:  # its socket could not be opened (e.g. out of file descriptors)
-                        self.core.counters.errors["no-uplink-socket"] += 1
-                    else:
-                        sock.send(action.datagram)
-                elif isinstance(action, SendDownlink | Answer):
-                    self._send_pc5(action.endpoint, action.datagram)
-                elif isinstance(action, SendPc5):
-                    self._send_pc5(action.endpoint, pc5.encode(action.message))
-                elif isinstance(action, OpenUplink):
-                    self._open_uplink(action.uplink, action.source)
-                elif isinstance(action, CloseUplink):
-                    self._close_uplink(action.uplink)
-                elif isinstance(action, Discard):
-                    log.debug("discarded: %s %s", action.reason, action.detail)
-            except BlockingIOError:
-                self.core.counters.errors["send-buffer-full"] += 1
-            except OSError as e:
-                self.core.counters.errors[f"send-{type(e).__name__}"] += 1
+            kind = type(action)
+            if kind is SendUplink:
+                up = self._uplinks.get(action.uplink)
+                if up is None:  # its socket could not be opened (e.g. out of file descriptors)
+                    self.core.counters.errors["no-uplink-socket"] += 1
+                else:
+                    up.sendto(action.datagram)
+            elif kind is SendDownlink or kind is Answer:
+                self._send_pc5(action.endpoint, action.datagram)
+            elif kind is SendPc5:
+                self._send_pc5(action.endpoint, pc5.encode(action.message))
+            elif kind is OpenUplink:
+                self._open_uplink(action.uplink, action.source)
+            elif kind is CloseUplink:
+                self._close_uplink(action.uplink)
+            elif kind is Discard:
+                log.debug("discarded: %s %s", action.reason, action.detail)
 
     def _send_pc5(self, endpoint, data: bytes) -> None:
         if self._pc5 is not None:
@@ -306,7 +305,7 @@ class RunningRelay:
         if key in self._uplinks:
             return
         try:
-            sock = _udp_socket(self._family)
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
         except OSError as e:
             self.core.counters.errors[f"open-uplink-{type(e).__name__}"] += 1
             log.warning("cannot open an upstream socket for PC5 link %d: %s", key, e)
@@ -329,14 +328,12 @@ class RunningRelay:
             self.core.counters.errors[f"open-uplink-{type(e).__name__}"] += 1
             log.warning("cannot open an upstream socket for PC5 link %d: %s", key, e)
             return
-        self._uplinks[key] = sock
-        self._loop.add_reader(sock.fileno(), self._on_uplink_readable, key)
+        self._uplinks[key] = _Uplink(sock, self, key)
 
     def _close_uplink(self, key: int) -> None:
-        sock = self._uplinks.pop(key, None)
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
+        up = self._uplinks.pop(key, None)
+        if up is not None:
+            up.close()
 
     @property
     def uplink_count(self) -> int:
