@@ -20,9 +20,10 @@ and direct UE ↔ SCM-S), emulating a cellular round trip of 2·D: a small UDP f
 process that keeps one upstream socket per source endpoint, so layer-2 and direct UEs stay
 distinct at the SCM-S. Default 0 (pure loopback).
 
-``--profile DIR`` runs the relay under cProfile (one file per mode); the relay's CPU seconds of each
-timed round are reported either way. ``--relay-src DIR`` runs the relay from another tree's ``src``
-(e.g. a baseline commit checked out with ``git worktree add``) with this tree's driver and SCM-S.
+``--profile DIR`` runs the relay under cProfile (one file per mode); the CPU seconds of the relay,
+the SCM-S and the driver in each timed round are reported either way. ``--relay-src DIR`` runs the
+relay from another tree's ``src`` (e.g. a baseline commit checked out with ``git worktree add``)
+with this tree's driver and SCM-S.
 
 Usage: ``python bench/bench_relay.py [--ues 1000] [--rounds 3] [--window 100] [--uu-delay-ms 0]``
 """
@@ -182,6 +183,8 @@ class ModeResult:
     link_seconds: float = 0.0
     relay_counters: dict = field(default_factory=dict)
     relay_cpu: list[float] = field(default_factory=list)  # the relay's CPU seconds per timed round
+    server_cpu: list[float] = field(default_factory=list)  # the SCM-S's
+    driver_cpu: list[float] = field(default_factory=list)  # this process's (the constrained UEs)
 
     @property
     def best(self) -> float:
@@ -239,9 +242,13 @@ async def run_mode(mode: str, args, uu_port: int, api_base: str) -> ModeResult:
         await configure_all(ues, uris, args.window, via_proxy=mode != "direct")  # warm-up, not counted
         for _ in range(args.rounds):
             cpu0 = cpu_seconds(relay.pid) if relay is not None else None
+            srv0, drv0 = cpu_seconds(args.server_pid), time.process_time()
             res.rates.append(await configure_all(ues, uris, args.window, via_proxy=mode != "direct"))
             if cpu0 is not None:
                 res.relay_cpu.append(round(cpu_seconds(relay.pid) - cpu0, 2))
+            if srv0 is not None:
+                res.server_cpu.append(round(cpu_seconds(args.server_pid) - srv0, 2))
+            res.driver_cpu.append(round(time.process_time() - drv0, 2))
         for ue in ues:
             await ue.close(release=False)
     finally:
@@ -277,6 +284,8 @@ async def scenario(args, scm_port: int, delay_ms: float) -> dict:
         "all_rounds": {m: [round(x, 1) for x in r.rates] for m, r in results.items()},
         "link_setup_s": {m: round(r.link_seconds, 3) for m, r in results.items() if m != "direct"},
         "relay_cpu_s_rounds": {m: r.relay_cpu for m, r in results.items() if r.relay_cpu},
+        "server_cpu_s_rounds": {m: r.server_cpu for m, r in results.items() if r.server_cpu},
+        "driver_cpu_s_rounds": {m: r.driver_cpu for m, r in results.items()},
         "relay_counters": {
             m: {
                 k: r.relay_counters.get(k)
@@ -308,6 +317,7 @@ async def main_async(args) -> dict:
     server.stdin.close()
     try:
         await wait_ready(server, "SCM-S")
+        args.server_pid = server.pid
         scenarios = [await scenario(args, scm_port, d) for d in args.uu_delay_ms]
     finally:
         await stop(server)
@@ -346,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {mode:6s} {rate:8.1f} configurations/s{extra}   rounds: {rounds}")
         if "l2_over_l3" in sc:
             print(f"  L2 / L3 = {sc['l2_over_l3']:.2f}x")
-        print("  " + json.dumps({k: sc[k] for k in ("link_setup_s", "relay_cpu_s_rounds", "relay_counters")}))
+        cpu = ("relay_cpu_s_rounds", "server_cpu_s_rounds", "driver_cpu_s_rounds")
+        print("  " + json.dumps({k: sc[k] for k in ("link_setup_s", *cpu, "relay_counters")}))
     return 0
 
 
