@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msgin5g.model import imei_urn
+from procs import cpu_seconds
 
 try:
     from msgin5g.outcome import Outcome
@@ -166,16 +167,6 @@ def relay_env(args) -> dict[str, str]:
     return env
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` so far (Linux /proc; None elsewhere): less
-    disturbed than wall time by other work on a shared machine."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class ModeResult:
     mode: str
@@ -246,8 +237,7 @@ async def run_mode(mode: str, args, uu_port: int, api_base: str) -> ModeResult:
             res.rates.append(await configure_all(ues, uris, args.window, via_proxy=mode != "direct"))
             if cpu0 is not None:
                 res.relay_cpu.append(round(cpu_seconds(relay.pid) - cpu0, 2))
-            if srv0 is not None:
-                res.server_cpu.append(round(cpu_seconds(args.server_pid) - srv0, 2))
+            res.server_cpu.append(round(cpu_seconds(args.server_pid) - srv0, 2))
             res.driver_cpu.append(round(time.process_time() - drv0, 2))
         for ue in ues:
             await ue.close(release=False)
