@@ -16,7 +16,8 @@ Life of a request: a receive burst goes to :meth:`~.core.GatewayCore.on_datagram
 :class:`~.core.Store` is one SQLite transaction, *then* the core acknowledges (empty ACKs) and
 hands the requests to its policy; each :class:`~.core.Fetch` runs on the CM client, whose
 outcomes come back one bulk GET at a time; answers go out as CON separate responses
-(:data:`SEND_BURST` per event-loop turn, so the UEs' ACKs are read in between); a request leaves
+(:data:`SEND_BURST` per event-loop turn, so the UEs' ACKs are read in between; empty ACKs and RSTs
+go out at once, never behind answers); a request leaves
 the store when the UE acknowledges or rejects its answer, when its retransmissions are exhausted,
 or when a repeat of the same UE supersedes it. After ``kill -9`` everything still in the store is
 restored, re-fetched and answered.
@@ -228,7 +229,10 @@ class GatewayUe:
     def _perform(self, actions: list[Action]) -> None:
         for a in actions:
             kind = type(a)
-            if kind is Reply or kind is Ack:
+            if kind is Ack:  # at once: a UE whose request waits unacknowledged sends no more
+                if self._endpoint is not None and not self._closed:
+                    self._endpoint.sendto(a.data, a.addr)
+            elif kind is Reply:
                 self._send(a.data, a.addr)
             elif kind is Remove:
                 self._to_remove.extend(a.req_ids)
