@@ -253,6 +253,26 @@ async def test_blockwise_without_the_offer_sends_rfc7959_block1():
     assert [k for k, _, _ in ep.sent] == ["b1"] * 4
 
 
+async def test_the_admin_client_sends_large_documents_as_q_block1(qserver):
+    """``msgin5g config import/apply/update`` (ScmClient) over coap:// without OSCORE: a POST and a
+    PUT of a document of 11 blocks go as Q-Block1 and both are stored as sent."""
+    from msgin5g.scmc import ScmClient
+
+    doc = big_doc()
+    async with ScmClient(f"coap://127.0.0.1:{qserver.port}") as client:
+        created = await client.create(doc)
+        doc_id = created["ueConfigDocId"]
+        changed = {**doc, "configName": "big-" + "r" * 11_000, "ueConfigDocId": doc_id}
+        replaced = await client.replace(doc_id, changed)
+        small = await client.create(make_doc(uris=[imei_urn(TAC, 8)]))
+    # per large document: its 11 blocks, and the Continue for the second set of the 11-block answer
+    # (the body's last block again, RFC 9177 §4.4); the small one went as one message
+    assert qserver.site.qblock.counters["qblock1-blocks"] == 2 * (11 + 1)
+    assert replaced["configName"] == changed["configName"]
+    stored = {d.doc["ueConfigDocId"]: d.doc for d in qserver.store.query_any("msgin5g")}
+    assert stored[doc_id] == changed and small["ueConfigDocId"] in stored
+
+
 async def test_rfc7959_block1_to_the_scm_s_gets_the_large_answer_with_block2_follow_ups(qserver):
     """Block1 (no Q-Block1 offer) to the SCM-S: 11 blocks, each answered 2.31; the 2.01 answer is
     itself 11 blocks of Block2, fetched with follow-ups that carry neither Block1 nor a payload
