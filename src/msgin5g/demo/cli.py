@@ -134,14 +134,16 @@ class Demo:
         n_relay, n_gw, n_direct = (len(plan.on(p)) for p in (Path.RELAY, Path.GATEWAY, Path.DIRECT))
         c.rule("[bold]msgin5g demo")
         bulk = f"bulk ≤{o.max_batch:,} UEs / {o.max_wait_ms} ms" if o.bulk else "no bulk"
+        n_relays = o.relay_count(n_relay)
+        relays = "the Relay UE" if n_relays == 1 else f"{n_relays} Relay UEs"
         self.say(
-            f"fleet: {o.ues:,} constrained UEs — {n_relay:,} via the Relay UE, {n_gw:,} via the Gateway UE — "
+            f"fleet: {o.ues:,} constrained UEs — {n_relay:,} via {relays}, {n_gw:,} via the Gateway UE — "
             f"plus {n_direct} UEs directly and 1 observing its document"
         )
         self.say(
-            f"       relay {o.relay_mode.upper()}; gateway {bulk}, Uu over {o.transport.upper()}, CM client "
-            f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}; {o.relay_count(n_relay)} Relay UE(s) of "
-            f"{o.relay_links} PC5 links; UE ACK_TIMEOUT {o.ue_ack_timeout:g} s"
+            f"       relay {o.relay_mode.upper()}, {o.relay_links} PC5 links each; gateway {bulk}, Uu over "
+            f"{o.transport.upper()}, CM client {o.cm_client}; loss {o.loss:g}; seed {o.seed}; UE ACK_TIMEOUT "
+            f"{o.ue_ack_timeout:g} s"
         )
         if o.db:
             check_store_empty(self.db_url)
