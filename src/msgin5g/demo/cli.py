@@ -1,12 +1,13 @@
 """``msgin5g demo``: the whole topology on one machine, with live progress and a report.
 
 It starts (:mod:`.topology`), each as its own process talking real CoAP over loopback, the
-SCM-S (on SQLite in a temporary directory unless ``--db`` is given), the Relay UE, the Gateway UE (and, with
-``--cm-client separate``, its configuration management client, SEAL-C: SPEC D10), and the wire
-between them (:mod:`.lossy`: counts every leg, loses ``--loss`` of the UDP datagrams). It
-provisions a generated fleet through ``msgin5g config import`` and ``msgin5g config gateway
-set`` (:mod:`.plan`), then drives the UEs (:mod:`.drive`): constrained UEs through the relay
-and through the gateway, unconstrained UEs directly, and one UE — an ``msgin5g ue get-config
+SCM-S (on SQLite in a temporary directory unless ``--db`` is given), the Relay UEs
+(``--relays``), the Gateway UE (and, with ``--cm-client separate``, its configuration
+management client, SEAL-C: SPEC D10), and the wire between them (:mod:`.lossy`: counts every
+leg, loses ``--loss`` of the UDP datagrams). It provisions a generated fleet through ``msgin5g
+config import`` and ``msgin5g config gateway set`` (:mod:`.plan`), then drives the UEs
+(:mod:`.drive`): constrained UEs through the relay each selected and through the gateway,
+unconstrained UEs directly, and one UE — an ``msgin5g ue get-config
 --observe`` process — that observes its document while the demo changes it.
 
 Secured by default (SPEC D12): every identity gets its OSCORE credentials in the temporary

@@ -7,8 +7,9 @@ serves, e.g. ``{"ready": "scm-s", "listen": {"coap": "coap://127.0.0.1:40321/su-
 so nothing here depends on the wording of the actors' banners. Every port is picked by the
 kernel on 127.0.0.1.
 
-Every radio leg goes through the wire (:mod:`.lossy`): the PC5 side of the Relay UE, the
-MSGin5G-6 side of the Gateway UE, and the Uu side of the relay, of the gateway (or its separate
+Every radio leg goes through the wire (:mod:`.lossy`): the PC5 side of each Relay UE (``--relays``:
+as many as the remote UEs need, each with SPEC D8's link table), the MSGin5G-6 side of the Gateway
+UE, and the Uu side of the relays, of the gateway (or its separate
 CM client, SPEC D10), of the directly attached UEs and of the observing UE. ``--loss`` applies
 to the UDP datagrams of every one of them, both ways; a TCP leg is reliable by definition and
 only counts.
