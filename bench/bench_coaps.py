@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from msgin5g.model import imei_urn  # noqa: E402
 from msgin5g.security.dtls import load_psk_credentials  # noqa: E402
 from msgin5g.security.tls import client_context  # noqa: E402
 from msgin5g.store import open_store  # noqa: E402
+from procs import free_port, start_server  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TAC = "35209900"
@@ -48,12 +48,6 @@ PATH = "/su-uc/v1/val-services/msgin5g/ue-configurations"
 
 def ue(i: int) -> str:
     return imei_urn(TAC, i)
-
-
-def free(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def msgin5g(*args: str) -> None:
@@ -79,20 +73,6 @@ def provision(tmp: Path, db: str, n: int) -> None:
     for i in range(n):
         msgin5g("keys", "add", f"ue:{ue(i)}", "--db", db, "--out", str(tmp / f"ue{i}.psk"), "--psk")
         msgin5g("keys", "cert", f"ue:{ue(i)}", "--db", db, "--out", str(tmp / f"ue{i}-tls"))
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen, int]:
-    p = subprocess.Popen(
-        [str(BIN / "msgin5g"), "server", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    m = re.search(r"coap://127\.0\.0\.1:(\d+)/", p.stdout.readline())
-    if not m:
-        p.kill()
-        raise SystemExit("the server did not start")
-    return p, int(m.group(1))
 
 
 async def client_for(scheme: str, i: int, tmp: Path) -> aiocoap.Context:
@@ -154,7 +134,7 @@ def main() -> None:
         tmp = Path(tmp)
         db = f"sqlite:///{tmp}/scm.db"
         provision(tmp, db, args.ues)
-        tls, wss, dtls = free(), free(), free(socket.SOCK_DGRAM)
+        tls, wss, dtls = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM), free_port()
         plain, plain_port = start_server("--insecure", "--db", db, "--no-tcp")
         secured, _ = start_server(
             "--db", db, "--no-tcp", "--tls-port", str(tls), "--wss-port", str(wss), "--dtls-port", str(dtls)

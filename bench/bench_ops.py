@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_server import BIN, measure, write_csv  # noqa: E402
+from procs import cpu_seconds  # noqa: E402
 
 
 class Scraper(threading.Thread):
@@ -47,14 +48,6 @@ class Scraper(threading.Thread):
                     self.size = len(r.read())
                 self.times.append(time.perf_counter() - t0)
             self.stop.wait(1.0)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(db: str, *extra: str) -> tuple[subprocess.Popen, int, str | None]:

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -41,32 +40,10 @@ sys.path.insert(0, str(HERE))
 from bench_server import PATH, TAC, free_port, measure, write_csv  # noqa: E402
 from loadgen import LoadGenerator, rss_mib  # noqa: E402
 from msgin5g.model import imei_urn  # noqa: E402
+from procs import start_server, stop  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("MSGIN5G_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def server(db: str, *extra: str) -> tuple[subprocess.Popen, int]:
-    p = subprocess.Popen(
-        [str(BIN / "msgin5g"), "server", "--insecure", "--port", "0", "--db", db, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = p.stdout.readline()
-    m = re.search(r"coap://127\.0\.0\.1:(\d+)/", line)
-    if not m:
-        p.kill()
-        raise SystemExit(f"msgin5g server did not start: {line!r}")
-    return p, int(m.group(1))
-
-
-def stop(p: subprocess.Popen) -> None:
-    p.terminate()
-    try:
-        p.wait(15)
-    except subprocess.TimeoutExpired:
-        p.kill()
 
 
 def worker_rss(p: subprocess.Popen) -> list[float]:
@@ -186,15 +163,15 @@ def main() -> None:
                 ("SCM-S PostgreSQL, --workers 1", pg_url, ()),
                 ("SCM-S PostgreSQL, --workers 2", pg_url, ("--workers", "2")),
             ):
-                p, port = server(db, *extra)
+                p, port = start_server("--insecure", "--db", db, *extra)
                 try:
                     rows[label] = rate(port)
                     rss[label] = worker_rss(p)
                 finally:
                     stop(p)
 
-            a, pa = server(pg_url)
-            b, pb = server(pg_url)
+            a, pa = start_server("--insecure", "--db", pg_url)
+            b, pb = start_server("--insecure", "--db", pg_url)
             try:
                 rows["two nodes on one PostgreSQL (combined)"] = asyncio.run(
                     split_load([pa, pb], args.docs, args.endpoints, args.seconds)
@@ -203,8 +180,8 @@ def main() -> None:
             finally:
                 stop(a)
                 stop(b)
-            a, pa = server(sqlite)
-            b, pb = server(sqlite)
+            a, pa = start_server("--insecure", "--db", sqlite)
+            b, pb = start_server("--insecure", "--db", sqlite)
             try:
                 sq_lat = asyncio.run(notify_latency(pa, pb, args.notify_rounds))
             finally:

@@ -30,9 +30,7 @@ import asyncio
 import json
 import os
 import random
-import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +51,7 @@ from msgin5g.security.credentials import load_bundle, load_key  # noqa: E402
 from msgin5g.security.endpoint import ClientProtection  # noqa: E402
 from msgin5g.security.storekeys import add_keys  # noqa: E402
 from msgin5g.store import open_store  # noqa: E402
+from procs import start_server  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TAC = "35209900"
@@ -83,21 +82,6 @@ def provision(db: str, n: int) -> None:
         store.set_gateway("gw2", {"all": True})
     finally:
         store.close()
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen, int]:
-    p = subprocess.Popen(
-        [str(BIN / "msgin5g"), "server", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = p.stdout.readline()
-    m = re.search(r"coap://127\.0\.0\.1:(\d+)/", line)
-    if not m:
-        p.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return p, int(m.group(1))
 
 
 # -- single-UE GETs ---------------------------------------------------------------------------------
