@@ -13,10 +13,12 @@ the counting, seeded lossy wire on every leg) with ``--report`` into a scratch d
    losses, so there only the PC5/MSGin5G-6 and the other Uu legs lose).
 
 Each path run is made twice: with the RFC 7252 defaults the UEs use (ACK_TIMEOUT 2 s; SPEC D13)
-and the relay's default link table (8 PC5 links, SPEC D8) — **rfc** — and with the UEs'
-ACK_TIMEOUT set for the emulated link (0.5 s, RFC 7252 §4.8.1 allows it) and a link table that
-serves 64 UEs at a time — **tuned** (``--profile rfc|tuned|both``). The Uu table uses ``--uu-ues``
-UEs (default ``--ues``) with the rfc profile.
+and the relays' default link table (8 PC5 links each, SPEC D8; ``--relays auto``: enough Relay UEs
+for every remote UE to have its link at once, 25 for 200 remote UEs) — **rfc** — and with the UEs'
+ACK_TIMEOUT set for the emulated link (0.5 s, RFC 7252 §4.8.1 allows it) and link tables of 64
+(so 4 Relay UEs for 200) — **tuned** (``--profile rfc|tuned|both``). ``--profile one-relay`` runs
+the defaults with a single Relay UE of 8 links for the 200 remote UEs (the demo before
+``--relays``). The Uu table uses ``--uu-ues`` UEs (default ``--ues``) with the rfc profile.
 
 The issue's third figure — bulk over UDP at no loss with Q-Block2 against per-UE, datagrams and
 bytes — is ``bench/bench_qblock.py`` (the message layer's Q-Block2 client against the SCM-S); the
@@ -27,7 +29,7 @@ children) and reported as such; a run in which some UE got a wrong answer is rep
 count. The benchmark exits 1 if any run was not all correct — these are the figures to improve.
 
 Usage: ``python bench/bench_loss.py [--ues 1000] [--uu-ues N] [--timeout 900] [--part paths|uu|all]
-[--profile rfc|tuned|both] [--json]``
+[--profile rfc|tuned|one-relay|both] [--json]``
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ from pathlib import Path
 
 MSGIN5G = str(Path(sys.executable).parent / "msgin5g")
 PATHS = ("relay", "gateway", "direct")
-#: demo options of the two profiles (see the module docstring)
+#: demo options of the profiles (see the module docstring)
 PROFILES = {
     "rfc": (),
     "tuned": ("--ue-ack-timeout", "0.5", "--relay-links", "64"),
+    "one-relay": ("--relays", "1"),
 }
 
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ues", type=int, default=1000)
     ap.add_argument("--uu-ues", type=int, default=None, help="UEs of the Uu table's runs (default --ues)")
-    ap.add_argument("--profile", choices=["rfc", "tuned", "both"], default="both")
+    ap.add_argument("--profile", choices=["rfc", "tuned", "one-relay", "both"], default="both")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per demo run")
     ap.add_argument("--part", choices=["paths", "uu", "all"], default="all")
     ap.add_argument("--json", action="store_true", help="print only the JSON report")

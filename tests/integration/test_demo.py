@@ -147,6 +147,41 @@ def test_demo_other_topologies(args, label, tmp_path):
         assert summary["legs"]["uu-gateway"]["up"][0] <= 4  # one bulk GET over TCP (+ CSM, probe)
 
 
+def test_demo_with_several_relays_at_seeded_loss(tmp_path):
+    """Three Relay UEs of 2 PC5 links each (SPEC D8) at 20 % loss on every leg: each remote UE
+    goes through the relay it selected, every relay serves some, and every UE still gets exactly
+    the outcome its provisioning implies; the per-relay PC5 legs and counters add up."""
+    report = tmp_path / "report"
+    args = ("--ues", "40", "--loss", "0.2", "--seed", "6", "--relays", "3", "--relay-links", "2")
+    p = run_demo(*args, "--report", str(report))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert re.search(r"started 3 Relay UEs \(pids \d+, \d+, \d+\), each L3 mode, 2 PC5 links", p.stdout)
+    summary = check_report(report, 46)
+    implied = implied_counts(40, 0.2, 6, tmp_path)
+    check_paths(summary, implied)
+    remote = sum(implied["relay"].values())
+    pc5 = {name: leg for name, leg in summary["legs"].items() if name.startswith("pc5")}
+    assert set(pc5) == {"pc5", "pc5-2", "pc5-3"}
+    assert all(leg["up"][0] > 0 and leg["down"][0] > 0 for leg in pc5.values())  # each relay served UEs
+    per_relay = []
+    for log in ("relay.log", "relay-2.log", "relay-3.log"):
+        text = (report / "logs" / log).read_text()
+        after = text[text.rindex("relay counters at shutdown:") :].partition(":")[2].lstrip()
+        per_relay.append(json.JSONDecoder().raw_decode(after)[0])
+    assert all(c["links_established"] >= 1 and c["relayed_down"] >= 1 for c in per_relay)
+    total = summary["counters"]["relay"]
+    assert total["links_established"] == sum(c["links_established"] for c in per_relay) >= remote
+    assert total["relayed_down"] == sum(c["relayed_down"] for c in per_relay) >= remote
+    assert "--relays 3 --relay-links 2" in (report / "report.md").read_text()
+
+
+def test_demo_relays_option_is_checked():
+    p = run_demo("--ues", "20", "--relays", "none", timeout=60)
+    assert p.returncode == 2
+    assert "'auto' or a number of Relay UEs from 1 to 256, not 'none'" in p.stderr
+    assert "Traceback" not in p.stdout + p.stderr and "started" not in p.stdout
+
+
 # -- stopping ---------------------------------------------------------------------------------------
 def start_demo_and_wait_for(
     line_pattern: str, *args: str
@@ -171,6 +206,9 @@ def start_demo_and_wait_for(
         m = re.search(r"started the (.+?) \(pid (\d+)\)", line)
         if m:
             pids[m.group(1)] = int(m.group(2))
+        m = re.search(r"started \d+ Relay UEs \(pids ([\d, ]+)\)", line)
+        if m:  # several Relay UEs (--relays)
+            pids.update({f"Relay UE {k}": int(pid) for k, pid in enumerate(m.group(1).split(", "), 1)})
         if re.search(line_pattern, line):
             return proc, lines, pids
     proc.kill()
@@ -218,7 +256,7 @@ def test_killed_child_stops_everything_and_says_so():
     proc, lines, pids = start_demo_and_wait_for(
         r"configuring \d+ UEs", "--ues", "60", "--max-wait-ms", "60000"
     )
-    assert {"SCM-S", "wire (lossy forwarder)", "Relay UE", "Gateway UE"} <= set(pids)
+    assert {"SCM-S", "wire (lossy forwarder)", "Relay UE 1", "Relay UE 2", "Gateway UE"} <= set(pids)
     os.kill(pids["Gateway UE"], signal.SIGKILL)
     out = finish(proc, lines)
     assert proc.returncode == 2, out

@@ -17,11 +17,14 @@ from msgin5g.demo.plan import (
     CAROL,
     DAVE,
     MALLORY,
+    MAX_AUTO_RELAYS,
     PHONE_TAC,
     SENSOR_TAC,
     Path,
     PlannedUe,
+    assign_relays,
     make_plan,
+    relay_count,
 )
 from msgin5g.demo.stats import PER_UE_FLOOR, UuCount, percentile, summarize_path, verdict
 from msgin5g.model import imei_urn
@@ -292,3 +295,46 @@ def test_chart_curves_start_at_zero_whatever_the_number_of_points():
     xs, frac = cdf_steps([5.0, 1.0, 4.0, 2.0, 3.0])
     assert xs == [1.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert frac == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+# --- several Relay UEs (SPEC D8: 8 links each; each remote UE selects one) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "remote", "links", "want"),
+    [
+        (None, 200, 8, 25),  # 1,000 UEs, 20 % behind relays: every remote UE a link at once
+        (None, 12, 8, 2),
+        (None, 8, 8, 1),
+        (None, 0, 8, 1),  # a relay is started even without remote UEs
+        (None, 200, 64, 4),
+        (None, 200_000, 8, MAX_AUTO_RELAYS),  # a huge fleet shares a bounded number of processes
+        (3, 200, 8, 3),  # asked for: as asked
+        (1, 200, 8, 1),
+    ],
+)
+def test_relay_count(requested, remote, links, want):
+    assert relay_count(requested, remote, links) == want
+
+
+def test_relay_count_refuses_no_relay():
+    with pytest.raises(ValueError):
+        relay_count(0, 10, 8)
+
+
+@pytest.mark.parametrize("relays", [1, 3, 7, 25])
+def test_every_remote_ue_selects_one_relay_and_the_relays_share_them_evenly(relays):
+    plan = make_plan(1000, 0.2, 1)
+    remote = plan.on(Path.RELAY)
+    choice = assign_relays(plan.ues, relays)
+    assert set(choice) == set(remote)  # every remote UE, and only those
+    per_relay = Counter(choice.values())
+    assert set(per_relay) == set(range(relays))
+    assert max(per_relay.values()) - min(per_relay.values()) <= 1
+    assert sum(per_relay.values()) == len(remote) == 200
+
+
+def test_relay_selection_is_the_same_for_the_same_seed():
+    one, two = make_plan(100, 0.3, 9), make_plan(100, 0.3, 9)
+    pick = {u.device: k for u, k in assign_relays(one.ues, 4).items()}
+    assert pick == {u.device: k for u, k in assign_relays(two.ues, 4).items()}

@@ -1,12 +1,13 @@
 """``msgin5g demo``: the whole topology on one machine, with live progress and a report.
 
 It starts (:mod:`.topology`), each as its own process talking real CoAP over loopback, the
-SCM-S (on SQLite in a temporary directory unless ``--db`` is given), the Relay UE, the Gateway UE (and, with
-``--cm-client separate``, its configuration management client, SEAL-C: SPEC D10), and the wire
-between them (:mod:`.lossy`: counts every leg, loses ``--loss`` of the UDP datagrams). It
-provisions a generated fleet through ``msgin5g config import`` and ``msgin5g config gateway
-set`` (:mod:`.plan`), then drives the UEs (:mod:`.drive`): constrained UEs through the relay
-and through the gateway, unconstrained UEs directly, and one UE — an ``msgin5g ue get-config
+SCM-S (on SQLite in a temporary directory unless ``--db`` is given), the Relay UEs
+(``--relays``), the Gateway UE (and, with ``--cm-client separate``, its configuration
+management client, SEAL-C: SPEC D10), and the wire between them (:mod:`.lossy`: counts every
+leg, loses ``--loss`` of the UDP datagrams). It provisions a generated fleet through ``msgin5g
+config import`` and ``msgin5g config gateway set`` (:mod:`.plan`), then drives the UEs
+(:mod:`.drive`): constrained UEs through the relay each selected and through the gateway,
+unconstrained UEs directly, and one UE — an ``msgin5g ue get-config
 --observe`` process — that observes its document while the demo changes it.
 
 Secured by default (SPEC D12): every identity gets its OSCORE credentials in the temporary
@@ -43,7 +44,7 @@ from .drive import OBSERVER_CHANGES, ObserverResult, UeRun, drive_fleet, observe
 from .keys import DemoKeys, make_keys
 from .lossy import raise_fd_limit
 from .oracle import expected
-from .plan import FleetPlan, Path, make_plan
+from .plan import MAX_AUTO_RELAYS, FleetPlan, Path, assign_relays, make_plan
 from .procs import Child, ChildFailed, Supervisor
 from .progress import ProgressView
 from .report import MATPLOTLIB_HINT_MARKUP, TABLE_NOTES, console_table, write_report
@@ -56,11 +57,13 @@ from .topology import (
     Topology,
     actor_counters,
     check_store_empty,
+    leg_total,
     provision,
     start_topology,
 )
 
 EXIT_OK, EXIT_WRONG, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_RELAYS = 256  # --relays N: each is a process
 
 
 def make_console(quiet: bool = False) -> Console:
@@ -76,6 +79,18 @@ def make_console(quiet: bool = False) -> Console:
 
 def _mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.0f} MiB"
+
+
+def _peak_memory(children: list[Child]) -> list[str]:
+    """Each child's peak RSS; several Relay UEs as one entry (how many, the largest)."""
+    relays = [ch for ch in children if ch.name == "relay" or ch.name.startswith("relay-")]
+    out = [f"{ch.label.removeprefix('the ')} {_mib(ch.peak_rss_kib)}" for ch in children if ch not in relays]
+    if len(relays) > 1:
+        peak = max((ch.peak_rss_kib or 0 for ch in relays), default=0)
+        out.insert(1, f"{len(relays)} Relay UEs up to {_mib(peak or None)} each")
+    elif relays:
+        out.insert(1, f"Relay UE {_mib(relays[0].peak_rss_kib)}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,13 +135,15 @@ class Demo:
         n_relay, n_gw, n_direct = (len(plan.on(p)) for p in (Path.RELAY, Path.GATEWAY, Path.DIRECT))
         c.rule("[bold]msgin5g demo")
         bulk = f"bulk ≤{o.max_batch:,} UEs / {o.max_wait_ms} ms" if o.bulk else "no bulk"
+        n_relays = o.relay_count(n_relay)
+        relays = "the Relay UE" if n_relays == 1 else f"{n_relays} Relay UEs"
         self.say(
-            f"fleet: {o.ues:,} constrained UEs — {n_relay:,} via the Relay UE, {n_gw:,} via the Gateway UE — "
+            f"fleet: {o.ues:,} constrained UEs — {n_relay:,} via {relays}, {n_gw:,} via the Gateway UE — "
             f"plus {n_direct} UEs directly and 1 observing its document"
         )
         self.say(
-            f"       relay {o.relay_mode.upper()}; gateway {bulk}, Uu over {o.transport.upper()}, CM client "
-            f"{o.cm_client}; loss {o.loss:g}; seed {o.seed}; {o.relay_links} PC5 links; UE ACK_TIMEOUT "
+            f"       relay {o.relay_mode.upper()}, {o.relay_links} PC5 links each; gateway {bulk}, Uu over "
+            f"{o.transport.upper()}, CM client {o.cm_client}; loss {o.loss:g}; seed {o.seed}; UE ACK_TIMEOUT "
             f"{o.ue_ack_timeout:g} s"
         )
         if o.db:
@@ -147,7 +164,9 @@ class Demo:
         try:
             topo: Topology = await self._with_watch(
                 watch,
-                start_topology(self.sup, o, self.keys, self.workdir, self.db_url, self.fd_limit, self.say),
+                start_topology(
+                    self.sup, o, self.keys, self.workdir, self.db_url, self.fd_limit, self.say, n_relay
+                ),
             )
             self.done.append("started the SCM-S, the wire, the Relay UE and the Gateway UE")
             self.console_url = topo.server.ready.get("console")
@@ -182,6 +201,8 @@ class Demo:
                                 record=self._record,
                                 relay_links=o.relay_links,
                                 reask=reask_policy(o.ue_ack_timeout),
+                                relays=topo.relay_pc5,
+                                relay_of=assign_relays(plan.ues, len(topo.relays)),
                             ),
                             observe(
                                 self.sup, plan.observer, exp[plan.observer], ep, self.keys, self.view.record
@@ -285,7 +306,7 @@ class Demo:
                     o.path_label(path),
                     runs,
                     UuCount.from_leg(legs.get(LEG_OF[path])),
-                    UuCount.from_leg(legs.get(side)) if side else None,
+                    UuCount.from_leg(leg_total(legs, side)) if side else None,
                 )
             )
             latencies[path.value] = [r.latency for r in runs]
@@ -312,9 +333,7 @@ class Demo:
         demo_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         c.print(
             "peak memory: "
-            + ", ".join(
-                f"{ch.label.removeprefix('the ')} {_mib(ch.peak_rss_kib)}" for ch in self.sup.children
-            )
+            + ", ".join(_peak_memory(self.sup.children))
             + f", this demo process {_mib(demo_kib)}"
         )
         wrong = [r for r in self.runs if not r.ok]
@@ -369,7 +388,8 @@ class Demo:
             f"`msgin5g demo --ues {o.ues} --relay-share {o.relay_share:g} --relay-mode {o.relay_mode} "
             f"--{'bulk' if o.bulk else 'no-bulk'} --max-batch {o.max_batch} --max-wait-ms {o.max_wait_ms} "
             f"--transport {o.transport} --cm-client {o.cm_client} --loss {o.loss:g} --seed {o.seed} "
-            f"--relay-links {o.relay_links} --ue-ack-timeout {o.ue_ack_timeout:g}"
+            f"--relays {o.relays or 'auto'} --relay-links {o.relay_links} "
+            f"--ue-ack-timeout {o.ue_ack_timeout:g}"
             f"{' --insecure' if o.insecure else ''}` — "
             f"UE phase {self.times.get('ues', 0):.1f} s, total {self.times.get('total', 0):.1f} s"
         )
@@ -467,6 +487,14 @@ class Demo:
     help="The Relay UE's PC5 link table (its --max-links): UEs it serves at a time.",
 )
 @click.option(
+    "--relays",
+    default="auto",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _relays_option(value),
+    help="Relay UEs to start, each a 'msgin5g relay' process with --relay-links links; each remote UE "
+    f"selects one. auto: enough for every remote UE to have a link at once (at most {MAX_AUTO_RELAYS}).",
+)
+@click.option(
     "--ue-ack-timeout",
     default=2.0,
     show_default=True,
@@ -490,6 +518,7 @@ def demo(
     insecure,
     web_console,
     relay_links,
+    relays,
     ue_ack_timeout,
     as_json,
     quiet,
@@ -501,7 +530,7 @@ def demo(
         ues, relay_share, relay_mode, bulk, max_batch, max_wait_ms, transport, cm_client, loss, seed
     )
     opts.report, opts.db, opts.insecure, opts.console = report, db, insecure, web_console
-    opts.relay_links, opts.ue_ack_timeout = relay_links, ue_ack_timeout
+    opts.relay_links, opts.relays, opts.ue_ack_timeout = relay_links, relays, ue_ack_timeout
     from ..coap import aiocoap_tweaks
 
     aiocoap_tweaks.install_process_tweaks()  # this process protects every UE's requests
@@ -520,6 +549,19 @@ def demo(
     elif quiet and code != EXIT_OK:  # -q: silent when every UE got what it should; else say why
         click.echo(f"demo: {_failure_line(run, code)}", err=True)
     sys.exit(code)
+
+
+def _relays_option(value: str) -> int | None:
+    """``--relays``: ``auto`` (None) or a number of Relay UEs, 1 … 256."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_RELAYS:
+        raise click.BadParameter(f"'auto' or a number of Relay UEs from 1 to {MAX_RELAYS}, not {value!r}")
+    return n
 
 
 def _failure_line(run: Demo, code: int) -> str:

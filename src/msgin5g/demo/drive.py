@@ -280,11 +280,17 @@ async def drive_fleet(
     record: Callable[[UeRun], None],
     relay_links: int = RELAY_LINKS,
     reask: ReaskPolicy = REASK,
+    relays: list[tuple[str, int]] | None = None,
+    relay_of: dict[PlannedUe, int] | None = None,
 ) -> list[UeRun]:
-    """Every UE at once, each on its path through the wire: relay (its link table's worth at a
-    time), gateway, direct. ``record`` sees each UE's run as it ends."""
+    """Every UE at once, each on its path through the wire: relay (each remote UE through the
+    Relay UE it selected, ``relay_of`` an index into ``relays`` — the PC5 legs of the Relay UEs,
+    default ``ep["pc5"]`` only — each relay its link table's worth at a time), gateway, direct.
+    ``record`` sees each UE's run as it ends."""
     loop = asyncio.get_running_loop()
-    relay_slots = asyncio.Semaphore(relay_links)
+    relays = relays or [ep["pc5"]]
+    relay_of = relay_of or {}
+    relay_slots = [asyncio.Semaphore(relay_links) for _ in relays]
     # each UE waiting on the gateway holds a socket here and one in the wire process
     gateway_slots = asyncio.Semaphore(max(16, min(GATEWAY_CONCURRENCY, fd_limit // 3)))
     gw_timeout = max(ATTEMPT_TIMEOUT, 3 * max_wait_ms / 1000 + 30)
@@ -299,10 +305,11 @@ async def drive_fleet(
     async def one(ue: PlannedUe) -> UeRun:
         deadline = loop.time() + UE_DEADLINE
         if ue.path is UePath.RELAY:
-            async with relay_slots:  # the UE's patience starts when the relay has room for its link
+            k = relay_of.get(ue, 0)
+            async with relay_slots[k]:  # the UE's patience starts when its relay has room for its link
                 deadline = loop.time() + UE_DEADLINE
                 run = await configure_via_relay(
-                    ep["pc5"], scm_via_relay, ue, exp[ue], deadline, creds(ue), reask
+                    relays[k], scm_via_relay, ue, exp[ue], deadline, creds(ue), reask
                 )
         elif ue.path is UePath.GATEWAY:
             async with gateway_slots:

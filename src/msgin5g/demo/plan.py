@@ -44,6 +44,9 @@ SHARE_UNPROVISIONED = 0.03  # of the sensors: beyond the range document
 SHARE_OUTSIDE_GATEWAY = 0.03  # of the sensors: not in the gateway's registry entry
 SHARE_IMPOSTORS = 0.02  # of the relay's UEs
 MIN_UES = 20  # below this some category would be empty
+#: Relay UEs ``--relays auto`` starts at most: each is a process of its own (≈ 30 MiB, a fraction of
+#: a CPU second to start), so a very large fleet shares them rather than starting thousands
+MAX_AUTO_RELAYS = 32
 
 
 class Path(enum.Enum):
@@ -256,6 +259,28 @@ def make_plan(n: int, relay_share: float = 0.2, seed: int = 1) -> FleetPlan:
         outside_gateway=outside,
         notes={"impostors": n_impostors, "meters": len(meters), "unprovisioned": n_unprovisioned},
     )
+
+
+def relay_count(requested: int | None, relay_ues: int, links: int) -> int:
+    """How many Relay UEs serve the fleet's remote UEs: ``requested``, or (None, ``--relays
+    auto``) enough for each remote UE to have a PC5 link at once — ceil(remote UEs / links per
+    relay), as a relay serves a handful of remote UEs in the field (a UE-to-Network Relay serves the
+    remote UEs near it, TS 23.304; 8 links by default, SPEC D8) — at least 1, at most
+    :data:`MAX_AUTO_RELAYS`."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError("at least one Relay UE is needed")
+        return requested
+    return min(MAX_AUTO_RELAYS, max(1, math.ceil(relay_ues / links)))
+
+
+def assign_relays(ues: Sequence[PlannedUe], relays: int) -> dict[PlannedUe, int]:
+    """The Relay UE (0 … ``relays``-1) each remote UE selects (TS 23.304's relay discovery and
+    selection: in the field, the relay nearest to it), by its place in the layout: the relay UEs
+    in the plan's (seeded) order, dealt in turn, so every relay serves ⌊n/relays⌋ or ⌈n/relays⌉
+    of them and the same seed gives the same choice."""
+    remote = [u for u in ues if u.path is Path.RELAY]
+    return {u: i % relays for i, u in enumerate(remote)}
 
 
 def write_provisioning(plan: FleetPlan, directory) -> list:

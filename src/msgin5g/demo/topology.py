@@ -7,8 +7,9 @@ serves, e.g. ``{"ready": "scm-s", "listen": {"coap": "coap://127.0.0.1:40321/su-
 so nothing here depends on the wording of the actors' banners. Every port is picked by the
 kernel on 127.0.0.1.
 
-Every radio leg goes through the wire (:mod:`.lossy`): the PC5 side of the Relay UE, the
-MSGin5G-6 side of the Gateway UE, and the Uu side of the relay, of the gateway (or its separate
+Every radio leg goes through the wire (:mod:`.lossy`): the PC5 side of each Relay UE (``--relays``:
+as many as the remote UEs need, each with SPEC D8's link table), the MSGin5G-6 side of the Gateway
+UE, and the Uu side of the relays, of the gateway (or its separate
 CM client, SPEC D10), of the directly attached UEs and of the observing UE. ``--loss`` applies
 to the UDP datagrams of every one of them, both ways; a TCP leg is reliable by definition and
 only counts.
@@ -29,7 +30,7 @@ import click
 from ..api import parse_api_root
 from ..store import open_store
 from .keys import DemoKeys
-from .plan import GATEWAY_ID, SENSOR_TAC, SERVICE_ID, FleetPlan, Path, write_provisioning
+from .plan import GATEWAY_ID, SENSOR_TAC, SERVICE_ID, FleetPlan, Path, relay_count, write_provisioning
 from .procs import Child, ChildFailed, Supervisor, msgin5g_argv
 
 RELAY_LINKS = 8  # TS 23.304's recommended PC5 link table size: the relay serves 8 UEs at a time
@@ -43,6 +44,47 @@ LEG_OF = {
 }
 UE_SIDE_LEG = {Path.RELAY: "pc5", Path.GATEWAY: "msgin5g-6"}
 UDP_LEGS = ("pc5", "msgin5g-6", "uu-relay", "uu-direct", "uu-observer")
+
+
+def relay_name(k: int) -> str:
+    """The process name of Relay UE ``k`` (0-based): ``relay``, ``relay-2``, …"""
+    return "relay" if k == 0 else f"relay-{k + 1}"
+
+
+def pc5_leg(k: int) -> str:
+    """The wire leg in front of Relay UE ``k``: ``pc5``, ``pc5-2``, …"""
+    return "pc5" if k == 0 else f"pc5-{k + 1}"
+
+
+def leg_total(legs: dict, name: str) -> dict | None:
+    """The counters of leg ``name`` and of its siblings ``name-2``, ``name-3``, … added up (the
+    PC5 legs of several Relay UEs: the relay path's UE side as a whole)."""
+    parts = [
+        v for k, v in legs.items() if k == name or (k.startswith(name + "-") and k[len(name) + 1 :].isdigit())
+    ]
+    if not parts:
+        return None
+    total = {"up": [0, 0, 0], "down": [0, 0, 0], "clients": 0}
+    for leg in parts:
+        for way in ("up", "down"):
+            total[way] = [a + b for a, b in zip(total[way], leg[way], strict=False)]
+        total["clients"] += leg.get("clients", 0)
+    return total
+
+
+def add_counters(a: dict, b: dict) -> dict:
+    """Two actors' counters added up: numbers summed, nested tables merged the same way."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, bool) or k not in out:
+            out[k] = v
+        elif isinstance(v, (int, float)) and isinstance(out[k], (int, float)):
+            out[k] = out[k] + v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = add_counters(out[k], v)
+        elif isinstance(v, list) and isinstance(out[k], list):
+            out[k] = out[k] + v
+    return out
 
 
 class PreconditionFailed(click.ClickException):
@@ -68,8 +110,12 @@ class DemoOptions:
     db: str | None = None
     insecure: bool = False
     console: bool = False  # serve the SCM-S web console during the run (SPEC D15)
-    relay_links: int = RELAY_LINKS  # the Relay UE's PC5 link table (--max-links; SPEC D8)
+    relay_links: int = RELAY_LINKS  # each Relay UE's PC5 link table (--max-links; SPEC D8)
+    relays: int | None = None  # Relay UEs to start; None: enough for every remote UE (--relays auto)
     ue_ack_timeout: float = 2.0  # the constrained UEs' ACK_TIMEOUT (RFC 7252 §4.8; SPEC D13)
+
+    def relay_count(self, relay_ues: int) -> int:
+        return relay_count(self.relays, relay_ues, self.relay_links)
 
     def path_label(self, path: Path) -> str:
         return {
@@ -162,7 +208,8 @@ class Topology:
     wire: Wire
     ep: dict[str, tuple[str, int]]
     server: Child
-    relay: Child
+    relays: list[Child]  # the Relay UEs (--relays)
+    relay_pc5: list[tuple[str, int]]  # where the remote UEs reach each of them (its PC5 leg)
     gateway: Child
     cm_client: Child | None
 
@@ -175,8 +222,10 @@ async def start_topology(
     db_url: str,
     fd_limit: int,
     say,
+    relay_ues: int = 0,
 ) -> Topology:
-    """The SCM-S and the wire, then the relay and the gateway behind their legs."""
+    """The SCM-S and the wire, then the Relay UEs (enough for ``relay_ues`` remote UEs with
+    ``--relays auto``) and the gateway behind their legs."""
     o = opts
     security = [] if keys else ["--insecure"]  # secured: the keys are in its store
     server_task = sup.start(
@@ -213,10 +262,14 @@ async def start_topology(
     ep["uu-gateway"] = await wire.leg(o.transport, "uu-gateway", scm)
     gw_scheme = "coap+tcp" if o.transport == "tcp" else "coap"
 
-    async def relay() -> Child:
+    n_relays = o.relay_count(relay_ues)
+
+    async def relay(k: int) -> Child:
         args = ["relay", "--listen", "127.0.0.1:0", "--server", uri(ep["uu-relay"]), "--mode", o.relay_mode]
         args += ["--max-links", str(o.relay_links), "--admin", "127.0.0.1:0"]
-        return await sup.start("relay", "the Relay UE", args, "relay")
+        return await sup.start(
+            relay_name(k), f"Relay UE {k + 1}" if n_relays > 1 else "the Relay UE", args, "relay"
+        )
 
     async def gateway() -> tuple[Child, Child | None]:
         cm = None
@@ -236,15 +289,21 @@ async def start_topology(
             args += ["--server", uri(ep["uu-gateway"], gw_scheme), *uu_identity]
         return await sup.start("gateway", "the Gateway UE", args, "gateway"), cm
 
-    relay_child, (gw_child, cm_child) = await asyncio.gather(relay(), gateway())
-    ep["relay"] = relay_child.listen("pc5")
+    *relays, (gw_child, cm_child) = await asyncio.gather(*(relay(k) for k in range(n_relays)), gateway())
+    ep["relay"] = relays[0].listen("pc5")
     ep["gateway"] = gw_child.listen("msgin5g-6")
-    ep["pc5"] = await wire.leg("udp", "pc5", ep["relay"])
+    # each Relay UE its own PC5 leg ("pc5", "pc5-2", …); their Uu flows share the relay path's leg
+    relay_pc5 = [await wire.leg("udp", pc5_leg(k), ch.listen("pc5")) for k, ch in enumerate(relays)]
+    ep["pc5"] = relay_pc5[0]
     ep["msgin5g-6"] = await wire.leg("udp", "msgin5g-6", ep["gateway"])
-    say(
-        f"  started {relay_child.label} (pid {relay_child.pid}): PC5 {hostport(ep['relay'])}, "
-        f"{o.relay_mode.upper()} mode, {o.relay_links} PC5 links"
-    )
+    mode = f"{o.relay_mode.upper()} mode, {o.relay_links} PC5 links"
+    if n_relays == 1:
+        say(f"  started {relays[0].label} (pid {relays[0].pid}): PC5 {hostport(ep['relay'])}, {mode}")
+    else:
+        say(
+            f"  started {n_relays} Relay UEs (pids {', '.join(str(ch.pid) for ch in relays)}), each {mode}; "
+            f"each remote UE selects one by its place in the layout (≤ {-(-relay_ues // n_relays)} per relay)"
+        )
     if cm_child is not None:
         say(f"  started {cm_child.label} (pid {cm_child.pid}): SEAL-C {hostport(cm_child.listen('seal-c'))}")
     where = "CM client separate" if cm_child else "CM client collocated"
@@ -256,7 +315,7 @@ async def start_topology(
         "  ports: every process picked a free port on 127.0.0.1; every PC5, MSGin5G-6 and Uu leg "
         "goes through the wire"
     )
-    return Topology(wire, ep, server, relay_child, gw_child, cm_child)
+    return Topology(wire, ep, server, relays, relay_pc5, gw_child, cm_child)
 
 
 async def provision(
@@ -301,7 +360,7 @@ def _json_after(text: str, marker: str) -> dict | None:
 
 
 def actor_counters(children: list[Child]) -> dict:
-    """The counters the relay, the gateway and the CM client print when they stop."""
+    """The counters the relays (added up), the gateway and the CM client print when they stop."""
     markers = {
         "relay": "relay counters at shutdown:",
         "gateway": "gateway counters at shutdown:",
@@ -309,8 +368,9 @@ def actor_counters(children: list[Child]) -> dict:
     }
     out = {}
     for ch in children:
-        if ch.name in markers:
-            value = _json_after(ch.log_text(), markers[ch.name])
+        name = "relay" if ch.name.startswith("relay-") else ch.name
+        if name in markers:
+            value = _json_after(ch.log_text(), markers[name])
             if value is not None:
-                out[ch.name] = value
+                out[name] = add_counters(out[name], value) if name in out else value
     return out
