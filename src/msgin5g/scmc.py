@@ -7,14 +7,17 @@ first (most specific, SPEC D4) document on 2.05; on 4.03 / 4.04 fall back to pre
 document (RFC 7641) and re-apply on every notification.
 
 The same client carries the administrator operations (POST/PUT/DELETE, listing) used by
-``msgin5g config``.
+``msgin5g config``. A request body larger than one block to a ``coap://`` SCM-S without OSCORE goes
+over the project's message layer with RFC 9177 Q-Block1 (TS 24.546 clause 5: the SCM-S supports
+RFC 9177; a server without it is fallen back from with RFC 7959 Block1, RFC 9177 §4.1); everything
+else over aiocoap.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiocoap
 from aiocoap import Message, oscore
@@ -132,6 +135,7 @@ class ScmClient:
         self.timeout = timeout
         self._ctx = context
         self._own_ctx = context is None
+        self._udp = None  # the message layer's endpoint for Q-Block1 bodies (RFC 9177 §4.3)
 
     async def __aenter__(self) -> ScmClient:
         if self._ctx is None and self._coaps_psk() is not None:
@@ -154,6 +158,9 @@ class ScmClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         if self._own_ctx and self._ctx is not None:
             await self._ctx.shutdown()
             self._ctx = None
@@ -175,10 +182,46 @@ class ScmClient:
             m.opt.add_option(OpaqueOption(LAB_IDENTITY_OPTION, self.identity.encode()))
         return m
 
+    def sends_qblock1(self, message: Message) -> bool:
+        """A body of several blocks to a ``coap://`` SCM-S without OSCORE: Q-Block1 (RFC 9177 §4.3).
+        (Over OSCORE the blocks would be inner options the message layer does not see; TCP and
+        WebSockets are reliable, which RFC 9177 does not target.)"""
+        return (
+            self.credentials is None
+            and urlsplit(self.api_root).scheme == "coap"
+            and len(message.payload) > 1024
+        )
+
+    async def _qblock1_request(self, message: Message) -> Message:
+        """``message`` over the message layer, its body as Q-Block1 blocks (RFC 9177 §4.3), a Q-Block2
+        answer reassembled; a transfer that fails is one line, as aiocoap's errors are."""
+        from .coap import wire
+        from .coap.actions import BLOCKWISE, UNREACHABLE
+        from .coap.qblock1_client import QBlock1Offer
+        from .coap.udp import CoapEndpoint, CoapError
+
+        if self._udp is None:
+            parts = urlsplit(self.api_root)
+            self._udp = CoapEndpoint.connect(parts.hostname, parts.port or 5683)
+        m = message.copy()
+        m.opt.uri_host, m.opt.uri_port = None, None  # the SCM-S is addressed by IP
+        try:
+            answer = await self._udp.request(
+                wire.from_aiocoap(m), qblock1=QBlock1Offer(), blockwise=True, timeout=self.timeout
+            )
+        except CoapError as e:
+            if e.cause == BLOCKWISE:  # e.g. a server that ignored Q-Block1 (RFC 7252 §5.4.1)
+                raise ScmClientError(0, None, f"the body did not get through: {e}") from None
+            raise (ConnectionError if e.cause == UNREACHABLE else TimeoutError)(str(e)) from None
+        return wire.to_aiocoap(answer)
+
     async def request(self, message: Message) -> Message:
         assert self._ctx is not None, "use 'async with ScmClient(...)'"
         try:
-            response = await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
+            if self.sends_qblock1(message):
+                response = await self._qblock1_request(message)
+            else:
+                response = await asyncio.wait_for(self._ctx.request(message).response, self.timeout)
         except oscore.NotAProtectedMessage as e:
             plain = e.plain_message
             raise UnprotectedAnswer(int(plain.code), problem_of(plain), self.credentials) from None

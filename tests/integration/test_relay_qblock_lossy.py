@@ -23,12 +23,14 @@ from msgin5g.coap.qblock_client import QBlockOffer
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.relay.shell import RelaySettings, start_relay
+from msgin5g.security.endpoint import ClientProtection, forward_proxy_request
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
 from msgin5g.ue.constrained import ReaskPolicy
 from msgin5g.ue.via_relay import CoapError, ConstrainedUe, config_query_uri, get_request, result_from_response
 
 from .conftest import DOMAIN, make_doc
+from .keyhelp import store_keys
 from .test_relay_lossy import LOSS, SEED, LossyLeg
 
 UES = 16
@@ -55,26 +57,23 @@ class CountingLeg(LossyLeg):
         return super()._drops(direction, data)
 
 
-@pytest.fixture
-async def qserver(tmp_path):
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            insecure=True,
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
-    yield srv
-    await srv.close()
-
-
-async def configure(pc5_addr, api_uri: str, i: int) -> tuple[list, int, int]:
-    """One constrained UE: link, one GET offering Q-Block2 (asked again when lost), release.
-    Returns (the answers it got as (outcome, ueServiceId), exchanges, strays ignored)."""
+async def configure(pc5_addr, api_uri: str, i: int, security=None) -> tuple[list, int, int]:
+    """One constrained UE: link, one GET offering Q-Block2 (asked again when lost), release; with
+    ``security`` (its OSCORE context) the GET is protected end to end. Returns (the answers it got
+    as (outcome, ueServiceId), exchanges, strays ignored)."""
+    uri = config_query_uri(api_uri, "msgin5g", imei_urn(TAC, i))
+    protection = None
+    if security is not None:
+        plain, outer = forward_proxy_request(uri)
+        protection = ClientProtection(security, outer)
     ue = ConstrainedUe(
-        *pc5_addr, l2_id=i + 1, user_info=f"ue{i}", rng=random.Random(SEED + i), reask=REASK, qblock=OFFER
+        *pc5_addr,
+        l2_id=i + 1,
+        user_info=f"ue{i}",
+        rng=random.Random(SEED + i),
+        reask=REASK,
+        qblock=OFFER,
+        protection=protection,
     )
     await ue.open()
     answers = []
@@ -82,10 +81,10 @@ async def configure(pc5_addr, api_uri: str, i: int) -> tuple[list, int, int]:
         while not ue.linked:
             with contextlib.suppress(TimeoutError):
                 await ue.establish_link(timeout=4.0)
-        uri = config_query_uri(api_uri, "msgin5g", imei_urn(TAC, i))
         while not answers:
+            request = plain.copy() if security is not None else get_request(uri, via_proxy=True)
             try:
-                response = await ue.fetch(get_request(uri, via_proxy=True), timeout=120.0)
+                response = await ue.fetch(request, timeout=120.0)
             except CoapError:
                 continue  # only a broken Q-Block2 transfer gets here: the UE asks again
             result = result_from_response(response)
@@ -97,9 +96,24 @@ async def configure(pc5_addr, api_uri: str, i: int) -> tuple[list, int, int]:
         await ue.close(release=False)
 
 
-@pytest.mark.parametrize("mode", ["l3", "l2"])
-async def test_q_block2_through_the_relay_at_30_percent_loss_every_ue_gets_its_outcome(qserver, mode):
-    srv = qserver
+@pytest.mark.parametrize("mode", ["l3", "l2", "l3-oscore"])
+async def test_q_block2_through_the_relay_at_30_percent_loss_every_ue_gets_its_outcome(tmp_path, mode):
+    """``l3-oscore``: every UE's request protected end to end (SPEC D12), sent NON, each block
+    response verified on its own; the relay sees only outer options."""
+    secured = mode.endswith("-oscore")
+    keys = {}
+    if secured:
+        names = {f"ue{i}": f"ue:{imei_urn(TAC, i)}" for i in range(UES)}
+        keys = store_keys(tmp_path / "scm.db", names, tmp_path)
+    srv = await start_server(
+        ServerConfig(
+            port=0,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            insecure=not secured,
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
+            qblock=QBlockParams(non_timeout=0.2),
+        )
+    )
     docs = [
         make_doc(uris=[imei_urn(TAC, i)], service_id=f"ue{i}@qblock", name=f"ue{i}-{k}-" + "x" * 400)
         for i in range(UES)
@@ -113,21 +127,23 @@ async def test_q_block2_through_the_relay_at_30_percent_loss_every_ue_gets_its_o
             server_uri=f"coap://127.0.0.1:{uu.address[1]}",
             listen_port=0,
             admin_host=None,
-            mode=mode,
+            mode=mode.split("-")[0],
             max_links=UES,
         )
     )
     pc5_leg = CountingLeg("pc5", relay.pc5_address, LOSS, SEED)
     try:
         api = f"coap://127.0.0.1:{uu.address[1]}"
+        security = [keys[f"ue{i}"].security_context() if secured else None for i in range(UES)]
         runs = await asyncio.wait_for(
-            asyncio.gather(*(configure(pc5_leg.address, api, i) for i in range(UES))), 300
+            asyncio.gather(*(configure(pc5_leg.address, api, i, security[i]) for i in range(UES))), 300
         )
         counters = relay.core.counters
     finally:
         await relay.close()
         pc5_leg.close()
         uu.close()
+        await srv.close()
     # written from the provisioning: ue<i>@qblock for a UE with documents, 4.04 for the others;
     # each UE got exactly one answer
     expected = [
@@ -136,6 +152,9 @@ async def test_q_block2_through_the_relay_at_30_percent_loss_every_ue_gets_its_o
     ]
     assert [answers for answers, _, _ in runs] == expected
     assert counters.errors.get("core", 0) == 0
+    if secured:  # the block options are inner (RFC 8613 §4.1.3.4): no leg can count them
+        assert pc5_leg.lost["down"] > 0 and uu.lost["down"] > 0 and uu.qblock2 == {"up": 0, "down": 0}
+        return
     # the answers came as Q-Block2 bursts through the relay, blocks were lost and asked for again
     assert uu.qblock2["down"] > (UES - len(NO_DOCUMENT)) * 3 * (1 - LOSS)
     assert pc5_leg.qblock2["down"] > 0 and pc5_leg.lost["down"] > 0 and uu.lost["down"] > 0

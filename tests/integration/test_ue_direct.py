@@ -19,7 +19,7 @@ from aiocoap import Message
 
 from msgin5g.coap import wire
 from msgin5g.coap.qblock import QBlockParams
-from msgin5g.codec import CF_CBOR, encode
+from msgin5g.codec import CF_CBOR, decode, encode
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.scmc import ScmClient
@@ -175,3 +175,80 @@ async def test_observe_over_the_message_layer_sees_a_change_and_the_delete(qserv
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+class DownDropper(LossyLeg):
+    """Drops the datagrams going down whose index (0, 1, … of that direction) is in ``drop``: over
+    OSCORE the forwarder cannot read which block a response carries."""
+
+    def __init__(self, target, drop: set[int]):
+        super().__init__("drop", target, 0.0, 0)
+        self.drop, self.index = set(drop), -1
+
+    def _drops(self, direction: str, data: bytes) -> bool:
+        self.sent[direction] += 1
+        if direction != "down":
+            return False
+        self.index += 1
+        if self.index in self.drop:
+            self.lost["down"] += 1
+            return True
+        return False
+
+
+async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropped_blocks(
+    tmp_path, monkeypatch
+):
+    """Over OSCORE (SPEC D12) the UE's client offers Q-Block2 too (RFC 9177; the first request NON):
+    every block response is protected and verified on its own. Block responses 1 and 2 of three
+    are lost on the way down: the UE asks for exactly those two, in one protected request, and the
+    answer is the four documents written here."""
+    from msgin5g.ue import constrained
+
+    from .keyhelp import store_keys
+
+    ue_key = store_keys(tmp_path / "scm.db", {"ue": f"ue:{UE}"}, tmp_path)["ue"]
+    srv = await start_server(
+        ServerConfig(
+            port=0,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
+            qblock=QBlockParams(non_timeout=0.2),
+        )
+    )
+    docs = [make_doc(uris=[UE], service_id="seven@direct", name=f"seven-{k}-" + "x" * 400) for k in range(4)]
+    srv.store.import_docs("msgin5g", docs)
+    requests, blocks = [], []
+    protect, verify = constrained.NotingProtection.protect, constrained.NotingProtection.verify
+
+    def spy_protect(self, plain):
+        requests.append((plain.mtype, [wire.parse_block(v) for v in plain.values(wire.OPT_Q_BLOCK2)]))
+        return protect(self, plain)
+
+    def spy_verify(self, outer, binding):
+        plain = verify(self, outer, binding)
+        blocks.extend(wire.parse_block(v)[0] for v in plain.values(wire.OPT_Q_BLOCK2))
+        return plain
+
+    monkeypatch.setattr(constrained.NotingProtection, "protect", spy_protect)
+    monkeypatch.setattr(constrained.NotingProtection, "verify", spy_verify)
+    leg = DownDropper(("127.0.0.1", srv.port), drop={1, 2})
+    try:
+        async with DirectClient(
+            f"coap://127.0.0.1:{leg.address[1]}", credentials=ue_key, timeout=30
+        ) as client:
+            request = client._get(client.collection_uri, [f"ue-uri={UE}"])
+            answer = await client.ue.fetch(request, timeout=30)
+            result = await client.get_config(UE)
+    finally:
+        leg.close()
+        await srv.close()
+    assert answer.code.dotted == "2.05"
+    got = sorted(
+        ({k: v for k, v in d.items() if k != "ueConfigDocId"} for d in decode(answer.payload)), key=str
+    )
+    assert got == sorted(docs, key=str)
+    # the first fetch: the offer (NON), blocks 0, 1, 2 of which 1 and 2 were lost, one request for both
+    assert requests[:2] == [(wire.NON, [(0, True, 6)]), (wire.NON, [(1, False, 6), (2, False, 6)])]
+    assert blocks[:3] == [0, 1, 2] and leg.lost["down"] == 2
+    assert result.outcome is Outcome.CONFIGURED and result.config.ue_service_id == "seven@direct"

@@ -1,25 +1,26 @@
 """The CoAP message layer and request/response layer, pure (RFC 7252 §4, §5.2; RFC 7959; RFC 7641).
 
-No sockets, no asyncio, no clock: every input carries ``now`` (seconds, any monotonic origin) and
-every output is an action the shell performs (:mod:`msgin5g.coap.udp`), in the sans-IO manner of
-h11. One :class:`MessageLayer` per UDP endpoint; peers are opaque hashable addresses.
+No sockets, no asyncio, no clock: every input carries ``now`` (seconds, any monotonic origin) and every
+output is an action the shell performs (:mod:`msgin5g.coap.udp`), in the sans-IO manner of h11. One
+:class:`MessageLayer` per UDP endpoint; peers are opaque hashable addresses.
 
 What it does:
 
 * **message IDs** towards each peer from a :class:`MidAllocator` that never reuses an ID within
   EXCHANGE_LIFETIME (RFC 7252 §4.4, §4.8.2);
-* **duplicate detection** of incoming CON/NON for EXCHANGE_LIFETIME/NON_LIFETIME, replaying the
-  reply given the first time (RFC 7252 §4.5); the cache is bounded, evictions are counted;
-* **CON retransmission** with exponential back-off (initial timeout uniformly random in
-  [ACK_TIMEOUT, ACK_TIMEOUT·ACK_RANDOM_FACTOR], doubled each time, give-up after MAX_RETRANSMIT;
-  RFC 7252 §4.2, §4.8), randomness from an injected ``random.Random``;
+* **duplicate detection** of incoming CON/NON for EXCHANGE_LIFETIME/NON_LIFETIME, replaying the reply given
+  the first time (RFC 7252 §4.5); the cache is bounded, evictions are counted;
+* **CON retransmission** with exponential back-off (initial timeout uniformly random in [ACK_TIMEOUT,
+  ACK_TIMEOUT·ACK_RANDOM_FACTOR], doubled each time, give-up after MAX_RETRANSMIT; RFC 7252 §4.2, §4.8),
+  randomness from an injected ``random.Random``;
 * **client requests**: token matching, piggybacked and separate responses (RFC 7252 §5.2), NSTART
-  outstanding interactions per peer with the rest queued (RFC 7252 §4.7), observations kept open
-  for notifications (RFC 7641 §3), and — when asked — Block2 reassembly with follow-up requests
-  (RFC 7959 §2.4, :class:`.BlockwiseTransfer`) or Q-Block2 bursts (RFC 9177, :mod:`.qblock_client`);
-* **server side**: a request is handed up once (:class:`Serve`); the answer is piggybacked, or
-  after :meth:`MessageLayer.accept` (empty ACK) sent as a separate response, CON and retransmitted
-  until acknowledged (RFC 7252 §5.2.2); large bodies sliced into Block2 blocks (RFC 7959 §2.3).
+  outstanding interactions per peer with the rest queued (RFC 7252 §4.7), observations kept open for
+  notifications (RFC 7641 §3), and — when asked — Block2 reassembly with follow-up requests (RFC 7959 §2.4,
+  :mod:`.blockwise_client`) or Q-Block2 bursts (RFC 9177, :mod:`.qblock_client`); request bodies of several
+  blocks with Q-Block1 or Block1 (RFC 9177 §4.3, RFC 7959 §2.5, :mod:`.qblock1_client`);
+* **server side**: a request is handed up once (:class:`Serve`); the answer is piggybacked, or after
+  :meth:`MessageLayer.accept` (empty ACK) sent as a separate response, CON and retransmitted until
+  acknowledged (RFC 7252 §5.2.2); large bodies sliced into Block2 blocks (RFC 7959 §2.3).
 
 Actions: :class:`Send`, :class:`Deliver`, :class:`Fail`, :class:`Acked`, :class:`Serve`, :class:`Confirmed`,
 :class:`Unmatched`; timers through :meth:`MessageLayer.next_deadline` / :meth:`MessageLayer.on_tick`.
@@ -33,7 +34,7 @@ import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from . import protect, qblock_client, wire
+from . import blockwise_client, protect, qblock1_client, qblock_client, wire
 from .actions import (  # noqa: F401 (the layer's vocabulary, importable from here)
     ACK_RANDOM_FACTOR,
     ACK_TIMEOUT,
@@ -64,8 +65,8 @@ from .actions import (  # noqa: F401 (the layer's vocabulary, importable from he
     Serve,
     Unmatched,
 )
-from .blockwise import BlockError, BlockwiseTransfer, block2_of
-from .wire import ACK, CON, EMPTY, NON, OPT_BLOCK2, OPT_ETAG, OPT_OBSERVE, OPT_SIZE2, RST, CoapMessage
+from .blockwise import BlockwiseTransfer, block2_of
+from .wire import ACK, CON, EMPTY, NON, OPT_OBSERVE, RST, CoapMessage
 
 # -- state ---------------------------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class _Exchange:
     transfer: BlockwiseTransfer | None = None
     first: CoapMessage | None = None  # block 0 of a block-wise response (its options are kept)
     q: qblock_client.QBlockState | None = None  # RFC 9177 Q-Block2 offered (coap.qblock_client)
+    q1: qblock1_client.Q1State | None = None  # a body of several blocks (coap.qblock1_client)
     prot: Protection | None = None  # OSCORE: ``msg`` is the plain request (RFC 8613 §8.1)
     bindings: dict[bytes, object] | None = None  # token → request binding of its responses
 
@@ -203,6 +205,7 @@ class MessageLayer:
         observe: bool = False,
         deadline: float | None = None,
         qblock: qblock_client.QBlockOffer | None = None,
+        qblock1: qblock1_client.QBlock1Offer | None = None,
         protection: Protection | None = None,
     ) -> tuple[int, list[Action]]:
         """Send the request ``msg`` (its type, MID and token are the layer's) to ``addr``: (handle,
@@ -211,6 +214,8 @@ class MessageLayer:
         first response. With ``blockwise`` a Block2 response is completed by follow-up requests
         (RFC 7959 §2.4) and delivered whole; with ``observe`` the token stays live for
         notifications until :meth:`cancel` (RFC 7641 §3.2). ``qblock``: offer Q-Block2 (RFC 9177).
+        A payload larger than one block goes with Q-Block1 when ``qblock1`` is given, else with
+        Block1 when ``blockwise`` (RFC 9177 §4.3, RFC 7959 §2.5; :mod:`.qblock1_client`).
         ``protection``: ``msg`` is a plain request, protected end to end at each transmission of a
         new token, every response verified before anything else looks at it (OSCORE, RFC 8613
         §8.1, §8.4; a response that fails verification is dropped as if lost, an unprotected error
@@ -220,7 +225,9 @@ class MessageLayer:
         if deadline is None:
             deadline = now + self._lifetime(CON if confirmable else NON)
         ex = _Exchange(next(self._handles), addr, msg, confirmable, blockwise, observe, deadline)
-        ex.msg, ex.q = qblock_client.offer(msg, qblock, now) if qblock else (msg, None)
+        if qblock1_client.needed(msg, qblock1, blockwise):
+            msg, ex.q1 = qblock1_client.start(self, msg, qblock1)
+        ex.msg, ex.q = qblock_client.offer(msg, qblock, now) if qblock and not ex.q1 else (msg, None)
         ex.token = token if token is not None else self._new_token(addr)
         if protection is not None:
             ex.prot, ex.bindings = protection, {}
@@ -289,6 +296,8 @@ class MessageLayer:
         ex.done = True
         if ex.q is not None:
             qblock_client.forget(self, ex)
+        if ex.q1 is not None:
+            qblock1_client.forget(self, ex)
         self._release(ex)
         self._exchanges.pop(ex.handle, None)
         self._by_mid.pop((ex.addr, ex.mid), None)
@@ -316,32 +325,16 @@ class MessageLayer:
             if msg is None:  # as if lost: a CON request goes on being retransmitted
                 return
         self._release(ex)
+        if ex.q1 is not None and not ex.q1.done and qblock1_client.on_response(self, now, ex, msg, addr, out):
+            return
         if ex.q is not None and qblock_client.on_response(self, now, ex, msg, addr, out):
             return
         if ex.answered:  # a notification of an observation (RFC 7641 §3.2)
             out.append(Deliver(ex.handle, msg, addr, final=False))
             return
-        block = msg.first(OPT_BLOCK2) if ex.blockwise and 64 <= msg.code < 96 else None
-        if block is not None:
-            try:
-                num, more, szx = wire.parse_block(block)
-                if ex.transfer is None:
-                    ex.transfer = BlockwiseTransfer(self.params.max_body)
-                    ex.first = msg
-                ex.transfer.add(num, more, szx, msg.payload, msg.first(OPT_ETAG), msg.uint(OPT_SIZE2))
-            except (wire.WireError, BlockError) as e:
-                self._fail(ex, f"block-wise transfer failed: {e}", out)
-                return
-            nxt = ex.transfer.next_block()
-            if nxt is not None:  # ask for the next block with a new MID and token (RFC 7959 §2.4)
-                opts = ex.msg.without(OPT_BLOCK2, OPT_OBSERVE)
-                opts.append((OPT_BLOCK2, wire.block_option(nxt, False, ex.transfer.szx)))
-                self._resend(now, ex, out, opts)
-                return
-            first = ex.first
-            msg = CoapMessage(
-                msg.mtype, msg.code, msg.mid, msg.token, first.without(OPT_BLOCK2), ex.transfer.body()
-            )
+        msg = blockwise_client.on_block2(self, now, ex, msg, out)
+        if msg is None:
+            return
         ex.answered = True
         if ex.observe and msg.first(OPT_OBSERVE) is not None:
             self._by_mid.pop((ex.addr, ex.mid), None)
@@ -515,6 +508,8 @@ class MessageLayer:
             if ex.tx is not None:
                 out.append(Acked(ex.handle))
             self._release(ex)
+            if ex.q1 is not None:  # block 0 of a Q-Block1 body taken (RFC 9177 §4.3)
+                qblock1_client.on_acked(self, now, ex, out)
         elif msg.token != ex.token or not msg.is_response:
             self.counters.unmatched += 1  # an ACK with another request's answer: not ours
             out.append(Unmatched(msg, addr))
@@ -539,8 +534,12 @@ class MessageLayer:
         if isinstance(owner, _Exchange):
             if owner.done:
                 return False
-            if mid < 0:  # the deadline for the first response, or the Q-Block2 timer
-                return owner.q is not None if mid == qblock_client.QBLOCK_TIMER else not owner.answered
+            if mid == qblock_client.QBLOCK_TIMER:
+                return owner.q is not None
+            if mid == qblock1_client.QBLOCK1_TIMER:
+                return owner.q1 is not None and not owner.q1.done
+            if mid < 0:  # the deadline for the first response
+                return not owner.answered
             return owner.tx is not None and owner.mid == mid
         if isinstance(owner, _Separate):
             return not owner.done
@@ -563,6 +562,8 @@ class MessageLayer:
                 continue
             if isinstance(owner, _Exchange) and mid == qblock_client.QBLOCK_TIMER:
                 qblock_client.on_tick(self, now, owner, out)
+            elif isinstance(owner, _Exchange) and mid == qblock1_client.QBLOCK1_TIMER:
+                qblock1_client.on_tick(self, now, owner, out)
             elif isinstance(owner, _Exchange) and mid < 0:
                 self._fail(owner, "no response before the deadline", out, DEADLINE)
                 self._pump(now, owner.addr, out)

@@ -38,6 +38,7 @@ from .msglayer import (
     Serve,
     Unmatched,
 )
+from .qblock1_client import QBlock1Offer
 from .qblock_client import QBlockOffer
 from .wire import CoapMessage
 
@@ -236,6 +237,7 @@ class CoapEndpoint(DatagramSocket):
         blockwise: bool = False,
         on_notification: Callable[[CoapMessage], None] | None = None,
         qblock: QBlockOffer | None = None,
+        qblock1: QBlock1Offer | None = None,
         protection: Protection | None = None,
     ) -> asyncio.Future:
         """Send a request (to :attr:`peer` when ``addr`` is None); the future gets the response or
@@ -254,6 +256,7 @@ class CoapEndpoint(DatagramSocket):
             observe=on_notification is not None,
             deadline=self.loop.time() + timeout,
             qblock=qblock,
+            qblock1=qblock1,
             protection=protection,
         )
         fut.handle = handle  # type: ignore[attr-defined]

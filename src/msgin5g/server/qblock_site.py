@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiocoap import Message
@@ -52,7 +53,7 @@ Q_BLOCK1, Q_BLOCK2 = OptionNumber.Q_BLOCK1, OptionNumber.Q_BLOCK2
 #: of its own (a Q-Block1 block inside a set, a Continue) gets only the ACK a CON needs.
 SUPPRESS_ALL = 2 | 8 | 16
 #: Options of the full answer repeated in every block response.
-_KEPT = ("content_format", "etag", "max_age")
+_KEPT = ("content_format", "etag", "max_age", "location_path")
 
 
 def block_options(request: Message, number: OptionNumber) -> list[BlockOpt]:
@@ -98,6 +99,10 @@ class QBlockServer:
         self.clock = clock
         self.q1 = QBlock1Assembler(max_body, self.params)
         self._waiting: dict[tuple, asyncio.Event] = {}
+        #: answers to complete Q-Block1 bodies, by body key: (when, body, answer) — a late copy of
+        #: one of the body's blocks, or the last block naming missing Q-Block2 blocks of the answer
+        #: (RFC 9177 §4.4), is answered from here, never processed again (a POST stays one POST)
+        self._answered: OrderedDict[tuple, tuple[float, bytes, Message]] = OrderedDict()
         self.counters = {
             "qblock2-requests": 0,
             "qblock2-blocks": 0,
@@ -202,7 +207,12 @@ class QBlockServer:
         self.counters["qblock1-blocks"] += 1
         tag = request.opt.request_tag[0] if request.opt.request_tag else b""
         key = (request.remote.hostinfo, request.code, request.opt.uri_path, tuple(request.opt.uri_query), tag)
-        out = self.q1.on_block(self.clock(), key, opt, request.payload, request.opt.size1)
+        now = self.clock()
+        kept = self._kept(now, key, opt, request.payload) if tag else None
+        if kept is not None:
+            await self._serve(pipe, kept, block_options(request, Q_BLOCK2) or [BlockOpt(0, True, opt.szx)])
+            return
+        out = self.q1.on_block(now, key, opt, request.payload, request.opt.size1)
         if out.kind == "silent":
             pipe.add_response(Message(code=Code.CONTINUE, no_response=SUPPRESS_ALL), is_last=True)
         elif out.kind == "continue":
@@ -229,5 +239,21 @@ class QBlockServer:
             whole.opt.delete_option(Q_BLOCK1)
             whole.opt.size1 = None
             full = await self.render(whole)
+            if tag and opt.num:
+                self._answered[key] = (now, out.body, full)
+                while len(self._answered) > self.q1.max_bodies:
+                    self._answered.popitem(last=False)
             options = block_options(request, Q_BLOCK2) or [BlockOpt(0, True, opt.szx)]
             await self._serve(pipe, full, options)
+
+    def _kept(self, now: float, key: tuple, opt: BlockOpt, payload: bytes) -> Message | None:
+        """The answer kept for the body ``key`` when this block is one of that body's."""
+        entry = self._answered.get(key)
+        if entry is None:
+            return None
+        at, body, full = entry
+        if now - at >= self.params.non_partial_timeout:
+            del self._answered[key]
+            return None
+        start = opt.num * opt.size
+        return full if body[start : start + opt.size] == payload else None

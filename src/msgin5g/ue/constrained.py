@@ -11,7 +11,11 @@ The public interface works on aiocoap ``Message`` objects, because OSCORE (RFC 8
 :mod:`msgin5g.security.endpoint`) protects and verifies those: each datagram is decoded once by
 :mod:`msgin5g.coap.wire` and converted at that boundary. Block-wise transfer (RFC 7959) runs on
 the plain messages, above the protection (inner Block2, RFC 8613 §4.1.3.4), with the message
-layer's :class:`~msgin5g.coap.blockwise.BlockwiseTransfer`.
+layer's :class:`~msgin5g.coap.blockwise.BlockwiseTransfer`. A UE made with ``qblock`` offers
+RFC 9177 Q-Block2 in its requests, protected ones included: over OSCORE the message layer protects
+each request of the exchange and verifies each block response on its own
+(:class:`~msgin5g.security.endpoint.LayerProtection`, as the Gateway UE's SCM-C does), the first
+request going as NON.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from dataclasses import dataclass, field
 
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
@@ -26,12 +31,19 @@ from aiocoap.optiontypes import BlockOption
 
 from .. import pc5
 from ..coap import wire
+from ..coap.actions import NotProtected, ProtectionFailed
 from ..coap.blockwise import MAX_BODY, BlockError, BlockwiseTransfer
 from ..coap.msglayer import ACK_TIMEOUT, MAX_RETRANSMIT, MessageLayer, Params
 from ..coap.qblock_client import QBlockOffer
 from ..coap.udp import CoapEndpoint, CoapError
 from ..pc5 import Pc5Message, Pc5Type
-from ..security.endpoint import ClientProtection, UnprotectedResponse, VerificationFailed, is_echo_challenge
+from ..security.endpoint import (
+    ClientProtection,
+    LayerProtection,
+    UnprotectedResponse,
+    VerificationFailed,
+    is_echo_challenge,
+)
 from .reask import ReaskPolicy, ask_again, exchange_timeout
 
 DEFAULT_TIMEOUT = 30.0
@@ -67,6 +79,28 @@ def get_request(uri: str, via_proxy: bool) -> Message:
         msg.set_request_uri(uri)
         msg.opt.uri_host = None  # the server is addressed by IP; virtual hosting is not used
     return msg
+
+
+@dataclass(frozen=True)
+class NotingProtection(LayerProtection):
+    """:class:`LayerProtection` for one request that notes the tokens of unprotected answers — the
+    layer hands an unprotected error response up as the answer (the server's refusal), and the UE
+    raises :class:`UnprotectedResponse` for it as its other OSCORE requests do — and why answers
+    failed verification: the layer drops them as if lost (RFC 8613 §8.4), and a request that gets
+    nothing else says so."""
+
+    unprotected: set = field(default_factory=set)
+    failed: list = field(default_factory=list)
+
+    def verify(self, outer: wire.CoapMessage, binding: object) -> wire.CoapMessage:
+        try:
+            return super().verify(outer, binding)
+        except NotProtected:
+            self.unprotected.add(outer.token)
+            raise
+        except ProtectionFailed as e:
+            self.failed.append(str(e))
+            raise
 
 
 class Observation:
@@ -119,8 +153,8 @@ class ConstrainedUe:
         #: SPEC D13: ask again with a new exchange when one is lost (:mod:`.reask`); None: one
         #: exchange per request, its failure raised
         self.reask = reask
-        #: RFC 9177: offer Q-Block2 in unprotected requests (the SCM-S, through the relay, sends a
-        #: large answer as a burst; a server without it is fallen back from, RFC 9177 §4.1)
+        #: RFC 9177: offer Q-Block2 (the SCM-S, through the relay, sends a large answer as a burst;
+        #: a server without it is fallen back from, RFC 9177 §4.1); over OSCORE see :meth:`fetch`
         self.qblock = qblock
         self.exchanges = 0  # exchanges started (a request asked again counts once more)
         #: OSCORE (RFC 8613; SPEC D12): when set, every request is protected end to end and every
@@ -291,7 +325,8 @@ class ConstrainedUe:
     ) -> Message:
         """Send one message as it is and return the response to it (RFC 7252 §4.2, §5.2); with
         ``observation`` its notifications go to that observation's queue (RFC 7641). An
-        unprotected request without Block2 offers Q-Block2 when the UE is made with ``qblock``."""
+        unprotected request without Block2 offers Q-Block2 when the UE is made with ``qblock`` (a
+        protected one does in :meth:`fetch`)."""
         notify = None if observation is None else (lambda m: self._on_notification(observation, m))
         qblock = None
         if observation is None and self.protection is None and msg.opt.block2 is None:
@@ -390,12 +425,58 @@ class ConstrainedUe:
         raise AssertionError("unreachable")
 
     async def fetch(self, msg: Message, *, timeout: float = DEFAULT_TIMEOUT) -> Message:
-        """A request with RFC 7959 Block2 reassembly: the returned response carries the whole body."""
+        """A request with RFC 7959 Block2 reassembly: the returned response carries the whole body.
+        A protected request of a UE made with ``qblock`` offers Q-Block2 (:meth:`_secure_qblock`)."""
+        if self.protection is not None and self.qblock is not None and msg.opt.block2 is None:
+            return await self._secure_qblock(msg, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         template = msg.copy()
         response = await self.request(msg, timeout=timeout)
         return await self._complete_blocks(template, response, deadline - loop.time())
+
+    async def _secure_qblock(self, msg: Message, timeout: float) -> Message:
+        """An OSCORE-protected request offering Q-Block2 (RFC 9177; RFC 8613 §8.1, §8.4): the
+        message layer protects the first request — NON, so that the SCM-S's outer block responses
+        are NON too (it picks their type after the request's) — and each request for missing
+        blocks, and verifies each block response on its own before the Q-Block2 receiver sees it.
+        A lost exchange is asked again (SPEC D13); a 4.01 Echo challenge is answered once (RFC 8613
+        Appendix B.1.2); an unprotected answer raises :class:`UnprotectedResponse`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        plain = wire.from_aiocoap(msg)
+        echoed = False
+        while True:
+            remaining = deadline - loop.time()
+            wait = exchange_timeout(self.reask, remaining) if self.reask is not None else remaining
+            if wait is None or wait <= 0:
+                raise CoapError("no answer before the deadline", "deadline")
+            prot = NotingProtection(self.protection)
+            self.exchanges += 1
+            try:
+                resp = await self._endpoint().request(
+                    plain,
+                    timeout=wait,
+                    confirmable=False,
+                    qblock=self.qblock,
+                    blockwise=True,
+                    protection=prot,
+                )
+            except CoapError as e:
+                if prot.failed:  # answers came, and none verified: an error, never asked again
+                    raise CoapError(f"the answer failed OSCORE verification: {prot.failed[-1]}") from None
+                if self.reask is None or not ask_again(e.cause, deadline - loop.time()):
+                    raise
+                continue
+            if resp.token in prot.unprotected:
+                raise UnprotectedResponse(wire.to_aiocoap(resp))
+            echo = resp.first(wire.OPT_ECHO)
+            if not echoed and resp.code == int(Code.UNAUTHORIZED) and echo is not None:
+                echoed = True
+                opts = [*plain.without(wire.OPT_ECHO), (wire.OPT_ECHO, echo)]
+                plain = wire.CoapMessage(plain.mtype, plain.code, 0, b"", opts, plain.payload)
+                continue
+            return wire.to_aiocoap(resp)
 
     async def _complete_blocks(self, template: Message, response: Message, timeout: float) -> Message:
         """The rest of a Block2 body, one follow-up request per block (RFC 7959 §2.4)."""

@@ -5,13 +5,13 @@ endpoint as the constrained UE (:class:`~msgin5g.ue.constrained.ConstrainedUe`, 
 :mod:`msgin5g.coap`), without a PC5 link and without Proxy-Uri, so that a UE on a lossy link gets
 what the message layer gives:
 
-* **RFC 9177 Q-Block2** offered in every unprotected request (TS 24.546 clause 5; SPEC D13): a
-  large answer comes as a burst and only missing blocks are asked for; a server without it is
-  fallen back from (4.02: asked again without the option; Block2: RFC 7959 follow-ups);
-* **OSCORE** (RFC 8613; SPEC D12) at the same aiocoap-``Message`` boundary as the constrained UE
-  (:class:`~msgin5g.security.endpoint.ClientProtection`), with block-wise transfer above the
-  protection (inner Block2, RFC 8613 §4.1.3.4) — Q-Block2 is not offered there, because the
-  message layer cannot see inner options; a single UE's answer fits one datagram anyway;
+* **RFC 9177 Q-Block2** offered in every request (TS 24.546 clause 5; SPEC D13): a large answer
+  comes as a burst and only missing blocks are asked for; a server without it is fallen back from
+  (4.02: asked again without the option; Block2: RFC 7959 follow-ups);
+* **OSCORE** (RFC 8613; SPEC D12), as the constrained UE does it: the message layer protects each
+  request of an exchange and verifies each (block) response on its own
+  (:class:`~msgin5g.security.endpoint.LayerProtection`), so Q-Block2 runs on the plain messages
+  (inner options, RFC 8613 §4.1.3.4) with the first request sent NON;
 * **asking again** with a new exchange when one is lost (:mod:`.reask`);
 * **Observe** (RFC 7641) of the UE's document.
 

@@ -84,8 +84,9 @@ async def get_config_via_relay(
     if security is not None:
         plain_request, outer = forward_proxy_request(uri)
         protection = ClientProtection(security, outer)
-    # a lost exchange is asked again on the same link (SPEC D13); an unprotected request offers
-    # Q-Block2, so that a large answer comes as one burst through the relay (RFC 9177)
+    # a lost exchange is asked again on the same link (SPEC D13); the request offers Q-Block2 (over
+    # OSCORE too, each block verified on its own), so that a large answer comes as one burst
+    # through the relay (RFC 9177)
     ue = ConstrainedUe(
         relay_host,
         relay_port,

@@ -1,0 +1,288 @@
+"""RFC 9177 Q-Block1 from the message layer's client to the real SCM-S and to a bare aiocoap
+server (TS 24.546 clause 5; SPEC D7 d).
+
+The loss is deterministic: the first transmission of chosen Q-Block1 blocks (on the way up) or
+Q-Block2 blocks of the answer (on the way down) is dropped. Expected documents are written here.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import cbor2
+import pytest
+
+from msgin5g.coap import wire as cw
+from msgin5g.coap.msglayer import MessageLayer, Params
+from msgin5g.coap.qblock import QBlockParams
+from msgin5g.coap.qblock1_client import QBlock1Offer
+from msgin5g.coap.udp import CoapEndpoint
+from msgin5g.model import imei_urn
+from msgin5g.server.app import ServerConfig, start_server
+from msgin5g.server.service import ServiceConfig
+
+from .conftest import DOMAIN, make_doc
+
+COLLECTION = ("su-uc", "v1", "val-services", "msgin5g", "ue-configurations")
+TAC = "35209900"
+#: the client's Q-Block timers: short, so that the tests are quick (RFC 9177 §7.2: configurable)
+FAST = QBlockParams(non_timeout=0.3, non_receive_timeout=0.3, non_partial_timeout=30)
+
+
+@pytest.fixture
+async def qserver(tmp_path):
+    srv = await start_server(
+        ServerConfig(
+            port=0,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            insecure=True,
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
+            qblock=QBlockParams(non_timeout=0.2),
+        )
+    )
+    yield srv
+    await srv.close()
+
+
+def big_doc(n=7, size=11_000) -> dict:
+    """A document of about ``size`` bytes of CBOR: 11 blocks of 1,024 — more than MAX_PAYLOADS."""
+    return make_doc(uris=[imei_urn(TAC, n)], name="big-" + "q" * size)
+
+
+def post(doc: dict) -> cw.CoapMessage:
+    opts = [(cw.OPT_URI_PATH, p.encode()) for p in COLLECTION] + [(cw.OPT_CONTENT_FORMAT, bytes([60]))]
+    return cw.CoapMessage(cw.CON, 0x02, 0, b"", opts, cbor2.dumps(doc))
+
+
+class Recording(CoapEndpoint):
+    """Records the (kind, number) of every block datagram sent — ("q1", n) Q-Block1, ("b1", n)
+    Block1 — and drops the first transmission of the Q-Block1 numbers in ``drop_up``."""
+
+    drop_up: set[int] = set()
+
+    def sendto(self, data, addr=None):
+        m = cw.decode(data)
+        for kind, opt in (("q1", cw.OPT_Q_BLOCK1), ("b1", cw.OPT_BLOCK1)):
+            value = m.first(opt)
+            if value is not None:
+                num = cw.parse_block(value)[0]
+                self.sent.append((kind, num, [cw.parse_block(v)[0] for v in m.values(cw.OPT_Q_BLOCK2)]))
+                if kind == "q1" and num in self.drop_up:
+                    self.drop_up = self.drop_up - {num}
+                    return
+        super().sendto(data, addr)
+
+
+def endpoint(port, drop_up=(), drop_down=()) -> Recording:
+    """A client endpoint; the first delivery of the answer's Q-Block2 blocks in ``drop_down`` is lost."""
+    down = set(drop_down)
+
+    def demux(data, addr) -> bool:
+        m = cw.decode(data)
+        value = m.first(cw.OPT_Q_BLOCK2)
+        if value is not None and cw.parse_block(value)[0] in down:
+            down.discard(cw.parse_block(value)[0])
+            return True
+        return False
+
+    ep = Recording.connect("127.0.0.1", port, MessageLayer(Params(), random.Random(7)), demux=demux)
+    ep.sent, ep.drop_up = [], set(drop_up)
+    return ep
+
+
+def stored_docs(srv) -> list[dict]:
+    return [d.doc for d in srv.store.query_any("msgin5g")]
+
+
+def created_as(answer, doc: dict) -> dict:
+    created = cbor2.loads(answer.payload)
+    assert answer.code == 0x41 and {k: created[k] for k in doc} == doc
+    return created
+
+
+async def test_a_large_post_goes_as_q_block1_sets_without_loss(qserver):
+    """11 blocks: block 0 alone (CON), blocks 1-9 as the rest of the first set, block 10 after the
+    server's 2.31 Continue: every block once. The 2.01 answer (the stored document, itself 11
+    blocks of Q-Block2) is whole; its second set is asked for with a Continue that repeats the
+    body's last block (same Request-Tag) with Q-Block2 NUM 10, M set (RFC 9177 §4.4)."""
+    doc = big_doc()
+    ep = endpoint(qserver.port)
+    try:
+        answer = await ep.request(post(doc), qblock1=QBlock1Offer(params=FAST), timeout=30)
+    finally:
+        ep.close()
+    created = created_as(answer, doc)
+    assert ep.sent == [("q1", n, []) for n in range(11)] + [("q1", 10, [10])]
+    assert stored_docs(qserver) == [{**doc, "ueConfigDocId": created["ueConfigDocId"]}]
+
+
+async def test_dropped_blocks_are_sent_again_only_when_the_server_lists_them(qserver):
+    """Block 3 and the last block (10) are lost once on the way up. Silence after the last set:
+    the last block goes again; the server's 4.08 lists block 3; only block 3 goes again."""
+    doc = big_doc()
+    ep = endpoint(qserver.port, drop_up={3, 10})
+    try:
+        answer = await ep.request(post(doc), qblock1=QBlock1Offer(params=FAST), timeout=30)
+    finally:
+        ep.close()
+    created_as(answer, doc)
+    assert ep.sent == [("q1", n, []) for n in [*range(11), 10, 3]] + [("q1", 10, [10])]
+    assert len(stored_docs(qserver)) == 1
+
+
+async def test_lost_answer_blocks_are_asked_for_with_the_last_block_and_the_body_is_processed_once(qserver):
+    """Blocks 1 and 2 of the Q-Block2 answer are lost once: the client repeats the body's last
+    block (same Request-Tag) naming them; the server answers from the answer it kept — one
+    document stored, not two."""
+    doc = big_doc()
+    ep = endpoint(qserver.port, drop_down={1, 2})
+    try:
+        answer = await ep.request(post(doc), qblock1=QBlock1Offer(params=FAST), timeout=30)
+    finally:
+        ep.close()
+    created_as(answer, doc)
+    assert ep.sent[-1] == ("q1", 10, [1, 2])
+    assert len(stored_docs(qserver)) == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_at_30_percent_loss_both_ways_the_document_is_stored_once(qserver, seed):
+    """Seeded 30 % loss of every datagram each way: the POST ends with the 2.01 and the document
+    is stored exactly once."""
+    up, down = random.Random(seed), random.Random(seed + 1000)
+
+    class Lossy(CoapEndpoint):
+        def sendto(self, data, addr=None):
+            if up.random() >= 0.3:
+                super().sendto(data, addr)
+
+    doc = big_doc()
+    layer = MessageLayer(Params(ack_timeout=0.2, max_retransmit=12), random.Random(seed))
+    ep = Lossy.connect("127.0.0.1", qserver.port, layer, demux=lambda d, a: down.random() < 0.3)
+    params = QBlockParams(
+        non_timeout=0.2, non_receive_timeout=0.2, non_max_retransmit=8, non_partial_timeout=60
+    )
+    try:
+        answer = await ep.request(post(doc), qblock1=QBlock1Offer(params=params), timeout=60)
+    finally:
+        ep.close()
+    created_as(answer, doc)
+    assert len(stored_docs(qserver)) == 1
+
+
+async def sink_server(strict: bool):
+    """An aiocoap server whose resource ``sink`` records POST bodies. ``strict``: options it does
+    not know that are critical get 4.02 (RFC 7252 §5.4.1) — aiocoap's resources check none."""
+    import aiocoap
+    import aiocoap.resource as resource
+    from aiocoap import Message
+    from aiocoap.numbers.optionnumbers import OptionNumber
+
+    known = {OptionNumber.URI_PATH, OptionNumber.BLOCK1, OptionNumber.SIZE1, OptionNumber.BLOCK2}
+
+    class Sink(resource.Resource):
+        seen: list[bytes] = []
+
+        async def render_post(self, request):
+            if strict and any(
+                o.number.is_critical() and o.number not in known for o in request.opt.option_list()
+            ):
+                return Message(code=aiocoap.BAD_OPTION)
+            self.seen.append(request.payload)
+            return Message(code=aiocoap.CHANGED, payload=b"%d" % len(request.payload))
+
+    site, sink = resource.Site(), Sink()
+    sink.seen = []
+    site.add_resource(["sink"], sink)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port), transports=["udp6"])
+    return ctx, port, sink.seen
+
+
+BODY = bytes(range(256)) * 13  # 3,328 bytes: four blocks
+
+
+def post_sink() -> cw.CoapMessage:
+    return cw.CoapMessage(cw.CON, 0x02, 0, b"", [(cw.OPT_URI_PATH, b"sink")], BODY)
+
+
+async def test_a_server_without_q_block1_gets_rfc7959_block1():
+    """A server without RFC 9177 answers the critical Q-Block1 option with 4.02 (RFC 7252
+    §5.4.1; RFC 9177 §4.1): the body goes again with Block1 (RFC 7959 §2.5) and arrives whole."""
+    ctx, port, seen = await sink_server(strict=True)
+    ep = endpoint(port)
+    try:
+        answer = await ep.request(post_sink(), qblock1=QBlock1Offer(params=FAST), timeout=30)
+    finally:
+        ep.close()
+        await ctx.shutdown()
+    assert (answer.code, answer.payload) == (0x44, b"3328")
+    assert seen == [BODY]
+    assert ep.sent == [("q1", 0, []), ("b1", 0, []), ("b1", 1, []), ("b1", 2, []), ("b1", 3, [])]
+
+
+async def test_a_server_that_ignores_q_block1_is_no_success():
+    """A bare aiocoap resource ignores the critical Q-Block1 option and takes block 0 for the
+    body: the client reports the failure instead of a success for a body the server never had."""
+    from msgin5g.coap.udp import CoapError
+
+    ctx, port, seen = await sink_server(strict=False)
+    ep = endpoint(port)
+    try:
+        with pytest.raises(CoapError, match="ignored Q-Block1"):
+            await ep.request(post_sink(), qblock1=QBlock1Offer(params=FAST), timeout=30)
+    finally:
+        ep.close()
+        await ctx.shutdown()
+    assert seen == [BODY[:1024]]
+
+
+async def test_blockwise_without_the_offer_sends_rfc7959_block1():
+    """``blockwise`` without a Q-Block1 offer: RFC 7959 Block1 from the first block on."""
+    ctx, port, seen = await sink_server(strict=True)
+    ep = endpoint(port)
+    try:
+        answer = await ep.request(post_sink(), blockwise=True, timeout=30)
+    finally:
+        ep.close()
+        await ctx.shutdown()
+    assert (answer.code, answer.payload, seen) == (0x44, b"3328", [BODY])
+    assert [k for k, _, _ in ep.sent] == ["b1"] * 4
+
+
+async def test_the_admin_client_sends_large_documents_as_q_block1(qserver):
+    """``msgin5g config import/apply/update`` (ScmClient) over coap:// without OSCORE: a POST and a
+    PUT of a document of 11 blocks go as Q-Block1 and both are stored as sent."""
+    from msgin5g.scmc import ScmClient
+
+    doc = big_doc()
+    async with ScmClient(f"coap://127.0.0.1:{qserver.port}") as client:
+        created = await client.create(doc)
+        doc_id = created["ueConfigDocId"]
+        changed = {**doc, "configName": "big-" + "r" * 11_000, "ueConfigDocId": doc_id}
+        replaced = await client.replace(doc_id, changed)
+        small = await client.create(make_doc(uris=[imei_urn(TAC, 8)]))
+    # per large document: its 11 blocks, and the Continue for the second set of the 11-block answer
+    # (the body's last block again, RFC 9177 §4.4); the small one went as one message
+    assert qserver.site.qblock.counters["qblock1-blocks"] == 2 * (11 + 1)
+    assert replaced["configName"] == changed["configName"]
+    stored = {d.doc["ueConfigDocId"]: d.doc for d in qserver.store.query_any("msgin5g")}
+    assert stored[doc_id] == changed and small["ueConfigDocId"] in stored
+
+
+async def test_rfc7959_block1_to_the_scm_s_gets_the_large_answer_with_block2_follow_ups(qserver):
+    """Block1 (no Q-Block1 offer) to the SCM-S: 11 blocks, each answered 2.31; the 2.01 answer is
+    itself 11 blocks of Block2, fetched with follow-ups that carry neither Block1 nor a payload
+    (RFC 7959 §3.3) — the document is stored once."""
+    doc = big_doc()
+    ep = endpoint(qserver.port)
+    try:
+        answer = await ep.request(post(doc), blockwise=True, timeout=30)
+    finally:
+        ep.close()
+    created_as(answer, doc)
+    assert [(k, n) for k, n, _ in ep.sent] == [("b1", n) for n in range(11)]
+    assert len(stored_docs(qserver)) == 1
