@@ -149,15 +149,16 @@ class ServerMetrics:
 
 
 class _MeteredPipe:
-    """The request's pipe; ``on_first(code)`` runs when the first response is added, *before* it is
-    sent — so a client that has its answer also finds it counted (with ``--workers`` the scrape is
+    """The request's pipe; the first response added is noted (``site._note``) *before* it is sent —
+    so a client that has its answer also finds it counted (with ``--workers`` the scrape is
     answered by another process, which would otherwise see the count a moment late)."""
 
-    __slots__ = ("_on_first", "_pipe", "code", "request")
+    __slots__ = ("_pipe", "_site", "_t0", "code", "request")
 
-    def __init__(self, pipe, on_first):
+    def __init__(self, pipe, site: InstrumentedSite, t0: float):
         self._pipe = pipe
-        self._on_first = on_first
+        self._site = site
+        self._t0 = t0
         self.request = pipe.request
         self.code: int | None = None
 
@@ -165,7 +166,7 @@ class _MeteredPipe:
         if self.code is None:
             self.code = int(response.code)
             try:
-                self._on_first(self.code)
+                self._site._note(self.request, self.code, self._t0)
             except Exception:  # counting must never keep an answer from going out
                 logging.getLogger("msgin5g.ops").exception("metrics")
         self._pipe.add_response(response, is_last=is_last)
@@ -199,27 +200,30 @@ class InstrumentedSite:
         return getattr(self._site, name)
 
     async def render_to_pipe(self, pipe) -> None:
-        t0 = time.perf_counter()
-        request = pipe.request
-        await self._site.render_to_pipe(
-            _MeteredPipe(pipe, lambda code: self._note(request, code, time.perf_counter() - t0))
-        )
+        await self._site.render_to_pipe(_MeteredPipe(pipe, self, time.perf_counter()))
 
-    def _note(self, request, code: int, seconds: float) -> None:
+    def _note(self, request, code: int, t0: float) -> None:
+        """Count and log one answered request. Per request on the server's hot path: nothing is
+        derived (route, bulk size) unless a metric or a log line is going to use it."""
         if self._outer:
             if code == 0x81:  # a protected answer travels as 2.04/2.05: this one is plain
                 if self._metrics is not None:
                     self._metrics.unauthenticated.inc()
                 refusal_log.warning("refused 4.01 from %s: not authenticated (OSCORE)", _remote(request))
             return
+        refused = code in (0x81, 0x83)
+        logged = access_log.isEnabledFor(logging.INFO)
+        if self._metrics is None and not refused and not logged:
+            return
+        seconds = time.perf_counter() - t0
         method = str(request.code).split(" ")[0] if request.code else "?"
         path = path_template(request.opt.uri_path, self._prefix)
-        bulk, n = is_bulk(request.opt.uri_query) if method == "GET" else (False, 0)
         if self._metrics is not None:
+            bulk, n = is_bulk(request.opt.uri_query) if method == "GET" else (False, 0)
             self._metrics.observe(method, path, code, seconds, n if bulk else None)
-        if code in (0x81, 0x83):
+        if refused:
             refusal_log.warning("refused %s %s %s from %s", code_text(code), method, path, _remote(request))
-        if access_log.isEnabledFor(logging.INFO):
+        if logged:
             access_log.info(
                 "%s %s %s %s %.1f ms", _remote(request), method, path, code_text(code), seconds * 1000
             )
