@@ -8,6 +8,7 @@ import socket
 import aiocoap
 import pytest
 
+from msgin5g.coap.qblock import QBlockParams
 from msgin5g.server.app import ServerConfig, start_server
 from msgin5g.server.service import ServiceConfig
 
@@ -68,3 +69,20 @@ async def coap():
     ctx = await aiocoap.Context.create_client_context()
     yield ctx
     await ctx.shutdown()
+
+
+@pytest.fixture
+async def qserver(tmp_path):
+    """A running SCM-S (insecure lab mode) with a short pause between Q-Block2 sets (NON_TIMEOUT
+    0.2 s, RFC 9177 §7.2: configurable) so that the Q-Block tests run fast."""
+    srv = await start_server(
+        ServerConfig(
+            port=0,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            insecure=True,
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
+            qblock=QBlockParams(non_timeout=0.2),
+        )
+    )
+    yield srv
+    await srv.close()

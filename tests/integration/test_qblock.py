@@ -134,22 +134,6 @@ def provision_large(srv, n=40):
     srv.store.import_docs("msgin5g", docs)
 
 
-@pytest.fixture
-async def qserver(tmp_path):
-    """The SCM-S with a short pause between sets (NON_TIMEOUT 0.2 s) so that tests run fast."""
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            insecure=True,
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
-    yield srv
-    await srv.close()
-
-
 async def rfc7959_body(coap, srv, query=()) -> bytes:
     m = Message(code=Code.GET, uri=srv.collection_uri())
     m.opt.uri_query = tuple(query)

@@ -19,30 +19,13 @@ from msgin5g.coap.qblock import QBlockParams
 from msgin5g.coap.qblock1_client import QBlock1Offer
 from msgin5g.coap.udp import CoapEndpoint
 from msgin5g.model import imei_urn
-from msgin5g.server.app import ServerConfig, start_server
-from msgin5g.server.service import ServiceConfig
 
-from .conftest import DOMAIN, make_doc
+from .conftest import make_doc
 
 COLLECTION = ("su-uc", "v1", "val-services", "msgin5g", "ue-configurations")
 TAC = "35209900"
 #: the client's Q-Block timers: short, so that the tests are quick (RFC 9177 §7.2: configurable)
 FAST = QBlockParams(non_timeout=0.3, non_receive_timeout=0.3, non_partial_timeout=30)
-
-
-@pytest.fixture
-async def qserver(tmp_path):
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            insecure=True,
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
-    yield srv
-    await srv.close()
 
 
 def big_doc(n=7, size=11_000) -> dict:

@@ -14,7 +14,6 @@ import json
 import socket
 import sys
 
-import pytest
 from aiocoap import Message
 
 from msgin5g.coap import wire
@@ -60,21 +59,6 @@ class BlockDropper(LossyLeg):
             if direction == "up" and opts and not opts[0][1]:
                 self.asked.append([o[0] for o in opts])
         return False
-
-
-@pytest.fixture
-async def qserver(tmp_path):
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            insecure=True,
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
-    yield srv
-    await srv.close()
 
 
 def provision_large(srv) -> None:
