@@ -77,6 +77,21 @@ def problem_of(response: Message) -> Problem | None:
     return None
 
 
+def doc_or_problem(m: Message) -> tuple[int, dict | Problem]:
+    """An answer to a document GET or an Observe notification: (code, document), or (code, Problem)
+    for an error (RFC 9290 problem details, or its diagnostic payload as the title)."""
+    if m.code.is_successful():
+        return int(m.code), decode(m.payload, int(m.opt.content_format or CF_CBOR))
+    return int(m.code), problem_of(m) or Problem(int(m.code), m.payload.decode("utf-8", "replace"))
+
+
+def no_response(api_root: str, error: BaseException) -> str:
+    """The one line a client says when the SCM-S did not answer."""
+    return (
+        f"no response from {api_root} — is `msgin5g server` running there? ({error or type(error).__name__})"
+    )
+
+
 def query_options(ue_uri=None, ue_type=None, ue_snr=None, ue_vendor=None) -> list[str]:
     """Uri-Query values of a UE configuration request (Table C.3.1.2.2.3.1-1)."""
     q = []
@@ -244,10 +259,7 @@ class ScmClient:
         except UnprotectedAnswer as e:
             return ConfigResult(Outcome.ERROR, e.code, problem=e.problem, detail=str(e))
         except (TimeoutError, aiocoap.error.Error, OSError) as e:
-            detail = (
-                f"no response from {self.api_root} — is `msgin5g server` running there? "
-                f"({e or type(e).__name__})"
-            )
+            detail = no_response(self.api_root, e)
             if self.api_root.startswith("coaps://"):  # a refused PSK ends the DTLS handshake silently
                 detail += " (coaps: is the PSK file's key active on this server?)"
             return apply_fallback(ConfigResult(Outcome.ERROR, detail=detail), None)
@@ -261,24 +273,18 @@ class ScmClient:
         req = self._ctx.request(m)
         try:
             first = await asyncio.wait_for(req.response, self.timeout)
-            yield self._doc_or_problem(first)
+            yield doc_or_problem(first)
             if not first.code.is_successful() or first.opt.observe is None:
                 return
             async for note in req.observation:
-                yield self._doc_or_problem(note)
+                yield doc_or_problem(note)
         except aiocoap.error.ResponseWrappingError as e:
-            yield self._doc_or_problem(e.coapmessage)
+            yield doc_or_problem(e.coapmessage)
         except oscore.NotAProtectedMessage as e:
             raise UnprotectedAnswer(int(e.plain_message.code), problem_of(e.plain_message)) from None
         finally:
             if not req.observation.cancelled:
                 req.observation.cancel()
-
-    @staticmethod
-    def _doc_or_problem(m: Message) -> tuple[int, dict | Problem]:
-        if m.code.is_successful():
-            return int(m.code), decode(m.payload, int(m.opt.content_format or CF_CBOR))
-        return int(m.code), problem_of(m) or Problem(int(m.code), m.payload.decode("utf-8", "replace"))
 
     # -- administrator operations --------------------------------------------------------------------
     def _ok(self, response: Message, *codes: Code) -> Message:

@@ -32,7 +32,6 @@ from aiocoap.optiontypes import OpaqueOption
 
 from ..authz import LAB_IDENTITY_OPTION
 from ..coap.qblock_client import QBlockOffer
-from ..codec import CF_CBOR, decode
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..problem import Problem
 from ..scmc import (
@@ -40,7 +39,9 @@ from ..scmc import (
     UnprotectedAnswer,
     apply_fallback,
     coaps_psk,
+    doc_or_problem,
     interpret,
+    no_response,
     problem_of,
     query_options,
 )
@@ -134,7 +135,7 @@ class DirectClient:
         except UnprotectedAnswer as e:
             return ConfigResult(Outcome.ERROR, e.code, problem=e.problem, detail=str(e))
         except (CoapError, TimeoutError, OSError) as e:
-            detail = f"no response from {self.api_root} — is `msgin5g server` running there? ({e})"
+            detail = no_response(self.api_root, e)
             return apply_fallback(ConfigResult(Outcome.ERROR, detail=detail), None)
         return apply_fallback(interpret(response), preconfigured)
 
@@ -158,18 +159,12 @@ class DirectClient:
                 if not ask_again(e.cause, deadline - loop.time()):
                     raise
         try:
-            yield _doc_or_problem(first)
+            yield doc_or_problem(first)
             if not first.code.is_successful() or first.opt.observe is None:
                 return
             async for note in obs:
-                yield _doc_or_problem(note)
+                yield doc_or_problem(note)
                 if not note.code.is_successful() or note.opt.observe is None:
                     return  # the server ended the observation (RFC 7641 §3.2)
         finally:
             obs.cancel()
-
-
-def _doc_or_problem(m: Message) -> tuple[int, dict | Problem]:
-    if m.code.is_successful():
-        return int(m.code), decode(m.payload, int(m.opt.content_format or CF_CBOR))
-    return int(m.code), problem_of(m) or Problem(int(m.code), m.payload.decode("utf-8", "replace"))
