@@ -214,6 +214,46 @@ def test_deadline_fails_a_request_waiting_for_its_separate_response():
     assert only(layer.on_tick(30.0), Fail) == Fail(handle, "deadline", "no response before the deadline")
 
 
+def test_separate_wait_counts_from_the_empty_ack_not_from_the_first_copy():
+    # SPEC D13: a client that asks again waits Params.separate_wait after the empty ACK
+    layer = MessageLayer(Params(separate_wait=30.0), rng=random.Random(9))
+    handle, actions = layer.request(0.0, get(), S, deadline=78.0)
+    first = sends(actions)[0]
+    retx = [m for m in sends(layer.on_tick(3.1))]  # the first timeout is in [2, 3] s: one copy
+    assert [m.mid for m in retx] == [first.mid]
+    assert only(layer.on_message(5.0, CoapMessage(ACK, EMPTY, first.mid), S), Acked).handle == handle
+    assert layer.next_deadline() == pytest.approx(35.0)
+    assert layer.on_tick(34.9) == []
+    assert only(layer.on_tick(35.0), Fail) == Fail(handle, "deadline", "no response before the deadline")
+    # never later than the request's own deadline
+    late = MessageLayer(Params(separate_wait=30.0), rng=random.Random(9))
+    h2, a2 = late.request(0.0, get(), S, deadline=40.0)
+    late.on_message(20.0, CoapMessage(ACK, EMPTY, sends(a2)[0].mid), S)
+    assert late.on_tick(39.9) == [] and only(late.on_tick(40.0), Fail).handle == h2
+
+
+def test_retransmission_schedule_is_rfc7252s():
+    from msgin5g.coap.actions import Retransmission
+
+    params = Params()
+    tx = Retransmission.start(b"x", 10.0, params, random.Random(1))
+    assert 2.0 <= tx.timeout <= 3.0 and tx.next_at == 10.0 + tx.timeout
+    first = tx.timeout
+    waits = []
+    now = tx.next_at
+    while tx.due(now, params):
+        waits.append(tx.next_at - now)
+        now = tx.next_at
+    assert waits == pytest.approx([2 * first, 4 * first, 8 * first, 16 * first])  # doubling, 4 copies
+    assert tx.tries == 4
+    quick = Params(give_up_wait=3.0)  # SPEC D13: one longest first timeout after the last copy
+    short = Retransmission.start(b"x", 0.0, quick, random.Random(1))
+    for _ in range(4):
+        at = short.next_at
+        assert short.due(at, quick)
+    assert short.next_at - at == 3.0 and not short.due(short.next_at, quick)
+
+
 # -- NSTART (RFC 7252 §4.7) -------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from msgin5g.ue.reask import ReaskPolicy, ask_again, exchange_timeout
+from msgin5g.ue.reask import ReaskPolicy, ask_again, exchange_timeout, proxy_timed_out
 
 
 def test_rfc_7252_defaults_and_the_derived_times():
@@ -41,6 +41,8 @@ def test_other_parameters_scale_the_window():
         ("reset", 10.0, False),  # the peer rejected the message: not a loss
         ("blockwise", 10.0, False),  # a broken block-wise transfer: not a loss
         ("no-mid", 10.0, False),
+        ("proxy-timeout", 10.0, True),  # the relay's 5.04: it got no answer from the SCM-S
+        ("proxy-timeout", 0.0, False),
     ],
 )
 def test_only_a_loss_is_asked_again_and_only_in_time(cause, remaining, expected):
@@ -61,3 +63,10 @@ def test_nonsense_parameters_are_refused():
         ReaskPolicy(ack_random_factor=0.5)
     with pytest.raises(ValueError):
         ReaskPolicy(separate_wait=-1)
+
+
+def test_a_proxys_5_04_is_a_loss_but_a_protected_5_04_is_the_origins_answer():
+    assert proxy_timed_out(0xA4, protected=False)  # 5.04 Gateway Timeout (RFC 7252 §5.9.3.5)
+    assert not proxy_timed_out(0xA4, protected=True)  # only the origin can protect (RFC 8613)
+    assert not proxy_timed_out(0xA3, protected=False)  # 5.03 is an answer (Max-Age says when)
+    assert not proxy_timed_out(0x45, protected=False)

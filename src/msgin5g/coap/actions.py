@@ -6,6 +6,7 @@ perform them (:mod:`msgin5g.coap.udp`).
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -47,6 +48,44 @@ class Params:
     #: round trip is far below ACK_TIMEOUT an answer to the last copy is as quick as to the first,
     #: so a client that will ask again anyway need not wait the last 16-32 x ACK_TIMEOUT (SPEC D13)
     give_up_wait: float | None = None
+    #: s to wait for the separate response once a CON request was acknowledged with an empty ACK,
+    #: counted from that ACK (RFC 7252 §5.2.2); None: until the request's own deadline. A client that
+    #: asks again when an exchange is lost (SPEC D13) sets it, so that the wait starts when the
+    #: server — or a proxy ending the exchange on its leg, RFC 7252 §5.7 — took the request
+    separate_wait: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Retransmission:
+    """One CON in flight and its RFC 7252 §4.2 back-off: the first timeout uniformly random in
+    [ACK_TIMEOUT, ACK_TIMEOUT x ACK_RANDOM_FACTOR], doubled at each retransmission, given up after
+    MAX_RETRANSMIT (or :attr:`Params.give_up_wait` after the last copy). The one schedule of the
+    project: the message layer's requests and separate responses, and the Relay UE's own CONs on
+    either leg (SPEC D8, D13), run on it."""
+
+    data: bytes
+    timeout: float
+    next_at: float
+    tries: int = 0
+
+    @classmethod
+    def start(cls, data: bytes, now: float, params: Params, rng: random.Random) -> Retransmission:
+        """The first transmission of ``data`` goes out at ``now``."""
+        timeout = params.ack_timeout * rng.uniform(1.0, params.ack_random_factor)
+        return cls(data, timeout, now + timeout)
+
+    def due(self, now: float, params: Params) -> bool:
+        """At :attr:`next_at`: True — send :attr:`data` again now (same message ID) and wait for
+        the new :attr:`next_at`; False — MAX_RETRANSMIT copies went unacknowledged: give up."""
+        if self.tries >= params.max_retransmit:
+            return False
+        self.tries += 1
+        self.timeout *= 2
+        wait = self.timeout
+        if self.tries >= params.max_retransmit and params.give_up_wait is not None:
+            wait = min(wait, params.give_up_wait)  # the last copy (RFC 7252 §4.2)
+        self.next_at = now + wait
+        return True
 
 
 # -- actions ----------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from .actions import (  # noqa: F401 (the layer's vocabulary, importable from he
     MidAllocator,
     Params,
     Protection,
+    Retransmission,
     Send,
     Serve,
     Unmatched,
@@ -69,16 +70,6 @@ from .blockwise import BlockwiseTransfer, block2_of
 from .wire import ACK, CON, EMPTY, NON, OPT_OBSERVE, RST, CoapMessage
 
 # -- state ---------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class _Con:
-    """A CON in flight: retransmitted until acknowledged (RFC 7252 §4.2)."""
-
-    data: bytes
-    timeout: float
-    next_at: float
-    tries: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -94,7 +85,7 @@ class _Exchange:
     deadline: float
     token: bytes = b""
     mid: int = -1
-    tx: _Con | None = None
+    tx: Retransmission | None = None
     outstanding: bool = False  # counts towards NSTART (RFC 7252 §4.7)
     answered: bool = False
     done: bool = False
@@ -113,7 +104,7 @@ class _Separate:
     handle: int
     addr: Addr
     mid: int
-    tx: _Con
+    tx: Retransmission
     done: bool = False
 
 
@@ -164,9 +155,8 @@ class MessageLayer:
             if (addr, token) not in self._by_token:
                 return token
 
-    def _con(self, data: bytes, now: float) -> _Con:
-        timeout = self.params.ack_timeout * self.rng.uniform(1.0, self.params.ack_random_factor)
-        return _Con(data, timeout, now + timeout)
+    def _con(self, data: bytes, now: float) -> Retransmission:
+        return Retransmission.start(data, now, self.params, self.rng)
 
     def _timer(self, at: float, owner: object, mid: int = -1) -> None:
         heapq.heappush(self._timers, (at, next(self._seq), owner, mid))
@@ -507,6 +497,10 @@ class MessageLayer:
         elif msg.code == EMPTY:  # the answer follows separately (RFC 7252 §5.2.2)
             if ex.tx is not None:
                 out.append(Acked(ex.handle))
+                wait = self.params.separate_wait
+                if wait is not None and not ex.answered and now + wait < ex.deadline:
+                    ex.deadline = now + wait  # counted from the empty ACK, not the first copy
+                    self._timer(ex.deadline, ex)
             self._release(ex)
             if ex.q1 is not None:  # block 0 of a Q-Block1 body taken (RFC 9177 §4.3)
                 qblock1_client.on_acked(self, now, ex, out)
@@ -571,7 +565,7 @@ class MessageLayer:
                 tx = owner.tx
                 if at < tx.next_at:
                     continue
-                if tx.tries >= self.params.max_retransmit:
+                if not tx.due(now, self.params):
                     self.counters.gave_up += 1
                     reason = f"no acknowledgement after {tx.tries} retransmissions"
                     if isinstance(owner, _Exchange):
@@ -582,12 +576,6 @@ class MessageLayer:
                         self._by_mid.pop((owner.addr, owner.mid), None)
                         out.append(Fail(owner.handle, GAVE_UP, reason))
                     continue
-                tx.tries += 1
-                tx.timeout *= 2
-                wait = tx.timeout
-                if tx.tries >= self.params.max_retransmit and self.params.give_up_wait is not None:
-                    wait = min(wait, self.params.give_up_wait)  # the last copy (RFC 7252 §4.2)
-                tx.next_at = now + wait
                 self.counters.retransmitted += 1
                 self._send(out, tx.data, owner.addr)  # same message ID (RFC 7252 §4.2)
                 self._timer(tx.next_at, owner, mid)

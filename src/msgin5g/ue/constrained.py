@@ -44,7 +44,7 @@ from ..security.endpoint import (
     VerificationFailed,
     is_echo_challenge,
 )
-from .reask import ReaskPolicy, ask_again, exchange_timeout
+from .reask import PROXY_TIMEOUT, ReaskPolicy, ask_again, exchange_timeout, proxy_timed_out
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -169,6 +169,7 @@ class ConstrainedUe:
                 ack_random_factor=reask.ack_random_factor,
                 max_retransmit=reask.max_retransmit,
                 give_up_wait=reask.give_up_wait,
+                separate_wait=reask.separate_wait,
             )
         else:
             self.params = Params(ack_timeout=ack_timeout, max_retransmit=max_retransmit)
@@ -343,7 +344,12 @@ class ConstrainedUe:
         )
         if observation is not None:
             observation.handle = fut.handle
-        return wire.to_aiocoap(await fut)
+        response = await fut
+        if self.reask is not None and proxy_timed_out(
+            response.code, response.first(wire.OPT_OSCORE) is not None
+        ):
+            raise CoapError("the relay got no answer from the SCM-S in time (5.04)", PROXY_TIMEOUT)
+        return wire.to_aiocoap(response)
 
     async def request(
         self,

@@ -18,6 +18,9 @@ PC5 link down, paused, set up a new link and started over. The cycle here:
   itself, but it may give up, or the client may have missed every copy). A GET is safe to
   repeat: the SCM-S answers it again; a Gateway UE takes the repeat as superseding the stored
   request (SPEC D13).
+* **A proxy's 5.04 Gateway Timeout** (the Relay UE, which ends the UE's exchange on PC5 with an
+  empty ACK and retransmits on Uu itself, got no answer from the SCM-S, RFC 7252 §5.7.1) is a lost
+  exchange too: asked again at once (:func:`proxy_timed_out`).
 * **Never ask again** after an answer, an RST (the peer rejected the message), or a failed
   block-wise transfer: those are outcomes, not losses.
 
@@ -30,8 +33,21 @@ from dataclasses import dataclass
 
 from ..coap.actions import ACK_RANDOM_FACTOR, ACK_TIMEOUT, DEADLINE, GAVE_UP, MAX_RETRANSMIT
 
+#: a proxy on the path — the Relay UE, which ends the UE's CON exchange on PC5 and retransmits on
+#: Uu itself (SPEC D8) — got no answer from the origin in time: 5.04 Gateway Timeout (RFC 7252
+#: §5.7.1, §5.9.3.5). For the UE that is a lost exchange like any other.
+PROXY_TIMEOUT = "proxy-timeout"
+GATEWAY_TIMEOUT = 0xA4  # 5.04
+
 #: causes of a failed exchange (:attr:`msgin5g.coap.udp.CoapError.cause`) after which a UE asks again
-LOST = frozenset({GAVE_UP, DEADLINE})
+LOST = frozenset({GAVE_UP, DEADLINE, PROXY_TIMEOUT})
+
+
+def proxy_timed_out(code: int, protected: bool) -> bool:
+    """An answer that is a proxy's 5.04 Gateway Timeout (RFC 7252 §5.7.1): the origin was not
+    reached in time, so the exchange is lost, not answered. An OSCORE-protected 5.04 comes from the
+    origin itself (a proxy cannot protect) and is the answer."""
+    return code == GATEWAY_TIMEOUT and not protected
 
 
 @dataclass(frozen=True)
