@@ -197,6 +197,7 @@ async def test_link_released_before_the_response_discards_it(scm_server, relays,
         # both datagrams leave before the relay runs again: the request goes up, then the link goes
         raw.send_raw(raw.encode(req, mid=1, token=b"x"))
         raw.send_raw(raw.release_datagram())
+        # (released within the relay's 0.1 s before its empty ACK: nothing else comes first)
         assert pc5.decode(await raw.recv()).type == Pc5Type.LINK_RELEASE_ACCEPT
         c = await until(coap, relay, lambda c: c["discarded"].get("link-released") == 1)
         assert c["relayed_up"] == 1 and c["relayed_down"] == 0
@@ -206,8 +207,9 @@ async def test_link_released_before_the_response_discards_it(scm_server, relays,
 
 async def test_port_unreachable_on_an_uplink_is_counted_and_the_relay_goes_on(relays, coap):
     """A SCM-S that is down: the kernel reports ICMP port unreachable on the link's connected
-    upstream socket (RFC 1122 §4.1.3.3). The relay counts it and keeps relaying — the UE's own
-    retransmission goes up again (the relay does not retransmit, SPEC D8)."""
+    upstream socket (RFC 1122 §4.1.3.3). The relay counts it and keeps going: it goes on
+    retransmitting the request itself, and answers the UE's retransmission with its empty ACK
+    again (hop-by-hop, SPEC D8)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         down = probe.getsockname()[1]  # nothing listens here once the probe is closed
@@ -219,7 +221,9 @@ async def test_port_unreachable_on_an_uplink_is_counted_and_the_relay_goes_on(re
         raw.send_raw(raw.encode(req, mid=1, token=b"x"))
         await until(coap, relay, lambda c: c["errors"].get("uplink-ConnectionRefusedError", 0) >= 1)
         raw.send_raw(raw.encode(req, mid=1, token=b"x"))  # the UE retransmits (RFC 7252 §4.2)
-        c = await until(coap, relay, lambda c: c["retransmitted_up"] == 1)
+        c = await until(
+            coap, relay, lambda c: c["retransmitted_up"] >= 1 and c["duplicates_absorbed"] == 1, tries=400
+        )
         assert c["relayed_up"] == 1 and c["errors"].get("core", 0) == 0
     finally:
         raw.close()
@@ -312,12 +316,42 @@ async def test_two_ues_with_equal_tokens_get_their_own_answers(scm_server, relay
 
 
 @pytest.mark.parametrize("mode", ["l3", "l2"])
-async def test_ue_retransmission_reaches_the_server_as_a_duplicate(probe_server, relays, coap, mode):
-    """The relay relays a UE's retransmission as the same datagram on the UE's own flow: the SCM-S
-    recognises the message ID and answers from its exchange state without handling the request
-    again (RFC 7252 §4.5), and every copy the UE sent gets the same answer (SPEC D8)."""
+async def test_retransmissions_are_answered_by_the_relay_and_the_server_handles_the_request_once(
+    probe_server, relays, coap, mode
+):
+    """Hop-by-hop (the default, SPEC D8): the relay answers a UE's retransmission itself with the
+    answer it gave the first copy (RFC 7252 §4.5); nothing more goes up, the SCM-S handles the
+    request once, and the UE gets one answer per copy, each the same."""
     uri, seen = probe_server
     relay = await relays(uri, mode=mode)
+    raw = RawUe(relay)
+    try:
+        await raw.link()
+        req = get_request(config_query_uri(uri, "msgin5g", UE1), via_proxy=True)
+        datagram = raw.encode(req, mid=42, token=b"tk")
+        answers = []
+        for _ in range(3):  # the first transmission and two retransmissions (same MID)
+            raw.send_raw(datagram)
+            answers.append(Message.decode(await raw.recv()))
+        assert [(a.mtype, a.mid, a.token, a.code) for a in answers] == [
+            (Type.ACK, 42, b"tk", Code.CONTENT)
+        ] * 3  # answered within the relay's 0.1 s: piggybacked
+        assert answers[0].payload == answers[1].payload == answers[2].payload
+        assert len(seen) == 1
+        c = await counters(coap, relay)
+        assert (c["relayed_up"], c["retransmitted_up"], c["duplicates_absorbed"]) == (1, 0, 2)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("mode", ["l3", "l2"])
+async def test_ue_retransmission_reaches_the_server_as_a_duplicate(probe_server, relays, coap, mode):
+    """``--reliability end-to-end``: the relay relays a UE's retransmission as the same datagram on
+    the UE's own flow: the SCM-S recognises the message ID and answers from its exchange state
+    without handling the request again (RFC 7252 §4.5), and every copy the UE sent gets the same
+    answer (SPEC D8)."""
+    uri, seen = probe_server
+    relay = await relays(uri, mode=mode, reliability="end-to-end")
     raw = RawUe(relay)
     try:
         await raw.link()

@@ -2,7 +2,8 @@
 
 The core takes datagrams as bytes, exactly as the shell receives them, and returns actions. Every
 expected value below is written from the spec (the seed's two rules, SPEC D8's flows and bounds,
-RFC 7252's message layer), not computed by the code under test.
+RFC 7252's message layer), not computed by the code under test. They run the relay with
+``reliability="end-to-end"``; what changes with the default hop-by-hop legs is in test_relay_hop.py.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ CM = CmServer.of("coap", "127.0.0.1", 5683)
 
 
 def core(**kw) -> RelayCore:
+    """A relay that relays the UE's own retransmissions (``--reliability end-to-end``): the rules
+    here are those of relaying as such; the hop-by-hop legs are tests/unit/test_relay_hop.py's."""
     kw.setdefault("server_host", "127.0.0.1")
+    kw.setdefault("reliability", "end-to-end")
     return RelayCore(RelayConfig(**kw))
 
 

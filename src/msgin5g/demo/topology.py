@@ -267,6 +267,7 @@ async def start_topology(
     async def relay(k: int) -> Child:
         args = ["relay", "--listen", "127.0.0.1:0", "--server", uri(ep["uu-relay"]), "--mode", o.relay_mode]
         args += ["--max-links", str(o.relay_links), "--admin", "127.0.0.1:0"]
+        args += ["--ack-timeout", f"{o.ue_ack_timeout:g}"]  # the relay's legs run the UEs' timers
         return await sup.start(
             relay_name(k), f"Relay UE {k + 1}" if n_relays > 1 else "the Relay UE", args, "relay"
         )

@@ -58,7 +58,8 @@ async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = Non
     out = out or ActorOutput("relay")
     host, port = relay.pc5_address
     out.banner(
-        f"relay ({settings.mode}) listening on {host}:{port} (PC5), relaying to {settings.server_uri}; "
+        f"relay ({settings.mode}, {settings.reliability}) listening on {host}:{port} (PC5), "
+        f"relaying to {settings.server_uri}; "
         f"max {settings.max_links} links{', auto-link' if settings.auto_link else ''}"
     )
     if relay.admin_uri:
@@ -137,6 +138,22 @@ async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = Non
     show_default=True,
     help="Requests one remote UE may have open through the relay; beyond that it gets 5.03 + Max-Age.",
 )
+@click.option(
+    "--reliability",
+    type=click.Choice(["hop", "end-to-end"]),
+    default="hop",
+    show_default=True,
+    help="hop: the relay acknowledges a UE's CON request at once, retransmits it to the SCM-S itself "
+    "and sends the answer down as a CON (RFC 7252 5.7 proxy); end-to-end: the UE's own "
+    "retransmissions are relayed and the relay keeps no timers.",
+)
+@click.option(
+    "--ack-timeout",
+    type=click.FloatRange(0.01, 60),
+    default=2.0,
+    show_default=True,
+    help="RFC 7252 ACK_TIMEOUT of the relay's own retransmissions (hop), seconds.",
+)
 @http_option()
 @log_options
 @output_options
@@ -149,6 +166,8 @@ def relay(
     admin,
     link_timeout,
     max_exchanges,
+    reliability,
+    ack_timeout,
     http,
     verbose,
     log_format,
@@ -168,6 +187,8 @@ def relay(
         admin_port=admin[1] if admin else 0,
         link_timeout=link_timeout,
         max_exchanges=max_exchanges,
+        reliability=reliability,
+        ack_timeout=ack_timeout,
     )
     out = ActorOutput("relay", as_json, quiet)
     snapshot = asyncio.run(_run(settings, http, out))

@@ -15,19 +15,16 @@ UE's **message ID and token** upstream, and the SCM-S's message IDs and tokens d
 rewrites only the forward-proxy options of a request, and relays responses, empty ACKs and RSTs
 byte for byte.
 
-**Retransmission: the UE's, relayed** (RFC 7252 §4.2, §4.5). The relay does not retransmit on its
-own and has no duplicate cache: a UE retransmission (same MID) is relayed upstream again as the
-same datagram, the SCM-S — which sees the UE's MID on the UE's flow — recognises it as a duplicate
-and answers it from its own exchange state (the cached piggybacked response, or an empty ACK while a
-separate response is on its way), and that answer goes down like any other. Why this and not
-relay timers: reliability stays end to end, driven by the one party that knows whether it still
-wants the answer — a UE that gives up stops the retransmissions, a UE that re-asks is heard at
-once; a relay timer would add a second, uncoordinated retransmission schedule on the Uu leg (two
-senders' worth of datagrams at 30 % loss), a retransmission queue per UE, and a duplicate cache in
-the relay that must agree with the server's. Message IDs, duplicate detection and retransmission
-thus exist only at the endpoints (the UE's client and the SCM-S's CoAP stack), never here. The
-SCM-S's separate responses and notifications are retransmitted by the SCM-S; the relay relays
-each copy, and the UE's ACK or RST goes back up.
+**Reliability, hop by hop** (SPEC D8, D13; RFC 7252 §5.7). By default (``reliability="hop"``)
+the relay ends a remote UE's CON exchange on each leg: the answer piggybacked when it is back within
+0.1 s, an empty ACK otherwise; the relay retransmits the request on Uu itself with RFC 7252's
+back-off and sends a later answer down as a CON it retransmits on PC5 — :mod:`.hop`, where the
+reasons are given (two hops per loop instead of four). NON requests cross end to end. With
+``reliability="end-to-end"`` the relay keeps no timers and no duplicate cache: a UE retransmission
+(same MID) is relayed upstream again as the same datagram, the SCM-S — which sees the UE's MID on
+the UE's flow — recognises it as a duplicate and answers it from its own exchange state, and that
+answer goes down like any other; the SCM-S's separate responses and notifications are relayed copy
+for copy, and the UE's ACK or RST goes back up.
 
 **Bounded state** (SPEC D13). Links: at most ``max_links``. Per link, at most ``max_exchanges``
 open exchanges (requests relayed and not yet answered); when they are all taken the oldest open
@@ -45,6 +42,7 @@ at most ``max_links`` of them.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,6 +53,17 @@ from ..coap import wire
 from ..coap.wire import ACK, CON, NON, RST, CoapMessage
 from ..pc5 import Pc5Cause, Pc5Message, Pc5Type
 from ..problem import CF_PROBLEM, Problem, code_text
+from .actions import (
+    Action,
+    Answer,
+    CloseUplink,
+    Discard,
+    OpenUplink,
+    SendDownlink,
+    SendPc5,
+    SendUplink,
+)
+from .hop import HOP, RELIABILITY, HopLegs, relay_params
 from .links import Endpoint, Exchange, Pc5Link, Pc5LinkTable, layer2_address
 from .routing import (
     DEFAULT_PORT,
@@ -72,68 +81,6 @@ MODE_L3 = "l3"
 # RFC 7252 §4.8 transmission parameters (defaults)
 MAX_TRANSMIT_WAIT = 93.0
 EXCHANGE_LIFETIME = 247.0
-
-
-# --------------------------------------------------------------------------------------------
-# Actions: what the shell must do
-
-
-@dataclass(frozen=True, slots=True)
-class SendUplink:
-    """Send ``datagram`` to the SCM-S on the upstream flow of link ``uplink``."""
-
-    uplink: int
-    datagram: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendDownlink:
-    """Send ``datagram`` (CoAP) to a remote UE over PC5."""
-
-    endpoint: Endpoint
-    datagram: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The relay itself answers a remote UE's request (5.05, 5.03, 4.00, 4.02, 4.04, 4.05)."""
-
-    endpoint: Endpoint
-    datagram: bytes
-    problem: Problem
-
-
-@dataclass(frozen=True, slots=True)
-class SendPc5:
-    """Send PC5 signalling (SPEC D8) to a remote UE."""
-
-    endpoint: Endpoint
-    message: Pc5Message
-
-
-@dataclass(frozen=True, slots=True)
-class OpenUplink:
-    """Open the upstream flow of link ``uplink``: a socket of its own, bound to ``source`` if given
-    (layer 2: the remote UE's own address) or to the relay's address with a fresh port (layer 3)."""
-
-    uplink: int
-    source: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUplink:
-    uplink: int
-
-
-@dataclass(frozen=True, slots=True)
-class Discard:
-    """Nothing is sent; the datagram was discarded for ``reason`` (already counted)."""
-
-    reason: str
-    detail: str = ""
-
-
-Action = SendUplink | SendDownlink | Answer | SendPc5 | OpenUplink | CloseUplink | Discard
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,10 +105,18 @@ class RelayConfig:
     exchange_wait: float = MAX_TRANSMIT_WAIT  # an unanswered exchange ends after this long
     flow_linger: float = MAX_TRANSMIT_WAIT  # a released link's flow stays open this long for late answers
     l2_loopback: bool = True  # layer 2: give each remote UE its own 127.0.0.0/8 address
+    #: HOP: the relay ends the UE's CON exchanges on each leg and retransmits itself (:mod:`.hop`);
+    #: END_TO_END: the UE's own retransmissions are relayed, the relay has no timers
+    reliability: str = HOP
+    ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT of the relay's own CONs (HOP)
 
     def __post_init__(self) -> None:
         if self.mode not in (MODE_L2, MODE_L3):
             raise ValueError(f"mode must be l2 or l3, got {self.mode!r}")
+        if self.reliability not in RELIABILITY:
+            raise ValueError(f"reliability must be one of {', '.join(RELIABILITY)}, got {self.reliability!r}")
+        if self.ack_timeout <= 0:
+            raise ValueError("ack_timeout must be positive")
         if self.max_links < 1 or self.max_exchanges < 1:
             raise ValueError("max_links and max_exchanges must be at least 1")
 
@@ -174,10 +129,18 @@ class RelayCounters:
     """What the relay did (printed on shutdown, served on the admin side)."""
 
     relayed_up: int = 0  # requests relayed to the SCM-S (first transmissions)
-    retransmitted_up: int = 0  # UE retransmissions relayed upstream as the same datagram
-    acks_up: int = 0  # the UEs' empty ACK/RST of the SCM-S's CON messages, relayed up
+    retransmitted_up: int = 0  # end to end: UE retransmissions relayed up; hop: the relay's own copies
+    acks_up: int = 0  # end to end: the UEs' empty ACK/RST of the SCM-S's CON messages, relayed up
     relayed_down: int = 0  # responses and notifications relayed to remote UEs
-    acks_down: int = 0  # the SCM-S's empty ACK/RST, relayed down
+    acks_down: int = 0  # the SCM-S's empty ACK/RST (end to end relayed down; hop: taken by the relay)
+    # hop-by-hop (SPEC D8, relay/hop.py)
+    acked_on_pc5: int = 0  # empty ACKs the relay sent for UEs' CON requests (replays included)
+    duplicates_absorbed: int = 0  # UE retransmissions answered by the relay, not relayed
+    acked_on_uu: int = 0  # empty ACKs the relay sent for the SCM-S's CON answers
+    duplicates_from_server: int = 0  # repeated answers of the SCM-S not relayed (one answer per request)
+    retransmitted_down: int = 0  # the relay's retransmissions of answers sent down as CON
+    acks_from_ue: int = 0  # the UEs' ACK/RST of those answers
+    gave_up: Counter = field(default_factory=Counter)  # by leg: uu (5.04 sent), pc5, pc5-bound
     answered: Counter = field(default_factory=Counter)  # relay's own answers by code ("5.05": n)
     discarded: Counter = field(default_factory=Counter)  # by reason
     exchanges_ended: Counter = field(default_factory=Counter)  # by reason
@@ -224,7 +187,7 @@ def yielding_exchange(exchanges: Iterable[Exchange]) -> Exchange | None:
 class RelayCore:
     """Relay UE decision logic (TS 24.538 6.2.2.1; SPEC D8). See the module docstring."""
 
-    def __init__(self, config: RelayConfig):
+    def __init__(self, config: RelayConfig, rng: random.Random | None = None):
         self.config = config
         self.links = Pc5LinkTable(config.max_links)
         self.counters = RelayCounters()
@@ -232,6 +195,13 @@ class RelayCore:
         self._flows: dict[int, Pc5Link] = {}  # upstream flows by link id (established and lingering)
         self._lingering: dict[int, float] = {}  # link id → released at, oldest first
         self._auto_l2 = 0
+        self.hop = (
+            HopLegs(
+                self.counters, relay_params(config.ack_timeout), rng or random.Random(), EXCHANGE_LIFETIME
+            )
+            if config.reliability == HOP
+            else None
+        )
 
     # ---- small helpers ----------------------------------------------------------------------
 
@@ -358,6 +328,7 @@ class RelayCore:
         self.counters.links_released[reason] += 1
         for ex in list(link.exchanges.values()):
             self._end(link, ex, "link-released")
+        link.deliveries.clear()
         self._lingering[link.link_id] = now
         actions: list[Action] = []
         while len(self._lingering) > self.config.max_links:  # bounded: the oldest goes first
@@ -374,6 +345,8 @@ class RelayCore:
         """Empty messages from a remote UE: ping, or its ACK/RST of the SCM-S's CON message."""
         if msg.mtype == CON:  # CoAP ping (RFC 7252 §4.3): answered by the relay, refreshes the link
             return [SendDownlink(link.endpoint, _rst(msg.mid))]
+        if msg.mtype in (ACK, RST) and self.hop is not None:  # of an answer the relay sent as CON
+            return self.hop.on_pc5_empty(link, msg, self._end)
         if msg.mtype in (ACK, RST):
             if msg.mtype == RST:  # the UE rejects a notification: the observation ends (RFC 7641 §3.6)
                 ex = link.exchange_by_server_mid(msg.mid)
@@ -403,6 +376,11 @@ class RelayCore:
         """A request from a linked remote UE: relay it uplink, or answer it (seed 6.2.2.1; SPEC D8)."""
         if msg.mtype not in (CON, NON):
             return self._drop_malformed("request in an ACK or RST")
+        hop = self.hop if msg.mtype == CON else None
+        if hop is not None:
+            repeated = hop.duplicate(link, msg, now)
+            if repeated is not None:
+                return repeated
         ex = link.exchanges.get(msg.token)
         if ex is not None and ex.mid == msg.mid:
             # the UE's retransmission: relayed as the same datagram; the SCM-S deduplicates (RFC 7252 §4.5)
@@ -417,6 +395,9 @@ class RelayCore:
             # Same token, new message: a NON repeated with its token, an Observe re-registration or
             # deregistration (RFC 7641 §3.6), a block-wise follow-up. The old exchange is over.
             self._end(link, ex, "superseded")
+        if hop is not None:  # the UE asked again (new MID and token): it gave up the old one (D13)
+            for old in hop.retried(link, msg, decision.datagram):
+                self._end(link, old, "superseded")
         if len(link.exchanges) >= self.config.max_exchanges:
             stale = yielding_exchange(link.exchanges.values())
             if stale is not None:
@@ -431,8 +412,12 @@ class RelayCore:
                 "TOO_MANY_OPEN_REQUESTS",
             )
             return [self._answer(link, msg, problem, max_age=wait)]
-        link.exchanges[msg.token] = Exchange(msg.token, msg.mid, msg.mtype == CON, now, decision.datagram)
+        ex = link.exchanges[msg.token] = Exchange(
+            msg.token, msg.mid, msg.mtype == CON, now, decision.datagram
+        )
         self.counters.relayed_up += 1
+        if hop is not None:  # ended here on PC5, retransmitted by the relay on Uu (SPEC D8, relay/hop.py)
+            return hop.start(link, ex, now)
         return [SendUplink(link.link_id, decision.datagram)]
 
     # ---- Uu side --------------------------------------------------------------------------------
@@ -464,6 +449,8 @@ class RelayCore:
             if msg.is_response and msg.mtype in (CON, NON):
                 actions.append(SendUplink(uplink, _rst(msg.mid)))  # stop retransmissions / observation
             return actions
+        if self.hop is not None:
+            return self.hop.on_uu(link, msg, now, self._end)
         if msg.is_empty:  # the SCM-S's ACK or RST of the UE's request
             ex = link.exchange_by_mid(msg.mid)
             if ex is not None:
@@ -500,6 +487,8 @@ class RelayCore:
             actions.append(SendPc5(link.endpoint, release))
         wait = self.config.exchange_wait
         for link in self.links:
+            if self.hop is not None:
+                actions += self.hop.on_tick(link, now, self._end)
             for ex in list(link.exchanges.values()):
                 if not ex.observing and now - ex.created >= (EXCHANGE_LIFETIME if ex.acked else wait):
                     self._end(link, ex, "expired")
@@ -508,10 +497,18 @@ class RelayCore:
                 actions += self._close_flow(link_id)
         return actions
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_tick` has a retransmission due next (hop-by-hop only; None: nothing)."""
+        if self.hop is None:
+            return None
+        times = [t for t in (self.hop.next_deadline(link) for link in self.links) if t is not None]
+        return min(times) if times else None
+
     def snapshot(self) -> dict[str, Any]:
         """Counters, links and flows for the admin resource."""
         return {
             "mode": self.config.mode,
+            "reliability": self.config.reliability,
             "server": self.server.describe(),
             "links": [link.describe() for link in self.links],
             "maxLinks": self.config.max_links,

@@ -17,8 +17,11 @@ endpoint it talks from. Each link owns:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..coap.actions import Retransmission
 
 Endpoint = tuple  # a socket address as the shell reports it, e.g. ("127.0.0.1", 40123)
 
@@ -57,6 +60,11 @@ class Exchange:
     observing: bool = False  # a successful response carried Observe: notifications follow (RFC 7641)
     server_mid: int | None = None  # MID of the last CON/NON response or notification relayed down
     transmissions: int = 1
+    #: hop-by-hop (SPEC D8; :mod:`.hop`): the relay's own retransmission of a CON on Uu, None once
+    #: the SCM-S answered or acknowledged it
+    tx: Retransmission | None = None
+    #: hop-by-hop: when the UE's empty ACK is due (None: sent, or the answer was piggybacked)
+    ack_due: float | None = None
 
 
 @dataclass(eq=False)
@@ -75,6 +83,12 @@ class Pc5Link:
     source: str | None = None  # upstream source address (layer 2 on loopback), None: the relay's own
     exchanges: dict[bytes, Exchange] = field(default_factory=dict)  # by token, oldest first
     _mid: int = 0  # message IDs of the relay's own messages to this UE (its 5.05, 4.00, … answers)
+    #: hop-by-hop (:mod:`.hop`): answers sent down as CON and not yet acknowledged, by the relay's MID
+    deliveries: dict[int, Any] = field(default_factory=dict)
+    #: hop-by-hop: recent message IDs (→ remembered until) of the UE's CON requests and of the SCM-S's
+    #: CON answers, for duplicate detection on each leg (RFC 7252 §4.5); bounded
+    answered_mids: OrderedDict = field(default_factory=OrderedDict)
+    server_mids: OrderedDict = field(default_factory=OrderedDict)
 
     def next_mid(self) -> int:
         self._mid = (self._mid + 1) & 0xFFFF
@@ -100,6 +114,7 @@ class Pc5Link:
             "auto": self.auto,
             "upstreamSource": self.source or "relay",
             "openExchanges": len(self.exchanges),
+            "answersInFlight": len(self.deliveries),
         }
 
 

@@ -37,6 +37,7 @@ import aiocoap.resource as resource
 from .. import codec, pc5
 from ..coap.udp import DatagramSocket
 from .core import (
+    HOP,
     MODE_L2,
     MODE_L3,
     Answer,
@@ -72,6 +73,8 @@ class RelaySettings:
     keepalive: int = 20
     link_timeout: float = 60.0
     max_exchanges: int = 8  # open requests per remote UE; beyond: 5.03 + Max-Age
+    reliability: str = HOP  # hop: the relay ends the UE's CON exchanges and retransmits (relay/hop.py)
+    ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT of the relay's own CONs
 
 
 def parse_server_uri(uri: str) -> tuple[str, str, int]:
@@ -171,6 +174,7 @@ class RunningRelay:
         self._uplinks: dict[int, _Uplink] = {}
         self._bind_warned = False
         self._tick_task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the core's next retransmission (hop)
         self._admin: aiocoap.Context | None = None
         self.pc5_address: tuple[str, int] = ("", 0)
         self.admin_address: tuple[str, int] | None = None
@@ -211,6 +215,9 @@ class RunningRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
             self._tick_task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._pc5 is not None:
             self._pc5.close()
             self._pc5 = None
@@ -246,6 +253,7 @@ class RunningRelay:
                 core.counters.errors["core"] += 1
                 continue
             self._perform(actions)
+        self._arm()
 
     def _on_uplink_burst(self, key: int, burst: list[tuple[bytes, tuple]]) -> None:
         core, now = self.core, self._loop.time()
@@ -258,16 +266,37 @@ class RunningRelay:
                 continue
             self._perform(actions)
             if key not in self._uplinks:
-                return
+                break
+        self._arm()
 
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.settings.tick)
-            try:
-                self._perform(self.core.on_tick(self._loop.time()))
-            except Exception:
-                log.exception("relay core failed on a tick")
-                self.core.counters.errors["core"] += 1
+            self._tick()
+
+    def _tick(self) -> None:
+        try:
+            self._perform(self.core.on_tick(self._loop.time()))
+        except Exception:
+            log.exception("relay core failed on a tick")
+            self.core.counters.errors["core"] += 1
+        self._arm()
+
+    def _arm(self) -> None:
+        """Wake the core when its next retransmission is due (hop-by-hop), not only every ``tick``."""
+        at = self.core.next_deadline()
+        if at is None:
+            return
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= at:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._tick()
 
     # ---- output -------------------------------------------------------------------------------
 
@@ -367,6 +396,8 @@ async def start_relay(settings: RelaySettings) -> RunningRelay:
         link_timeout=settings.link_timeout,
         max_exchanges=settings.max_exchanges,
         l2_loopback=l2_loopback,
+        reliability=settings.reliability,
+        ack_timeout=settings.ack_timeout,
     )
     relay = RunningRelay(RelayCore(config), server_addr, settings)
     try:
