@@ -412,9 +412,12 @@ class Demo:
         if relay:
             r = Counter({k: v for k, v in relay.items() if isinstance(v, int)})
             discarded = sum((relay.get("discarded") or {}).values())
+            gave_up = (relay.get("gave_up") or {}).get("uu", 0)
             lines.append(
                 f"relay: {r['links_established']:,} PC5 links; {r['relayed_up']:,} requests up, "
                 f"{r['relayed_down']:,} answers down, {r['retransmitted_up']:,} retransmissions up, "
+                f"{r['duplicates_absorbed']:,} UE retransmissions answered by the relay, "
+                f"{r['retransmitted_down']:,} answers retransmitted down, {gave_up:,} × 5.04, "
                 f"{discarded:,} discarded"
             )
         lat = ", ".join(f"{1000 * t:.0f} ms" for t in observer.latencies)
