@@ -7,10 +7,12 @@ Ctrl-C; ``config update`` / ``config apply`` / configData as an object; environm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 
@@ -219,6 +221,15 @@ def _count_docs(api_root: str) -> int:
     return len(json.loads(p.stdout))
 
 
+def _stored_docs(db: str) -> int:
+    """Documents in the SCM-S's SQLite store, read beside the running server (WAL: readers do not block)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute("SELECT count(*) FROM docs").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
 def test_ctrl_c_during_coap_import_leaves_nothing(srv, tmp_path):
     docs = [dict(DOC, configName=f"n{i}", valUeIds={"uris": [f"urn:ops:{i}"]}) for i in range(3000)]
     f = tmp_path / "many.json"
@@ -229,11 +240,14 @@ def test_ctrl_c_during_coap_import_leaves_nothing(srv, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    db = srv.db.removeprefix("sqlite:///")
     try:
-        for _ in range(600):  # until the import is under way
-            if _count_docs(srv.api_root) > 0:
+        # until the import is under way: read the store itself (a `config list` takes long enough on
+        # a loaded machine for all 3,000 to be created in the meantime, and then nothing is undone)
+        for _ in range(1200):
+            if _stored_docs(db) > 0:
                 break
-            time.sleep(0.05)
+            time.sleep(0.025)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
