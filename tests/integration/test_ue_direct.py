@@ -180,6 +180,37 @@ class DownDropper(LossyLeg):
         return False
 
 
+async def test_observe_applies_a_change_whose_notification_comes_before_the_registrations_answer(qserver):
+    """The registration's answer is lost on the way down and the document changes before the UE
+    asks again: the notification of the change is the first answer the UE gets (RFC 7641 §3.2,
+    §4.4). It carries a newer document than the one just applied, so it is applied and printed —
+    not skipped as "the registration answer repeating what was applied"."""
+    srv = qserver
+    doc_id = srv.store.create("msgin5g", make_doc(uris=[UE], service_id="before@obs")).doc_id
+    leg = DownDropper(("127.0.0.1", srv.port), drop={1})  # 0: the get-config answer; 1: the registration's
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "ue", "get-config", "--server", f"coap://127.0.0.1:{leg.address[1]}", "--ue-uri", UE,
+        "--observe", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert first["config"]["ueServiceId"] == "before@obs"
+        for _ in range(200):  # the registration went up and its answer was dropped
+            if leg.lost["down"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert leg.lost["down"] == 1
+        async with ScmClient(f"coap://127.0.0.1:{srv.port}") as admin:
+            await admin.replace(doc_id, make_doc(uris=[UE], service_id="after@obs"))
+        note = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert note["outcome"] == "configured" and note["config"]["ueServiceId"] == "after@obs"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        leg.close()
+
+
 async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropped_blocks(
     tmp_path, monkeypatch
 ):

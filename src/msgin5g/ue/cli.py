@@ -230,14 +230,19 @@ async def _get(
                 and result.doc
                 and result.doc.get("ueConfigDocId")
             ):
-                await _observe(client, ue_uri, result.doc["ueConfigDocId"], as_json)
+                await _observe(client, ue_uri, result.doc["ueConfigDocId"], as_json, applied=result.doc)
             return result
     print_result(ue_uri, result, as_json)
     return result
 
 
-async def _observe(client, ue_uri: str, doc_id: str, as_json: bool) -> None:
-    """Re-apply the document on every notification (RFC 7641) until the server ends it or Ctrl-C."""
+async def _observe(client, ue_uri: str, doc_id: str, as_json: bool, applied: dict | None = None) -> None:
+    """Re-apply the document on every notification (RFC 7641) until the server ends it or Ctrl-C.
+
+    The registration's first answer is the document's current state: the one just applied, which is
+    not applied twice — unless the document changed in between (the registration's own answer lost
+    on the way, a notification of the change came first and counts as the first answer, RFC 7641
+    §3.2, §4.4): then it is applied like any notification."""
     import aiocoap
 
     from ..outcome import result_from_docs, result_from_problem
@@ -248,7 +253,8 @@ async def _observe(client, ue_uri: str, doc_id: str, as_json: bool) -> None:
         async for code, body in client.observe_doc(doc_id):
             if first:
                 first = False
-                continue  # the registration answer repeats what was just applied
+                if body == applied:
+                    continue  # the registration answer repeats what was just applied
             result = (
                 result_from_docs(code, [body]) if isinstance(body, dict) else result_from_problem(code, body)
             )
