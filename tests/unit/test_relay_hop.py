@@ -18,6 +18,8 @@ import pytest
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from msgin5g.relay.core import Answer, Discard, RelayConfig, RelayCore, SendDownlink, SendUplink
 from msgin5g.relay.hop import DELIVERY_BOUND
@@ -300,3 +302,57 @@ def test_a_ue_asking_again_supersedes_its_open_exchange_and_the_late_answer_is_d
     c.on_pc5(UE_A, request(mid=60, token=b"p1"), 40.0)
     c.on_pc5(UE_A, request(mid=61, token=b"p2", proxy_uri=other), 40.0)
     assert c.open_exchanges() == 2
+
+
+_EVENTS = st.one_of(
+    st.tuples(st.just("req"), st.integers(0, 5), st.sampled_from([b"a", b"b", b"c"]), st.booleans()),
+    st.tuples(st.just("ue-ack"), st.integers(0, 0xFFFF), st.just(b""), st.booleans()),
+    st.tuples(st.just("answer"), st.integers(0, 5), st.sampled_from([b"a", b"b", b"c"]), st.booleans()),
+    st.tuples(st.just("separate"), st.integers(0, 9), st.sampled_from([b"a", b"b", b"zz"]), st.booleans()),
+    st.tuples(st.just("server-empty"), st.integers(0, 5), st.just(b""), st.booleans()),
+    st.tuples(st.just("garbage"), st.integers(0, 255), st.binary(max_size=24), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_EVENTS, st.floats(0, 20)), max_size=30))
+def test_hop_legs_never_raise_and_stay_bounded_on_any_sequence(events):
+    """Any order of requests, retransmissions, answers, duplicates, ACKs, RSTs and garbage on both
+    legs (SPEC D13): no exception, every datagram sent is CoAP, every table bounded, and after the
+    longest wait (EXCHANGE_LIFETIME) nothing is left to retransmit."""
+    from msgin5g.coap import wire
+
+    c = linked(max_exchanges=3)
+    now = 0.0
+    sent = []
+    for (kind, mid, token, flag), dt in events:
+        now += dt
+        if kind == "req":
+            uri = SERVER.replace("urn:x:1", f"urn:x:{mid % 2}")
+            sent += c.on_pc5(
+                UE_A, request(mid=mid, token=token, mtype=Type.CON if flag else Type.NON, proxy_uri=uri), now
+            )
+        elif kind == "ue-ack":
+            sent += c.on_pc5(UE_A, (empty_ack if flag else rst)(mid), now)
+        elif kind == "answer":
+            sent += c.on_uu(UU, coap(Type.ACK, Code.CONTENT, mid, token, b"doc"), now)
+        elif kind == "separate":
+            sent += c.on_uu(
+                UU, coap(Type.CON if flag else Type.NON, Code.CONTENT, 0x100 + mid, token, b"d"), now
+            )
+        elif kind == "server-empty":
+            sent += c.on_uu(UU, (empty_ack if flag else rst)(mid), now)
+        else:
+            sent += c.on_pc5(UE_A, token, now)
+            sent += c.on_uu(UU, token, now)
+        sent += c.on_tick(now)
+        for lnk in c.links:
+            assert len(lnk.exchanges) <= 3 and len(lnk.deliveries) <= DELIVERY_BOUND
+            assert len(lnk.answered_mids) <= 64 and len(lnk.server_mids) <= 64
+    for a in sent:
+        if isinstance(a, (SendDownlink, SendUplink)):
+            wire.decode(a.datagram)  # raises if not CoAP
+    run(c, now, now + 300.0, step=1.0)
+    assert c.next_deadline() is None
+    assert all(lnk.deliveries == {} for lnk in c.links)
+    assert all(ex.tx is None for lnk in c.links for ex in lnk.exchanges.values())
