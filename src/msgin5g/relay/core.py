@@ -396,7 +396,7 @@ class RelayCore:
             # deregistration (RFC 7641 §3.6), a block-wise follow-up. The old exchange is over.
             self._end(link, ex, "superseded")
         if hop is not None:  # the UE asked again (new MID and token): it gave up the old one (D13)
-            for old in hop.retried(link, msg, decision.datagram):
+            for old in hop.retried(link, msg):
                 self._end(link, old, "superseded")
         if len(link.exchanges) >= self.config.max_exchanges:
             stale = yielding_exchange(link.exchanges.values())
@@ -417,7 +417,7 @@ class RelayCore:
         )
         self.counters.relayed_up += 1
         if hop is not None:  # ended here on PC5, retransmitted by the relay on Uu (SPEC D8, relay/hop.py)
-            return hop.start(link, ex, now)
+            return hop.start(link, ex, msg, now)
         return [SendUplink(link.link_id, decision.datagram)]
 
     # ---- Uu side --------------------------------------------------------------------------------
@@ -486,9 +486,8 @@ class RelayCore:
             release = Pc5Message(Pc5Type.LINK_RELEASE_REQUEST, 0, l2id=link.l2id, cause=Pc5Cause.LINK_TIMEOUT)
             actions.append(SendPc5(link.endpoint, release))
         wait = self.config.exchange_wait
+        actions += self.on_timer(now)
         for link in self.links:
-            if self.hop is not None:
-                actions += self.hop.on_tick(link, now, self._end)
             for ex in list(link.exchanges.values()):
                 if not ex.observing and now - ex.created >= (EXCHANGE_LIFETIME if ex.acked else wait):
                     self._end(link, ex, "expired")
@@ -497,12 +496,14 @@ class RelayCore:
                 actions += self._close_flow(link_id)
         return actions
 
+    def on_timer(self, now: float) -> list[Action]:
+        """Only what is due by ``now`` on the hop-by-hop legs (the shell's timer for
+        :meth:`next_deadline`); :meth:`on_tick` does this and the periodic expiries."""
+        return self.hop.on_tick(now, self._end) if self.hop is not None else []
+
     def next_deadline(self) -> float | None:
-        """When :meth:`on_tick` has a retransmission due next (hop-by-hop only; None: nothing)."""
-        if self.hop is None:
-            return None
-        times = [t for t in (self.hop.next_deadline(link) for link in self.links) if t is not None]
-        return min(times) if times else None
+        """When :meth:`on_timer` has a retransmission or an ACK due next (None: nothing)."""
+        return self.hop.next_deadline() if self.hop is not None else None
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, links and flows for the admin resource."""

@@ -43,6 +43,8 @@ actions and count into the core's counters. Nothing here owns a socket or reads 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -72,6 +74,8 @@ SEEN_BOUND = 64
 #: answer by then is piggybacked (RFC 7252 §5.2.1, §5.2.2: a server "MAY" wait; aiocoap waits 0.1 s).
 #: On a working Uu the answer is back in milliseconds, so most exchanges cost two PC5 datagrams.
 EMPTY_ACK_DELAY = 0.1
+
+_ACK, _UP = -1, -2  # timer kinds of an exchange (a delivery's timer carries its MID, >= 0)
 
 GATEWAY_TIMEOUT = 0xA4  # 5.04
 BAD_GATEWAY = 0xA2  # 5.02
@@ -119,6 +123,10 @@ class HopLegs:
         self.params = params
         self.rng = rng
         self.lifetime = lifetime  # EXCHANGE_LIFETIME: how long message IDs are remembered
+        #: (at, seq, link, exchange or delivery, what): the UE's ACK due, a Uu copy due, an answer's
+        #: PC5 copy due (``what`` its MID); stale entries are skipped when they come up
+        self._timers: list = []
+        self._seq = itertools.count()
 
     # ---- PC5 → Uu ---------------------------------------------------------------------------
 
@@ -138,28 +146,29 @@ class HopLegs:
         return None
 
     @staticmethod
-    def retried(link: Pc5Link, msg: CoapMessage, upstream: bytes) -> list[Exchange]:
+    def retried(link: Pc5Link, msg: CoapMessage) -> list[Exchange]:
         """The open CON exchanges a new CON request of the same UE asks again (SPEC D13, as at the
         Gateway UE): same code, same options but the OSCORE option's value, same payload unless
         protected. A UE asks again only after it gave up the old exchange (:mod:`msgin5g.ue.reask`),
         so the old one ends: its late answer is dropped, not sent to a UE that no longer waits."""
         if not link.exchanges:
             return []
-        key = _retry_key(wire.decode(upstream))
+        key = _retry_key(msg)
         return [
             ex
             for ex in link.exchanges.values()
-            if ex.con
-            and not ex.observing
-            and ex.token != msg.token
-            and _retry_key(wire.decode(ex.datagram)) == key
+            if ex.con and not ex.observing and ex.token != msg.token and ex.retry_key == key
         ]
 
-    def start(self, link: Pc5Link, ex: Exchange, now: float) -> list[Action]:
-        """A new CON exchange: the request up with the relay's back-off; the UE's ACK is due in
-        :data:`EMPTY_ACK_DELAY` — an answer before then is piggybacked on it (§5.2.1)."""
+    def start(self, link: Pc5Link, ex: Exchange, msg: CoapMessage, now: float) -> list[Action]:
+        """A new CON exchange (``msg`` as the UE sent it): the request up with the relay's back-off;
+        the UE's ACK is due in :data:`EMPTY_ACK_DELAY` — an answer before then is piggybacked on it
+        (§5.2.1)."""
+        ex.retry_key = _retry_key(msg)
         ex.tx = Retransmission.start(ex.datagram, now, self.params, self.rng)
         ex.ack_due = now + EMPTY_ACK_DELAY
+        self._at(ex.ack_due, link, ex, _ACK)
+        self._at(ex.tx.next_at, link, ex, _UP)
         _remember(link.answered_mids, ex.mid, now + self.lifetime, wire.empty_ack(ex.mid))
         return [SendUplink(link.link_id, ex.datagram)]
 
@@ -242,7 +251,8 @@ class HopLegs:
         )
         if confirmable:
             deliveries = link.deliveries
-            deliveries[mid] = Delivery(msg.token, Retransmission.start(data, now, self.params, self.rng))
+            d = deliveries[mid] = Delivery(msg.token, Retransmission.start(data, now, self.params, self.rng))
+            self._at(d.tx.next_at, link, d, mid)
             while len(deliveries) > DELIVERY_BOUND:  # bounded: the oldest answer in flight goes
                 deliveries.pop(next(iter(deliveries)))
                 self.counters.gave_up["pc5-bound"] += 1
@@ -284,42 +294,62 @@ class HopLegs:
 
     # ---- time -------------------------------------------------------------------------------
 
-    def on_tick(self, link: Pc5Link, now: float, end) -> list[Action]:
-        """Retransmit what is due on either leg; give up after MAX_RETRANSMIT (5.04 to the UE)."""
-        out: list[Action] = []
-        for ex in list(link.exchanges.values()):
-            if ex.ack_due is not None and ex.ack_due <= now:
-                out += self._ack_now(link, ex)
-            tx = ex.tx
-            if tx is None or tx.next_at > now:
-                continue
-            if tx.due(now, self.params):
-                self.counters.retransmitted_up += 1
-                out.append(SendUplink(link.link_id, tx.data))
-                continue
-            ex.tx = None
-            end(link, ex, "gave-up")
-            self.counters.gave_up["uu"] += 1
-            problem = Problem(
-                GATEWAY_TIMEOUT,
-                f"no answer from the SCM-S after {tx.tries + 1} transmissions; ask again",
-                "NO_ANSWER_FROM_SERVER",
-            )
-            out += self._deliver_problem(link, ex, problem, now)
-        for mid, d in list(link.deliveries.items()):
-            if d.tx.next_at > now:
-                continue
-            if d.tx.due(now, self.params):
-                self.counters.retransmitted_down += 1
-                out.append(self._down(link, d.tx.data))
-            else:
-                del link.deliveries[mid]
-                self.counters.gave_up["pc5"] += 1
-        return out
+    def _at(self, at: float, link: Pc5Link, owner: object, what: int) -> None:
+        heapq.heappush(self._timers, (at, next(self._seq), link, owner, what))
 
     @staticmethod
-    def next_deadline(link: Pc5Link) -> float | None:
-        times = [ex.tx.next_at for ex in link.exchanges.values() if ex.tx is not None]
-        times += [ex.ack_due for ex in link.exchanges.values() if ex.ack_due is not None]
-        times += [d.tx.next_at for d in link.deliveries.values()]
-        return min(times) if times else None
+    def _live(at: float, link: Pc5Link, owner, what: int) -> bool:
+        """A timer is stale once what it was set for has moved on (answered, ended, released)."""
+        if isinstance(owner, Delivery):
+            return link.deliveries.get(what) is owner and owner.tx.next_at == at
+        if link.exchanges.get(owner.token) is not owner:
+            return False
+        if what == _ACK:
+            return owner.ack_due == at
+        return owner.tx is not None and owner.tx.next_at == at
+
+    def on_tick(self, now: float, end) -> list[Action]:
+        """Retransmit what is due on either leg; give up after MAX_RETRANSMIT (5.04 to the UE).
+        Only what is due is looked at (a heap of deadlines, stale ones skipped)."""
+        out: list[Action] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, link, owner, what = heapq.heappop(timers)
+            if not self._live(at, link, owner, what):
+                continue
+            if isinstance(owner, Delivery):
+                if owner.tx.due(now, self.params):
+                    self.counters.retransmitted_down += 1
+                    out.append(self._down(link, owner.tx.data))
+                    self._at(owner.tx.next_at, link, owner, what)
+                else:
+                    del link.deliveries[what]
+                    self.counters.gave_up["pc5"] += 1
+            elif what == _ACK:
+                out += self._ack_now(link, owner)
+            else:
+                out += self._uu_due(link, owner, now, end)
+        return out
+
+    def _uu_due(self, link: Pc5Link, ex: Exchange, now: float, end) -> list[Action]:
+        tx = ex.tx
+        if tx.due(now, self.params):
+            self.counters.retransmitted_up += 1
+            self._at(tx.next_at, link, ex, _UP)
+            return [SendUplink(link.link_id, tx.data)]
+        ex.tx = None
+        end(link, ex, "gave-up")
+        self.counters.gave_up["uu"] += 1
+        problem = Problem(
+            GATEWAY_TIMEOUT,
+            f"no answer from the SCM-S after {tx.tries + 1} transmissions; ask again",
+            "NO_ANSWER_FROM_SERVER",
+        )
+        return self._deliver_problem(link, ex, problem, now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_tick` has something to do next (None: nothing)."""
+        timers = self._timers
+        while timers and not self._live(timers[0][0], *timers[0][2:]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None

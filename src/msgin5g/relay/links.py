@@ -65,6 +65,8 @@ class Exchange:
     tx: Retransmission | None = None
     #: hop-by-hop: when the UE's empty ACK is due (None: sent, or the answer was piggybacked)
     ack_due: float | None = None
+    #: hop-by-hop: what makes a later request of the UE the same one asked again (relay/hop.py)
+    retry_key: tuple | None = None
 
 
 @dataclass(eq=False)

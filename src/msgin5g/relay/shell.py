@@ -296,7 +296,12 @@ class RunningRelay:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._tick()
+        try:
+            self._perform(self.core.on_timer(self._loop.time()))
+        except Exception:
+            log.exception("relay core failed on a timer")
+            self.core.counters.errors["core"] += 1
+        self._arm()
 
     # ---- output -------------------------------------------------------------------------------
 
