@@ -9,6 +9,7 @@ it is unreachable the PostgreSQL cases are skipped locally and fail under CI (en
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import NoReturn
@@ -17,6 +18,13 @@ import psycopg
 import pytest
 
 from msgin5g.store import Store, open_store
+
+# Several tests stop a real process with SIGINT (Ctrl-C) and check that it exits 130 and cleans up.
+# A suite started in the background by a shell without job control inherits SIGINT *ignored*, and
+# so would every process it starts: the SIGINT would do nothing. Ctrl-C behaviour is what is under
+# test, so the suite gives its children the default disposition whatever launched it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PG_ADMIN_URL = os.environ.get("MSGIN5G_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
