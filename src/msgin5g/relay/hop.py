@@ -274,7 +274,8 @@ class HopLegs:
             return [self._piggyback(link, ex, msg, now)]
         return self._send_answer(link, msg, True, now)
 
-    def _down(self, link: Pc5Link, data: bytes):
+    @staticmethod
+    def _down(link: Pc5Link, data: bytes) -> SendDownlink:
         return SendDownlink(link.endpoint, data)
 
     # ---- the UE's ACK/RST of an answer ------------------------------------------------------

@@ -272,13 +272,15 @@ class RunningRelay:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.settings.tick)
-            self._tick()
+            self._run_clock(self.core.on_tick, "tick")
 
-    def _tick(self) -> None:
+    def _run_clock(self, step, what: str) -> None:
+        """Perform what the core's ``step(now)`` returns (a bug is logged and counted, the relay goes
+        on), then re-arm the timer for its next deadline."""
         try:
-            self._perform(self.core.on_tick(self._loop.time()))
+            self._perform(step(self._loop.time()))
         except Exception:
-            log.exception("relay core failed on a tick")
+            log.exception("relay core failed on a %s", what)
             self.core.counters.errors["core"] += 1
         self._arm()
 
@@ -296,12 +298,7 @@ class RunningRelay:
 
     def _on_timer(self) -> None:
         self._timer = None
-        try:
-            self._perform(self.core.on_timer(self._loop.time()))
-        except Exception:
-            log.exception("relay core failed on a timer")
-            self.core.counters.errors["core"] += 1
-        self._arm()
+        self._run_clock(self.core.on_timer, "timer")
 
     # ---- output -------------------------------------------------------------------------------
 
