@@ -42,6 +42,14 @@ def unauthenticated_message() -> Message:
     return m
 
 
+def suppressed(response: Message) -> bool:
+    """Whether the response's No-Response value (RFC 7967 §2.1: 2 suppresses 2.xx, 8 4.xx, 16
+    5.xx) suppresses its own class, so that nothing but an empty ACK goes out for it. Inside
+    OSCORE the outer message is the one aiocoap looks at: the inner value is read here."""
+    value = response.opt.no_response or 0
+    return bool(value & (1 << (response.code.class_ - 1))) if response.code.is_response() else False
+
+
 class SecuredSite(interfaces.Resource):
     """The SCM-S site behind OSCORE (RFC 8613 §8.2, §8.3), keys from the store (:class:`~.storekeys.
     StoreKeyring`), with problem details on every refusal.
@@ -148,6 +156,17 @@ class SecuredSite(interfaces.Resource):
                 is_last = True
             else:
                 message, is_last = event.message, event.is_last
+            if suppressed(message):
+                # the resource wants no answer (RFC 7967: a Q-Block1 block inside a set, a Q-Block2
+                # Continue): nothing is protected and nothing but a CON's empty ACK goes out — a
+                # protected 2.31 would read as the answer to the whole request
+                pipe.add_response(
+                    Message(code=message.code, no_response=message.opt.no_response), is_last=is_last
+                )
+                if is_last:
+                    break
+                continue
+            message.opt.no_response = None  # a marker for this server's stack, never sent
             if not is_last:
                 message.opt.observe = 0
             protected, _ = sc.protect(message, request_id)
