@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import aiocoap
@@ -25,6 +26,10 @@ from aiocoap.numbers.codes import Code
 
 from .authz import LAB_IDENTITY_OPTION
 from .codec import CF_CBOR, decode, encode
+
+if TYPE_CHECKING:
+    from .coap.actions import Params
+    from .coap.qblock import QBlockParams
 from .outcome import ConfigResult, Msgin5gConfig, Outcome, result_from_docs, result_from_problem
 from .problem import CF_PROBLEM, Problem, code_text, decode_problem
 from .security.credentials import KeyCredentials as ClientCredentials
@@ -140,7 +145,11 @@ class ScmClient:
         credentials: ClientCredentials | None = None,
         context: aiocoap.Context | None = None,
         timeout: float = 30.0,
+        qblock: QBlockParams | None = None,
+        layer: Params | None = None,
     ):
+        """``qblock`` and ``layer``: the RFC 9177 §7.2 and RFC 7252 §4.8 transmission parameters of
+        the message layer that sends large bodies as Q-Block1 (the RFCs' defaults when None)."""
         if identity is not None and credentials is not None:
             raise ValueError("a lab identity and OSCORE credentials exclude each other")
         self.api_root = api_root.rstrip("/")
@@ -151,6 +160,7 @@ class ScmClient:
         self._ctx = context
         self._own_ctx = context is None
         self._udp = None  # the message layer's endpoint for Q-Block1 bodies (RFC 9177 §4.3)
+        self.qblock, self.layer = qblock, layer
 
     async def __aenter__(self) -> ScmClient:
         if self._ctx is None and self._coaps_psk() is not None:
@@ -198,37 +208,63 @@ class ScmClient:
         return m
 
     def sends_qblock1(self, message: Message) -> bool:
-        """A body of several blocks to a ``coap://`` SCM-S without OSCORE: Q-Block1 (RFC 9177 §4.3).
-        (Over OSCORE the blocks would be inner options the message layer does not see; TCP and
-        WebSockets are reliable, which RFC 9177 does not target.)"""
-        return (
-            self.credentials is None
-            and urlsplit(self.api_root).scheme == "coap"
-            and len(message.payload) > 1024
-        )
+        """A body of several blocks to a ``coap://`` SCM-S: Q-Block1 (RFC 9177 §4.3), over OSCORE too
+        (TCP and WebSockets are reliable, which RFC 9177 does not target; coaps stays RFC 7959)."""
+        return urlsplit(self.api_root).scheme == "coap" and len(message.payload) > 1024
 
     async def _qblock1_request(self, message: Message) -> Message:
         """``message`` over the message layer, its body as Q-Block1 blocks (RFC 9177 §4.3), a Q-Block2
-        answer reassembled; a transfer that fails is one line, as aiocoap's errors are."""
+        answer reassembled; a transfer that fails is one line, as aiocoap's errors are.
+
+        With credentials every block is an OSCORE request of its own (RFC 8613 §8.1; Q-Block1,
+        Request-Tag and Size1 are inner options, §4.1.3.4): the layer protects each block it sends
+        and verifies each response (2.31, 4.08, every Q-Block2 block of the answer) on its own,
+        with this process's one security context — the one aiocoap's context uses, so sequence
+        numbers are never reused. A 4.01 Echo challenge (the SCM-S lost its replay window) is
+        answered once (RFC 8613 Appendix B.1.2); an unprotected answer is the server's refusal."""
         from .coap import wire
         from .coap.actions import BLOCKWISE, UNREACHABLE
+        from .coap.msglayer import MessageLayer
         from .coap.qblock1_client import QBlock1Offer
         from .coap.udp import CoapEndpoint, CoapError
+        from .security.endpoint import ClientProtection, NotingProtection
 
         if self._udp is None:
             parts = urlsplit(self.api_root)
-            self._udp = CoapEndpoint.connect(parts.hostname, parts.port or 5683)
+            layer = MessageLayer(self.layer) if self.layer is not None else None
+            self._udp = CoapEndpoint.connect(parts.hostname, parts.port or 5683, layer)
+        offer = QBlock1Offer(self.qblock) if self.qblock is not None else QBlock1Offer()
         m = message.copy()
         m.opt.uri_host, m.opt.uri_port = None, None  # the SCM-S is addressed by IP
-        try:
-            answer = await self._udp.request(
-                wire.from_aiocoap(m), qblock1=QBlock1Offer(), blockwise=True, timeout=self.timeout
-            )
-        except CoapError as e:
-            if e.cause == BLOCKWISE:  # e.g. a server that ignored Q-Block1 (RFC 7252 §5.4.1)
-                raise ScmClientError(0, None, f"the body did not get through: {e}") from None
-            raise (ConnectionError if e.cause == UNREACHABLE else TimeoutError)(str(e)) from None
-        return wire.to_aiocoap(answer)
+        plain = wire.from_aiocoap(m)
+        for attempt in (1, 2):
+            prot = None
+            if self.credentials is not None:
+                prot = NotingProtection(ClientProtection(self.credentials.security_context()))
+            try:
+                answer = await self._udp.request(
+                    plain, qblock1=offer, blockwise=True, timeout=self.timeout, protection=prot
+                )
+            except CoapError as e:
+                if prot is not None and prot.failed:
+                    raise ScmClientError(
+                        0, None, f"the answer failed OSCORE verification: {prot.failed[-1]}"
+                    ) from None
+                if e.cause == BLOCKWISE:  # e.g. a server that ignored Q-Block1 (RFC 7252 §5.4.1)
+                    raise ScmClientError(0, None, f"the body did not get through: {e}") from None
+                raise (ConnectionError if e.cause == UNREACHABLE else TimeoutError)(str(e)) from None
+            if prot is None:
+                return wire.to_aiocoap(answer)
+            if answer.token in prot.unprotected:
+                raise oscore.NotAProtectedMessage("unprotected answer", wire.to_aiocoap(answer))
+            echo = answer.first(wire.OPT_ECHO)
+            if attempt == 1 and answer.code == int(Code.UNAUTHORIZED) and echo is not None:
+                plain = wire.CoapMessage(
+                    plain.mtype, plain.code, 0, b"", [*plain.options, (wire.OPT_ECHO, echo)], plain.payload
+                )
+                continue
+            return wire.to_aiocoap(answer)
+        raise AssertionError("unreachable")
 
     async def request(self, message: Message) -> Message:
         assert self._ctx is not None, "use 'async with ScmClient(...)'"

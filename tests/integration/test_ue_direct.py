@@ -218,7 +218,7 @@ async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropp
     every block response is protected and verified on its own. Block responses 1 and 2 of three
     are lost on the way down: the UE asks for exactly those two, in one protected request, and the
     answer is the four documents written here."""
-    from msgin5g.ue import constrained
+    from msgin5g.security import endpoint
 
     from .keyhelp import store_keys
 
@@ -234,7 +234,7 @@ async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropp
     docs = [make_doc(uris=[UE], service_id="seven@direct", name=f"seven-{k}-" + "x" * 400) for k in range(4)]
     srv.store.import_docs("msgin5g", docs)
     requests, blocks = [], []
-    protect, verify = constrained.NotingProtection.protect, constrained.NotingProtection.verify
+    protect, verify = endpoint.NotingProtection.protect, endpoint.NotingProtection.verify
 
     def spy_protect(self, plain):
         requests.append((plain.mtype, [wire.parse_block(v) for v in plain.values(wire.OPT_Q_BLOCK2)]))
@@ -245,8 +245,8 @@ async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropp
         blocks.extend(wire.parse_block(v)[0] for v in plain.values(wire.OPT_Q_BLOCK2))
         return plain
 
-    monkeypatch.setattr(constrained.NotingProtection, "protect", spy_protect)
-    monkeypatch.setattr(constrained.NotingProtection, "verify", spy_verify)
+    monkeypatch.setattr(endpoint.NotingProtection, "protect", spy_protect)
+    monkeypatch.setattr(endpoint.NotingProtection, "verify", spy_verify)
     leg = DownDropper(("127.0.0.1", srv.port), drop={1, 2})
     try:
         async with DirectClient(

@@ -121,6 +121,28 @@ class LayerProtection(Protection):
         return wire.from_aiocoap(plain, outer.mtype, outer.mid)
 
 
+@dataclass(frozen=True)
+class NotingProtection(LayerProtection):
+    """:class:`LayerProtection` for one request that notes the tokens of unprotected answers — the
+    layer hands an unprotected error response up as the answer (the server's refusal), and the UE
+    raises :class:`UnprotectedResponse` for it as its other OSCORE requests do — and why answers
+    failed verification: the layer drops them as if lost (RFC 8613 §8.4), and a request that gets
+    nothing else says so."""
+
+    unprotected: set = field(default_factory=set)
+    failed: list = field(default_factory=list)
+
+    def verify(self, outer: wire.CoapMessage, binding: object) -> wire.CoapMessage:
+        try:
+            return super().verify(outer, binding)
+        except NotProtected:
+            self.unprotected.add(outer.token)
+            raise
+        except ProtectionFailed as e:
+            self.failed.append(str(e))
+            raise
+
+
 def max_plaintext(context) -> int:
     """The most plaintext one message protected with ``context`` can carry: 2^(8L) − 1 for
     AES-CCM with L = 15 − nonce length (65,535 bytes for RFC 8613's mandatory AES-CCM-16-64-128;

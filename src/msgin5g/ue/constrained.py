@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from dataclasses import dataclass, field
 
 from aiocoap.message import Message
 from aiocoap.numbers.codes import Code
@@ -31,7 +30,6 @@ from aiocoap.optiontypes import BlockOption
 
 from .. import pc5
 from ..coap import wire
-from ..coap.actions import NotProtected, ProtectionFailed
 from ..coap.blockwise import MAX_BODY, BlockError, BlockwiseTransfer
 from ..coap.msglayer import ACK_TIMEOUT, MAX_RETRANSMIT, MessageLayer, Params
 from ..coap.qblock_client import QBlockOffer
@@ -39,7 +37,7 @@ from ..coap.udp import CoapEndpoint, CoapError
 from ..pc5 import Pc5Message, Pc5Type
 from ..security.endpoint import (
     ClientProtection,
-    LayerProtection,
+    NotingProtection,
     UnprotectedResponse,
     VerificationFailed,
     is_echo_challenge,
@@ -79,28 +77,6 @@ def get_request(uri: str, via_proxy: bool) -> Message:
         msg.set_request_uri(uri)
         msg.opt.uri_host = None  # the server is addressed by IP; virtual hosting is not used
     return msg
-
-
-@dataclass(frozen=True)
-class NotingProtection(LayerProtection):
-    """:class:`LayerProtection` for one request that notes the tokens of unprotected answers — the
-    layer hands an unprotected error response up as the answer (the server's refusal), and the UE
-    raises :class:`UnprotectedResponse` for it as its other OSCORE requests do — and why answers
-    failed verification: the layer drops them as if lost (RFC 8613 §8.4), and a request that gets
-    nothing else says so."""
-
-    unprotected: set = field(default_factory=set)
-    failed: list = field(default_factory=list)
-
-    def verify(self, outer: wire.CoapMessage, binding: object) -> wire.CoapMessage:
-        try:
-            return super().verify(outer, binding)
-        except NotProtected:
-            self.unprotected.add(outer.token)
-            raise
-        except ProtectionFailed as e:
-            self.failed.append(str(e))
-            raise
 
 
 class Observation:
