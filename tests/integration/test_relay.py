@@ -495,3 +495,16 @@ async def test_libcoap_client_with_proxy_uri_through_the_relay_cli(scm_server):
             relay.send_signal(signal.SIGINT)
         tail, _ = await asyncio.wait_for(relay.communicate(), 20)
     assert b"relay counters at shutdown" in tail and b'"relayed_up"' in tail
+
+
+async def test_the_ue_measures_its_relay_with_the_link_establishment(scm_server, relays):
+    """The PC5 link establishment answered at its first transmission is the UE's first round-trip
+    sample (RFC 6298; coap/rto.py): on loopback the UE's RTO towards its relay is MIN_RTO, 1 s,
+    instead of RFC 7252's ACK_TIMEOUT of 2 s for a path not measured yet."""
+    relay = await relays(server_uri(scm_server))
+    async with ConstrainedUe(*relay.pc5_address, l2_id=9) as ue:
+        peer = ue.endpoint.peer
+        assert ue.endpoint.layer.rto.rto(peer, asyncio.get_running_loop().time()) == 2.0
+        await ue.establish_link()
+        assert ue.endpoint.layer.rto.known(peer)
+        assert ue.endpoint.layer.rto.rto(peer, asyncio.get_running_loop().time()) == 1.0

@@ -53,6 +53,11 @@ class Params:
     #: asks again when an exchange is lost (SPEC D13) sets it, so that the wait starts when the
     #: server — or a proxy ending the exchange on its leg, RFC 7252 §5.7 — took the request
     separate_wait: float | None = None
+    #: estimate each peer's round trip and start a CON's back-off from its RFC 6298 RTO instead of
+    #: ACK_TIMEOUT once a sample exists (RFC 7252 §4.8 "dynamically adjusted values";
+    #: :mod:`msgin5g.coap.rto`); False: ACK_TIMEOUT always
+    adaptive_rto: bool = False
+    min_rto: float = 1.0  # RFC 6298 §2.4: the adaptive RTO never goes below this
 
 
 @dataclass(slots=True, eq=False)
@@ -67,12 +72,34 @@ class Retransmission:
     timeout: float
     next_at: float
     tries: int = 0
+    sent_at: float = 0.0  # the first transmission (a round-trip sample when acknowledged, tries 0)
+    scale: float = 1.0  # the first timeout's base ÷ ACK_TIMEOUT (an adaptive RTO, coap.rto)
 
     @classmethod
-    def start(cls, data: bytes, now: float, params: Params, rng: random.Random) -> Retransmission:
-        """The first transmission of ``data`` goes out at ``now``."""
-        timeout = params.ack_timeout * rng.uniform(1.0, params.ack_random_factor)
-        return cls(data, timeout, now + timeout)
+    def start(
+        cls, data: bytes, now: float, params: Params, rng: random.Random, base: float | None = None
+    ) -> Retransmission:
+        """The first transmission of ``data`` goes out at ``now``; its first timeout is ``base``
+        (the peer's RTO, :mod:`.rto`) or ACK_TIMEOUT, x [1, ACK_RANDOM_FACTOR]."""
+        base = params.ack_timeout if base is None else base
+        timeout = base * rng.uniform(1.0, params.ack_random_factor)
+        return cls(data, timeout, now + timeout, 0, now, base / params.ack_timeout)
+
+    def rebase(self, base: float, params: Params) -> bool:
+        """Re-time a CON not yet retransmitted whose first timeout came from ACK_TIMEOUT, now that
+        the path's RTO ``base`` is known (:mod:`.rto`): same random factor, counted from its first
+        transmission. True when :attr:`next_at` moved (the caller re-arms its timer)."""
+        if self.tries or self.scale != 1.0 or base >= params.ack_timeout:
+            return False
+        self.timeout *= base / params.ack_timeout
+        self.scale = base / params.ack_timeout
+        self.next_at = self.sent_at + self.timeout
+        return True
+
+    def rtt(self, now: float) -> float | None:
+        """The round trip measured by an acknowledgement at ``now`` — None after a retransmission
+        (Karn's rule, RFC 6298 §3: which copy it answers is unknown)."""
+        return now - self.sent_at if self.tries == 0 else None
 
     def due(self, now: float, params: Params) -> bool:
         """At :attr:`next_at`: True — send :attr:`data` again now (same message ID) and wait for
@@ -83,7 +110,7 @@ class Retransmission:
         self.timeout *= 2
         wait = self.timeout
         if self.tries >= params.max_retransmit and params.give_up_wait is not None:
-            wait = min(wait, params.give_up_wait)  # the last copy (RFC 7252 §4.2)
+            wait = min(wait, params.give_up_wait * self.scale)  # the last copy (RFC 7252 §4.2)
         self.next_at = now + wait
         return True
 

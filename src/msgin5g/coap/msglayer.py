@@ -67,6 +67,7 @@ from .actions import (  # noqa: F401 (the layer's vocabulary, importable from he
     Unmatched,
 )
 from .blockwise import BlockwiseTransfer, block2_of
+from .rto import RtoEstimator
 from .wire import ACK, CON, EMPTY, NON, OPT_OBSERVE, RST, CoapMessage
 
 # -- state ---------------------------------------------------------------------------------------------
@@ -139,6 +140,7 @@ class MessageLayer:
         self._outstanding: dict[Addr, int] = {}
         self._dedup: OrderedDict[tuple[Addr, int], list] = OrderedDict()  # → [expires, reply | None]
         self._timers: list[tuple[float, int, object, int]] = []  # (at, seq, owner, mid)
+        self.rto = RtoEstimator.of(self.params)  # the peers' RTOs (RFC 7252 §4.8; :mod:`.rto`)
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def _mid(self, addr: Addr, now: float) -> int | None:
@@ -155,8 +157,18 @@ class MessageLayer:
             if (addr, token) not in self._by_token:
                 return token
 
-    def _con(self, data: bytes, now: float) -> Retransmission:
-        return Retransmission.start(data, now, self.params, self.rng)
+    def _con(self, data: bytes, now: float, addr: Addr) -> Retransmission:
+        base = self.rto.rto(addr, now) if self.rto is not None else None
+        return Retransmission.start(data, now, self.params, self.rng, base)
+
+    def _sample(self, tx: Retransmission | None, addr: Addr, now: float) -> None:
+        """An acknowledgement of a CON: a round-trip sample when it went once (:mod:`.rto`); the
+        link's first re-times the CONs in flight (those of a burst sent before it)."""
+        rtt = tx.rtt(now) if self.rto is not None and tx is not None else None
+        if rtt is not None and self.rto.sample(addr, rtt, now):
+            for owner in self._by_mid.values():
+                if owner.tx is not None and owner.tx.rebase(self.rto.rto(owner.addr, now), self.params):
+                    self._timer(owner.tx.next_at, owner, owner.mid)
 
     def _timer(self, at: float, owner: object, mid: int = -1) -> None:
         heapq.heappush(self._timers, (at, next(self._seq), owner, mid))
@@ -267,7 +279,7 @@ class MessageLayer:
         ex.outstanding = True
         self._outstanding[ex.addr] = self._outstanding.get(ex.addr, 0) + 1
         if ex.con:
-            ex.tx = self._con(data, now)
+            ex.tx = self._con(data, now, ex.addr)
             self._timer(ex.tx.next_at, ex, mid)
         self._send(out, data, ex.addr)
 
@@ -392,7 +404,7 @@ class MessageLayer:
         handle = None
         if confirmable:
             handle = next(self._handles)
-            sep = _Separate(handle, addr, mid, self._con(data, now))
+            sep = _Separate(handle, addr, mid, self._con(data, now, addr))
             self._by_mid[(addr, mid)] = sep
             self._timer(sep.tx.next_at, sep, mid)
         self._send(out, data, addr)
@@ -479,6 +491,8 @@ class MessageLayer:
             if msg.code != EMPTY:
                 out.append(Unmatched(msg, addr))
             return
+        if msg.mtype == ACK:
+            self._sample(owner.tx, addr, now)
         if isinstance(owner, _Separate):
             if msg.code != EMPTY:  # a response on an ACK answers nothing here
                 self.counters.unmatched += 1
@@ -563,7 +577,7 @@ class MessageLayer:
                 self._pump(now, owner.addr, out)
             elif isinstance(owner, (_Exchange, _Separate)):
                 tx = owner.tx
-                if at < tx.next_at:
+                if at != tx.next_at:  # re-armed since (a retransmission, a rebase)
                     continue
                 if not tx.due(now, self.params):
                     self.counters.gave_up += 1

@@ -26,12 +26,10 @@ a new port — *supersedes* its stored request (same requester, same query): the
 the old one's place, the old one is removed from the store, and the answer goes to the latest
 exchange only.
 
-The MSGin5G-6 side's message layer is the project's one (:class:`msgin5g.coap.msglayer.
-MessageLayer`, pure as well, owned by the core): duplicates by (endpoint, message ID) for
-EXCHANGE_LIFETIME with the first reply replayed, message IDs, the empty ACK once a request is
-stored (``accept``), piggybacked answers and Block2 slicing (``respond``), CON separate responses
-retransmitted after ACK_TIMEOUT × [1, ACK_RANDOM_FACTOR], doubling, MAX_RETRANSMIT times
-(``respond_to`` — also for requests known only from the store after a restart).
+The MSGin5G-6 side's message layer is the project's one (:class:`~msgin5g.coap.msglayer.MessageLayer`,
+owned by the core): duplicates for EXCHANGE_LIFETIME, message IDs, the empty ACK once a request is
+stored, piggybacked answers and Block2 (``respond``), CON separate responses with RFC 7252's
+back-off from the UE's RFC 6298 RTO (``respond_to``, also after a restart; :mod:`msgin5g.coap.rto`).
 """
 
 from __future__ import annotations
@@ -58,7 +56,6 @@ from .wire import CON, ConfigRequest
 log = logging.getLogger("msgin5g.gateway")
 
 EXCHANGE_LIFETIME = 247.0  # s, RFC 7252 §4.8.2: how long message IDs are remembered
-ACK_RANDOM_FACTOR = 1.5  # RFC 7252 §4.8
 DEFAULT_MAX_AGE = 60  # s, RFC 7252 §5.10.5
 
 Addr = tuple[str, int]
@@ -154,6 +151,7 @@ class CoreConfig:
     record_answers: bool = False
     #: answers sent per event; the rest wait for :meth:`GatewayCore.send_answers`
     send_burst: int = 128
+    adaptive_rto: bool = True  # separate responses start from the UE's RFC 6298 RTO (coap.rto)
 
 
 @dataclass(slots=True)
@@ -207,9 +205,11 @@ class GatewayCore:
         self.answer_log: list[int] = []
         self._requests: dict[int, _Live] = {}
         self._by_requester: dict[tuple, int] = {}
-        # the MSGin5G-6 side's message layer: duplicates, message IDs, CON retransmission, Block2
-        params = Params(
-            ack_timeout=config.ack_timeout, max_retransmit=config.max_retransmit, dedup_capacity=1 << 18
+        params = Params(  # the MSGin5G-6 side's message layer
+            ack_timeout=config.ack_timeout,
+            max_retransmit=config.max_retransmit,
+            dedup_capacity=1 << 18,
+            adaptive_rto=config.adaptive_rto,
         )
         self.ml = MessageLayer(params, self.rng, server=True)
         self._handles: dict[int, int] = {}  # CON separate response → its request

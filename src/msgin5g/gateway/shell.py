@@ -75,6 +75,7 @@ class GatewayConfig:
     cache: bool = True  # answer repeats from the cache while Max-Age lasts
     ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT for the CON separate responses
     max_retransmit: int = 4
+    adaptive_rto: bool = True  # ... their first timeout the UE's RFC 6298 RTO once measured
     bulk_concurrency: int = 4  # bulk operations in flight towards the CM client
     single_concurrency: int = 64  # single forwards in flight (no bulk policy)
     record_answers: bool = False  # keep the order in which requests were answered (tests)
@@ -93,6 +94,7 @@ class GatewayConfig:
             self.max_retransmit,
             self.record_answers,
             SEND_BURST,
+            self.adaptive_rto,
         )
 
 

@@ -232,7 +232,7 @@ class UpstreamScmc(CmClient):
         if self._udp_ep is None:
             if self.credentials is not None:
                 self._protection = LayerProtection(ClientProtection(self.credentials.security_context()))
-            layer = MessageLayer(Params(nstart=self.nstart))
+            layer = MessageLayer(Params(nstart=self.nstart, adaptive_rto=True))  # the SCM-S's RTO (coap.rto)
             self._udp_ep = CoapEndpoint.connect(self.root.host.strip("[]"), self.root.port, layer)
         return self._udp_ep
 

@@ -154,6 +154,13 @@ async def _run(settings: RelaySettings, http=None, out: ActorOutput | None = Non
     show_default=True,
     help="RFC 7252 ACK_TIMEOUT of the relay's own retransmissions (hop), seconds.",
 )
+@click.option(
+    "--adaptive-rto/--fixed-rto",
+    default=True,
+    show_default=True,
+    help="adaptive: once a leg's round trip is measured, a CON's first timeout is its RFC 6298 RTO "
+    "(at least 1 s) instead of ACK_TIMEOUT (RFC 7252 4.8); fixed: ACK_TIMEOUT always.",
+)
 @http_option()
 @log_options
 @output_options
@@ -168,6 +175,7 @@ def relay(
     max_exchanges,
     reliability,
     ack_timeout,
+    adaptive_rto,
     http,
     verbose,
     log_format,
@@ -189,6 +197,7 @@ def relay(
         max_exchanges=max_exchanges,
         reliability=reliability,
         ack_timeout=ack_timeout,
+        adaptive_rto=adaptive_rto,
     )
     out = ActorOutput("relay", as_json, quiet)
     snapshot = asyncio.run(_run(settings, http, out))

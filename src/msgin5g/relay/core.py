@@ -109,6 +109,7 @@ class RelayConfig:
     #: END_TO_END: the UE's own retransmissions are relayed, the relay has no timers
     reliability: str = HOP
     ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT of the relay's own CONs (HOP)
+    adaptive_rto: bool = True  # HOP: each leg's RFC 6298 RTO once measured (coap.rto)
 
     def __post_init__(self) -> None:
         if self.mode not in (MODE_L2, MODE_L3):
@@ -197,7 +198,10 @@ class RelayCore:
         self._auto_l2 = 0
         self.hop = (
             HopLegs(
-                self.counters, relay_params(config.ack_timeout), rng or random.Random(), EXCHANGE_LIFETIME
+                self.counters,
+                relay_params(config.ack_timeout, config.adaptive_rto),
+                rng or random.Random(),
+                EXCHANGE_LIFETIME,
             )
             if config.reliability == HOP
             else None
@@ -247,7 +251,7 @@ class RelayCore:
                 return [*actions, Discard("no-link", "link table full")]
         link.last_seen = now
         if msg.is_empty:
-            actions += self._on_pc5_empty(link, msg, datagram)
+            actions += self._on_pc5_empty(link, msg, datagram, now)
         elif msg.is_request:
             actions += self._on_request(link, msg, now)
         elif msg.mtype == CON:  # a UE does not answer the relay: reject (RFC 7252 §4.2)
@@ -341,12 +345,12 @@ class RelayCore:
             return []
         return [CloseUplink(link_id)]
 
-    def _on_pc5_empty(self, link: Pc5Link, msg: CoapMessage, datagram: bytes) -> list[Action]:
+    def _on_pc5_empty(self, link: Pc5Link, msg: CoapMessage, datagram: bytes, now: float) -> list[Action]:
         """Empty messages from a remote UE: ping, or its ACK/RST of the SCM-S's CON message."""
         if msg.mtype == CON:  # CoAP ping (RFC 7252 §4.3): answered by the relay, refreshes the link
             return [SendDownlink(link.endpoint, _rst(msg.mid))]
         if msg.mtype in (ACK, RST) and self.hop is not None:  # of an answer the relay sent as CON
-            return self.hop.on_pc5_empty(link, msg, self._end)
+            return self.hop.on_pc5_empty(link, msg, self._end, now)
         if msg.mtype in (ACK, RST):
             if msg.mtype == RST:  # the UE rejects a notification: the observation ends (RFC 7641 §3.6)
                 ex = link.exchange_by_server_mid(msg.mid)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 from .. import api
 from ..coap import wire
 from ..coap.actions import Params, Retransmission
+from ..coap.rto import RtoEstimator
 from ..coap.wire import ACK, CON, NON, RST, CoapMessage
 from ..problem import CF_PROBLEM, Problem, code_text
 from .actions import Action, Discard, SendDownlink, SendUplink
@@ -75,6 +76,7 @@ SEEN_BOUND = 64
 #: On a working Uu the answer is back in milliseconds, so most exchanges cost two PC5 datagrams.
 EMPTY_ACK_DELAY = 0.1
 
+_SCM_S = "scm-s"  # the Uu leg's one peer (every flow goes to the SCM-S)
 _ACK, _UP = -1, -2  # timer kinds of an exchange (a delivery's timer carries its MID, >= 0)
 
 GATEWAY_TIMEOUT = 0xA4  # 5.04
@@ -89,11 +91,12 @@ class Delivery:
     tx: Retransmission
 
 
-def relay_params(ack_timeout: float = 2.0) -> Params:
+def relay_params(ack_timeout: float = 2.0, adaptive_rto: bool = True) -> Params:
     """The relay's RFC 7252 transmission parameters on either leg (§4.8; ACK_TIMEOUT configurable,
     §4.8.1). After the last copy it waits one longest first timeout, not 16 x, before it gives up
-    (§4.2 allows giving up early; SPEC D13, as the UE does)."""
-    return Params(ack_timeout=ack_timeout, give_up_wait=ack_timeout * 1.5)
+    (§4.2 allows giving up early; SPEC D13, as the UE does). With ``adaptive_rto`` a CON's first
+    timeout is the leg's RFC 6298 RTO once the relay has measured it (:mod:`msgin5g.coap.rto`)."""
+    return Params(ack_timeout=ack_timeout, give_up_wait=ack_timeout * 1.5, adaptive_rto=adaptive_rto)
 
 
 def _remember(seen: OrderedDict, mid: int, until: float, reply: bytes = b"") -> None:
@@ -127,6 +130,33 @@ class HopLegs:
         #: PC5 copy due (``what`` its MID); stale entries are skipped when they come up
         self._timers: list = []
         self._seq = itertools.count()
+        #: RFC 6298 RTOs of the two legs (None: ACK_TIMEOUT always): the Uu one is the SCM-S's,
+        #: the PC5 one per remote UE, a new UE starting from the PC5 leg's estimate
+        self.rto_uu, self.rto_pc5 = RtoEstimator.of(params), RtoEstimator.of(params)
+
+    def _con(self, rto: RtoEstimator | None, peer, data: bytes, now: float) -> Retransmission:
+        base = rto.rto(peer, now) if rto is not None else None
+        return Retransmission.start(data, now, self.params, self.rng, base)
+
+    def _sample(self, rto: RtoEstimator | None, peer, tx: Retransmission | None, now: float) -> None:
+        """An acknowledged CON sent once (Karn's rule, RFC 6298 §3) is a sample; the leg's first
+        re-times that leg's CONs in flight (a fleet's first requests all went before it)."""
+        rtt = tx.rtt(now) if rto is not None and tx is not None else None
+        if rtt is None or not rto.sample(peer, rtt, now):
+            return
+        uu = rto is self.rto_uu
+        for _, _, link, owner, what in list(self._timers):
+            if uu:  # the relay's requests on Uu
+                if isinstance(owner, Delivery) or what != _UP or link.exchanges.get(owner.token) is not owner:
+                    continue
+                peer = _SCM_S
+            else:  # its answers on PC5
+                if not isinstance(owner, Delivery) or link.deliveries.get(what) is not owner:
+                    continue
+                peer = link.endpoint
+            t = owner.tx
+            if t is not None and t.rebase(rto.rto(peer, now), self.params):
+                self._at(t.next_at, link, owner, what)
 
     # ---- PC5 → Uu ---------------------------------------------------------------------------
 
@@ -165,7 +195,7 @@ class HopLegs:
         the UE's ACK is due in :data:`EMPTY_ACK_DELAY` — an answer before then is piggybacked on it
         (§5.2.1)."""
         ex.retry_key = _retry_key(msg)
-        ex.tx = Retransmission.start(ex.datagram, now, self.params, self.rng)
+        ex.tx = self._con(self.rto_uu, _SCM_S, ex.datagram, now)
         ex.ack_due = now + EMPTY_ACK_DELAY
         self._at(ex.ack_due, link, ex, _ACK)
         self._at(ex.tx.next_at, link, ex, _UP)
@@ -195,6 +225,7 @@ class HopLegs:
                 problem = Problem(BAD_GATEWAY, "the SCM-S rejected the request (RST)", "RESET_BY_SERVER")
                 return self._deliver_problem(link, ex, problem, now)
             ex.acked = True  # a separate response follows (§5.2.2): stop retransmitting
+            self._sample(self.rto_uu, _SCM_S, ex.tx, now)
             ex.tx = None
             self.counters.acks_down += 1
             return []
@@ -224,6 +255,7 @@ class HopLegs:
                 # the SCM-S answering a relay copy after its first answer: one answer per request
                 self.counters.duplicates_from_server += 1
                 return [Discard("duplicate-from-server", f"MID {msg.mid}")]
+            self._sample(self.rto_uu, _SCM_S, ex.tx, now)
             ex.tx = None
         if ex is not None and ex.ack_due is not None and msg.mtype != NON:
             self._book(link, ex, msg, end)
@@ -251,7 +283,7 @@ class HopLegs:
         )
         if confirmable:
             deliveries = link.deliveries
-            d = deliveries[mid] = Delivery(msg.token, Retransmission.start(data, now, self.params, self.rng))
+            d = deliveries[mid] = Delivery(msg.token, self._con(self.rto_pc5, link.endpoint, data, now))
             self._at(d.tx.next_at, link, d, mid)
             while len(deliveries) > DELIVERY_BOUND:  # bounded: the oldest answer in flight goes
                 deliveries.pop(next(iter(deliveries)))
@@ -280,13 +312,15 @@ class HopLegs:
 
     # ---- the UE's ACK/RST of an answer ------------------------------------------------------
 
-    def on_pc5_empty(self, link: Pc5Link, msg: CoapMessage, end) -> list[Action]:
+    def on_pc5_empty(self, link: Pc5Link, msg: CoapMessage, end, now: float) -> list[Action]:
         """The UE acknowledges (or rejects) an answer the relay sent as a CON."""
         d = link.deliveries.pop(msg.mid, None)
         if d is None:
             self.counters.discarded["unmatched-ack"] += 1
             return [Discard("unmatched-ack", f"MID {msg.mid} from the UE")]
         self.counters.acks_from_ue += 1
+        if msg.mtype == ACK:
+            self._sample(self.rto_pc5, link.endpoint, d.tx, now)
         if msg.mtype == RST:  # the UE wants no more of it: an observation ends (RFC 7641 §3.6)
             ex = link.exchanges.get(d.token)
             if ex is not None:

@@ -75,6 +75,7 @@ class RelaySettings:
     max_exchanges: int = 8  # open requests per remote UE; beyond: 5.03 + Max-Age
     reliability: str = HOP  # hop: the relay ends the UE's CON exchanges and retransmits (relay/hop.py)
     ack_timeout: float = 2.0  # RFC 7252 ACK_TIMEOUT of the relay's own CONs
+    adaptive_rto: bool = True  # their first timeout: each leg's RFC 6298 RTO once measured
 
 
 def parse_server_uri(uri: str) -> tuple[str, str, int]:
@@ -400,6 +401,7 @@ async def start_relay(settings: RelaySettings) -> RunningRelay:
         l2_loopback=l2_loopback,
         reliability=settings.reliability,
         ack_timeout=settings.ack_timeout,
+        adaptive_rto=settings.adaptive_rto,
     )
     relay = RunningRelay(RelayCore(config), server_addr, settings)
     try:

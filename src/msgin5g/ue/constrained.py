@@ -146,9 +146,10 @@ class ConstrainedUe:
                 max_retransmit=reask.max_retransmit,
                 give_up_wait=reask.give_up_wait,
                 separate_wait=reask.separate_wait,
+                adaptive_rto=True,
             )
         else:
-            self.params = Params(ack_timeout=ack_timeout, max_retransmit=max_retransmit)
+            self.params = Params(ack_timeout=ack_timeout, max_retransmit=max_retransmit, adaptive_rto=True)
         self.endpoint: CoapEndpoint | None = None
         self.linked = False
         self.keepalive: int | None = None
@@ -230,15 +231,21 @@ class ConstrainedUe:
         try:
             deadline = loop.time() + timeout
             wait = min(1.0, self.params.ack_timeout, timeout / 3)
+            sent_once = True
             while True:
+                sent_at = loop.time()
                 self._send(data)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError
                 done, _ = await asyncio.wait({fut}, timeout=min(wait, remaining))
                 if done:
+                    rto = self.endpoint.layer.rto if self.endpoint is not None else None
+                    if sent_once and rto is not None:  # the relay's round trip (Karn: one copy)
+                        rto.sample(self.endpoint.peer, loop.time() - sent_at, loop.time())
                     return fut.result()
                 wait *= 2
+                sent_once = False
         finally:
             self._pc5_waiters.pop(msg.seq, None)
 
