@@ -423,6 +423,7 @@ class Demo:
         lat = ", ".join(f"{1000 * t:.0f} ms" for t in observer.latencies)
         lines.append(
             f"observer: {observer.seen} of {OBSERVER_CHANGES} document changes notified ({lat or '-'})"
+            + (f"; {observer.note}" if observer.note else "")
         )
         return lines
 
