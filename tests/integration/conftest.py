@@ -71,6 +71,23 @@ async def coap():
     await ctx.shutdown()
 
 
+async def start_secured_qserver(tmp_path, identities: dict[str, str]):
+    """A secured SCM-S (OSCORE, SPEC D12) with the short Q-Block2 pause of :func:`qserver`, and a key
+    for each ``name → identity`` (``tests/integration/keyhelp.py``): (server, {name: key})."""
+    from .keyhelp import store_keys
+
+    keys = store_keys(tmp_path / "scm.db", identities, tmp_path)
+    srv = await start_server(
+        ServerConfig(
+            port=0,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
+            qblock=QBlockParams(non_timeout=0.2),
+        )
+    )
+    return srv, keys
+
+
 @pytest.fixture
 async def qserver(tmp_path):
     """A running SCM-S (insecure lab mode) with a short pause between Q-Block2 sets (NON_TIMEOUT

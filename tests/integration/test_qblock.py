@@ -25,10 +25,8 @@ from aiocoap.optiontypes import BlockOption
 
 from msgin5g.coap.qblock import BlockOpt, QBlock2Receiver, QBlockParams
 from msgin5g.model import imei_urn
-from msgin5g.server.app import ServerConfig, start_server
-from msgin5g.server.service import ServiceConfig
 
-from .conftest import DOMAIN, make_doc
+from .conftest import make_doc
 
 COLLECTION = ("su-uc", "v1", "val-services", "msgin5g", "ue-configurations")
 TAC = "35209900"
@@ -271,17 +269,10 @@ async def test_over_oscore_every_block_is_protected_on_its_own(tmp_path, coap):
     protected message (own partial IV), verified by the client with the request's binding."""
     from msgin5g.security.endpoint import ClientProtection
 
-    from .keyhelp import store_keys
+    from .conftest import start_secured_qserver
 
-    creds = store_keys(tmp_path / "scm.db", {"admin": "admin:ops"}, tmp_path)["admin"]
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
+    srv, keys = await start_secured_qserver(tmp_path, {"admin": "admin:ops"})
+    creds = keys["admin"]
     try:
         provision_large(srv, 16)
         expected_docs = [d.doc for d in srv.store.query_any("msgin5g")]

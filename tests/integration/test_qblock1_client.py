@@ -301,22 +301,10 @@ class UpTap:
 @pytest.fixture
 async def secured(tmp_path):
     """A secured SCM-S (OSCORE, SPEC D12) and an administrator's key for it."""
-    from msgin5g.server.app import ServerConfig, start_server
-    from msgin5g.server.service import ServiceConfig
+    from .conftest import start_secured_qserver
 
-    from .conftest import DOMAIN
-    from .keyhelp import store_keys
-
-    admin = store_keys(tmp_path / "scm.db", {"admin": "admin:ops"}, tmp_path)["admin"]
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
-    yield srv, admin
+    srv, keys = await start_secured_qserver(tmp_path, {"admin": "admin:ops"})
+    yield srv, keys["admin"]
     await srv.close()
 
 

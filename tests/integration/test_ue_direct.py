@@ -17,16 +17,13 @@ import sys
 from aiocoap import Message
 
 from msgin5g.coap import wire
-from msgin5g.coap.qblock import QBlockParams
 from msgin5g.codec import CF_CBOR, decode, encode
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.scmc import ScmClient
-from msgin5g.server.app import ServerConfig, start_server
-from msgin5g.server.service import ServiceConfig
 from msgin5g.ue.direct import DirectClient, uses_message_layer
 
-from .conftest import DOMAIN, make_doc
+from .conftest import make_doc
 from .test_relay_lossy import LossyLeg
 
 TAC = "35209900"
@@ -220,17 +217,10 @@ async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropp
     answer is the four documents written here."""
     from msgin5g.security import endpoint
 
-    from .keyhelp import store_keys
+    from .conftest import start_secured_qserver
 
-    ue_key = store_keys(tmp_path / "scm.db", {"ue": f"ue:{UE}"}, tmp_path)["ue"]
-    srv = await start_server(
-        ServerConfig(
-            port=0,
-            db_url=f"sqlite:///{tmp_path}/scm.db",
-            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}),
-            qblock=QBlockParams(non_timeout=0.2),
-        )
-    )
+    srv, keys = await start_secured_qserver(tmp_path, {"ue": f"ue:{UE}"})
+    ue_key = keys["ue"]
     docs = [make_doc(uris=[UE], service_id="seven@direct", name=f"seven-{k}-" + "x" * 400) for k in range(4)]
     srv.store.import_docs("msgin5g", docs)
     requests, blocks = [], []
