@@ -21,6 +21,8 @@ from msgin5g.codec import CF_CBOR, decode, encode
 from msgin5g.model import imei_urn
 from msgin5g.outcome import Outcome
 from msgin5g.scmc import ScmClient
+from msgin5g.server.app import ServerConfig, start_server
+from msgin5g.server.service import ServiceConfig
 from msgin5g.ue.direct import DirectClient, uses_message_layer
 
 from .conftest import make_doc
@@ -257,3 +259,46 @@ async def test_secured_ue_get_config_offers_q_block2_and_asks_only_for_the_dropp
     assert requests[:2] == [(wire.NON, [(0, True, 6)]), (wire.NON, [(1, False, 6), (2, False, 6)])]
     assert blocks[:3] == [0, 1, 2] and leg.lost["down"] == 2
     assert result.outcome is Outcome.CONFIGURED and result.config.ue_service_id == "seven@direct"
+
+
+async def test_observe_registers_again_after_max_age_and_sees_a_change_made_while_the_scm_s_was_down(
+    tmp_path,
+):
+    """RFC 7641 §3.3.1: the SCM-S restarts (every observation it had is gone, without a word) and
+    the document changes meanwhile. Max-Age (here 1 s) passes without a notification, so the UE
+    registers again, and the new registration's answer — the changed document — is printed. A
+    registration whose answer is what the UE already has prints nothing."""
+    from .conftest import DOMAIN
+
+    def config() -> ServerConfig:
+        return ServerConfig(
+            port=port,
+            db_url=f"sqlite:///{tmp_path}/scm.db",
+            insecure=True,
+            service=ServiceConfig(service_domains={"msgin5g": DOMAIN}, max_age=1),
+        )
+
+    port = 0
+    srv = await start_server(config())
+    port = srv.port
+    doc_id = srv.store.create("msgin5g", make_doc(uris=[UE], service_id="before@restart")).doc_id
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "ue", "get-config", "--server", f"coap://127.0.0.1:{port}", "--ue-uri", UE,
+        "--observe", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert first["config"]["ueServiceId"] == "before@restart"
+        await asyncio.sleep(4.0)  # re-registrations after Max-Age with nothing new: nothing printed
+        await srv.close()
+        srv = await start_server(config())  # the same store, no observers
+        async with ScmClient(f"coap://127.0.0.1:{port}") as admin:
+            await admin.replace(doc_id, make_doc(uris=[UE], service_id="after@restart"))
+        note = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert note["outcome"] == "configured" and note["config"]["ueServiceId"] == "after@restart"
+        assert srv.site.observer_count("msgin5g", doc_id) == 1  # registered again
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await srv.close()

@@ -50,6 +50,16 @@ from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, get_request
 from .reask import ReaskPolicy, ask_again, exchange_timeout
 
 UNAUTHORIZED = 0x81
+DEFAULT_MAX_AGE = 60  # s, RFC 7252 §5.10.5
+#: s past a representation's Max-Age before the UE registers again (RFC 7641 §3.3.1): a notification
+#: sent as it expires still arrives first
+REREGISTER_MARGIN = 2.0
+
+
+def freshness(response: Message) -> float:
+    """How long a response's representation is fresh: its Max-Age (RFC 7252 §5.10.5)."""
+    age = response.opt.max_age
+    return float(DEFAULT_MAX_AGE if age is None else age)
 
 
 def uses_message_layer(api_root: str) -> bool:
@@ -141,30 +151,51 @@ class DirectClient:
 
     async def observe_doc(self, doc_id: str) -> AsyncIterator[tuple[int, dict | Problem]]:
         """Observe an individual document (RFC 7641): (code, document) per notification, and a
-        final (code, Problem) when the server ends the observation (e.g. 4.04 after DELETE)."""
+        final (code, Problem) when the server ends the observation (e.g. 4.04 after DELETE).
+
+        An observation can end without a word: the SCM-S restarted, or removed the UE after a CON
+        notification went unacknowledged (§4.5). So when the freshness of the latest
+        representation (its Max-Age, 60 s when absent) has passed without a notification, the UE
+        registers again (§3.3.1); the new registration's answer is passed on only when it differs
+        from the last one (a change made while nobody was told)."""
         uri = f"{self.collection_uri}/{quote(doc_id, safe='')}"
+        last = None
+        while True:
+            first, obs = await self._register(uri)
+            try:
+                item = doc_or_problem(first)
+                if item != last:
+                    yield item
+                last = item
+                if not first.code.is_successful() or first.opt.observe is None:
+                    return
+                fresh = freshness(first)
+                while True:
+                    try:
+                        note = await obs.next(max(fresh, 1.0) + REREGISTER_MARGIN)
+                    except TimeoutError:
+                        break  # nothing within Max-Age: register again
+                    last = doc_or_problem(note)
+                    yield last
+                    if not note.code.is_successful() or note.opt.observe is None:
+                        return  # the server ended the observation (RFC 7641 §3.2)
+                    fresh = freshness(note)
+            finally:
+                obs.cancel()
+
+    async def _register(self, uri: str):
+        """The registration (RFC 7641 §3.1), asked again while it is lost (SPEC D13)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        while True:  # a lost registration is asked again, as any lost exchange (SPEC D13)
+        while True:
             wait = exchange_timeout(self.ue.reask, deadline - loop.time())
             if wait is None:
                 raise CoapError("no answer to the observation request before the deadline", "deadline")
             try:
-                first, obs = await self.ue.observe(self._get(uri), timeout=wait)
-                break
+                return await self.ue.observe(self._get(uri), timeout=wait)
             except UnprotectedResponse as e:
                 err = UnprotectedAnswer(int(e.response.code), problem_of(e.response), self.credentials)
                 raise err from None
             except CoapError as e:
                 if not ask_again(e.cause, deadline - loop.time()):
                     raise
-        try:
-            yield doc_or_problem(first)
-            if not first.code.is_successful() or first.opt.observe is None:
-                return
-            async for note in obs:
-                yield doc_or_problem(note)
-                if not note.code.is_successful() or note.opt.observe is None:
-                    return  # the server ended the observation (RFC 7641 §3.2)
-        finally:
-            obs.cancel()
