@@ -266,8 +266,9 @@ async def test_observe_registers_again_after_max_age_and_sees_a_change_made_whil
 ):
     """RFC 7641 §3.3.1: the SCM-S restarts (every observation it had is gone, without a word) and
     the document changes meanwhile. Max-Age (here 1 s) passes without a notification, so the UE
-    registers again, and the new registration's answer — the changed document — is printed. A
-    registration whose answer is what the UE already has prints nothing."""
+    registers again, and the new registration's answer — the changed document — is printed (a
+    re-registration that meets the SCM-S down is tried again). A registration whose answer is what
+    the UE already has prints nothing, and replaces the UE's entry at the SCM-S."""
     from .conftest import DOMAIN
 
     def config() -> ServerConfig:
@@ -290,6 +291,8 @@ async def test_observe_registers_again_after_max_age_and_sees_a_change_made_whil
         first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert first["config"]["ueServiceId"] == "before@restart"
         await asyncio.sleep(4.0)  # re-registrations after Max-Age with nothing new: nothing printed
+        # each with the same token (RFC 7641 §3.3.1): it replaces the UE's entry, never adds one
+        assert srv.site.observer_count("msgin5g", doc_id) == 1
         await srv.close()
         srv = await start_server(config())  # the same store, no observers
         async with ScmClient(f"coap://127.0.0.1:{port}") as admin:

@@ -105,7 +105,7 @@ async def test_a_dropped_observation_is_registered_again_and_the_change_seen(mon
     assert [c.name for c in world.children] == ["observer", "observer-again-1"]
     # five PUTs of 1280 unheard, then 1280 + 64 heard by the new registration, then change 2
     assert world.puts == [1280] * 5 + [1344, 1600]
-    assert result.note == "registered again 1x (observation dropped)"
+    assert result.note == "registered again 1x (a change did not arrive)"
 
 
 @pytest.mark.parametrize("drop", [3, 5])
@@ -113,4 +113,4 @@ async def test_registering_again_is_bounded_and_reported(monkeypatch, drop):
     world, result = await run_observer(monkeypatch, drop=drop)
     assert not result.ok and result.seen == 0
     assert len(world.children) == 1 + drive.OBSERVER_REREGISTRATIONS
-    assert result.note == "change 1 never arrived; registered again 2x (observation dropped)"
+    assert result.note == "change 1 never arrived; registered again 2x (a change did not arrive)"

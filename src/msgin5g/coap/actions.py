@@ -63,7 +63,8 @@ class Params:
 @dataclass(slots=True, eq=False)
 class Retransmission:
     """One CON in flight and its RFC 7252 §4.2 back-off: the first timeout uniformly random in
-    [ACK_TIMEOUT, ACK_TIMEOUT x ACK_RANDOM_FACTOR], doubled at each retransmission, given up after
+    [base, base x ACK_RANDOM_FACTOR] — base ACK_TIMEOUT, or the peer's RTO once measured
+    (:mod:`.rto`) — doubled at each retransmission, given up after
     MAX_RETRANSMIT (or :attr:`Params.give_up_wait` after the last copy). The one schedule of the
     project: the message layer's requests and separate responses, and the Relay UE's own CONs on
     either leg (SPEC D8, D13), run on it."""

@@ -491,8 +491,8 @@ class MessageLayer:
             if msg.code != EMPTY:
                 out.append(Unmatched(msg, addr))
             return
-        if msg.mtype == ACK:
-            self._sample(owner.tx, addr, now)
+        if msg.mtype == ACK and (msg.code == EMPTY or getattr(owner, "token", None) == msg.token):
+            self._sample(owner.tx, addr, now)  # acknowledged as sent (not another request's answer)
         if isinstance(owner, _Separate):
             if msg.code != EMPTY:  # a response on an ACK answers nothing here
                 self.counters.unmatched += 1
@@ -591,6 +591,8 @@ class MessageLayer:
                         out.append(Fail(owner.handle, GAVE_UP, reason))
                     continue
                 self.counters.retransmitted += 1
+                if self.rto is not None:
+                    self.rto.expired(owner.addr)
                 self._send(out, tx.data, owner.addr)  # same message ID (RFC 7252 §4.2)
                 self._timer(tx.next_at, owner, mid)
             else:

@@ -40,23 +40,34 @@ ALPHA, BETA, K = 1 / 8, 1 / 4, 4  # RFC 6298 §2.3
 GRANULARITY = 0.001  # G: the clock's granularity (s)
 STALE_AFTER = 300.0  # s without a sample after which an estimate is forgotten
 PEER_BOUND = 4096  # peers with an estimate of their own
+#: timeouts in a row, with no sample in between, after which a path's RTO is doubled (RFC 6298 §5.5)
+MISSES_BEFORE_BACKOFF = 3
 
 
 @dataclass(slots=True)
 class Estimate:
-    """SRTT and RTTVAR of one path (RFC 6298 §2), and when they were last updated."""
+    """SRTT and RTTVAR of one path (RFC 6298 §2), when they were last updated, and the back-off
+    since the last sample (§5.5, §5.7)."""
 
     srtt: float
     rttvar: float
     at: float
+    misses: int = 0  # timeouts since the last sample
+    backoff: float = 1.0
 
     def update(self, rtt: float, now: float) -> None:
         self.rttvar = (1 - BETA) * self.rttvar + BETA * abs(self.srtt - rtt)
         self.srtt = (1 - ALPHA) * self.srtt + ALPHA * rtt
-        self.at = now
+        self.at, self.misses, self.backoff = now, 0, 1.0
+
+    def expired(self) -> None:
+        self.misses += 1
+        if self.misses >= MISSES_BEFORE_BACKOFF:
+            self.misses, self.backoff = 0, min(self.backoff * 2, 64.0)
 
     def rto(self, min_rto: float, max_rto: float) -> float:
-        return min(max(self.srtt + max(GRANULARITY, K * self.rttvar), min_rto), max_rto)
+        rto = max(self.srtt + max(GRANULARITY, K * self.rttvar), min_rto) * self.backoff
+        return min(rto, max_rto)
 
 
 class RtoEstimator:
@@ -111,6 +122,17 @@ class RtoEstimator:
             return True
         link.update(rtt, now)
         return False
+
+    def expired(self, peer: Hashable) -> None:
+        """A CON to ``peer`` timed out (it is retransmitted). RFC 6298 §5.5 doubles the RTO at
+        every expiry and keeps it until the next sample (§5.7); on a lossy radio most expiries are
+        losses, not a slower path, so the peer's and the link's RTO are doubled only after
+        :data:`MISSES_BEFORE_BACKOFF` expiries with no sample between them. That still covers the
+        case §5.7 is for: a path that became slower than the RTO, where every CON is retransmitted
+        and Karn's rule leaves no sample to correct the estimate with."""
+        for est in (self._peers.get(peer), self._link):
+            if est is not None:
+                est.expired()
 
     def rto(self, peer: Hashable, now: float) -> float:
         """The first timeout of a CON to ``peer`` now: its own estimate, else the link's, else

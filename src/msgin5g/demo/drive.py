@@ -406,7 +406,8 @@ async def observe(
                     latencies.append(latency)
                     change += 1
                 if again:
-                    note = (note + "; " if note else "") + f"registered again {again}x (observation dropped)"
+                    again_note = f"registered again {again}x (a change did not arrive)"
+                    note = f"{note}; {again_note}" if note else again_note
         finally:
             done_with(admin_creds)
     else:

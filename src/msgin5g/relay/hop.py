@@ -354,6 +354,8 @@ class HopLegs:
                 continue
             if isinstance(owner, Delivery):
                 if owner.tx.due(now, self.params):
+                    if self.rto_pc5 is not None:
+                        self.rto_pc5.expired(link.endpoint)
                     self.counters.retransmitted_down += 1
                     out.append(self._down(link, owner.tx.data))
                     self._at(owner.tx.next_at, link, owner, what)
@@ -369,6 +371,8 @@ class HopLegs:
     def _uu_due(self, link: Pc5Link, ex: Exchange, now: float, end) -> list[Action]:
         tx = ex.tx
         if tx.due(now, self.params):
+            if self.rto_uu is not None:
+                self.rto_uu.expired(_SCM_S)
             self.counters.retransmitted_up += 1
             self._at(tx.next_at, link, ex, _UP)
             return [SendUplink(link.link_id, tx.data)]

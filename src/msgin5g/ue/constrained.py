@@ -505,15 +505,18 @@ class ConstrainedUe:
         full.opt.block2 = None
         return full
 
-    async def observe(self, msg: Message, *, timeout: float = DEFAULT_TIMEOUT) -> tuple[Message, Observation]:
-        """Register an observation (RFC 7641): the first response, and an iterator of the notifications."""
+    async def observe(
+        self, msg: Message, *, timeout: float = DEFAULT_TIMEOUT, token: bytes | None = None
+    ) -> tuple[Message, Observation]:
+        """Register an observation (RFC 7641): the first response, and an iterator of the
+        notifications. ``token``: a re-registration with the token of the earlier one (§3.3.1)."""
         msg.opt.observe = 0
         template = msg.copy()
         obs = Observation(self, template)
         if self.protection is None:
-            first = await self.exchange(msg, timeout=timeout, observation=obs)
+            first = await self.exchange(msg, timeout=timeout, token=token, observation=obs)
         else:
-            first, _ = await self.secure_exchange(msg, timeout=timeout, observation=obs)
+            first, _ = await self.secure_exchange(msg, timeout=timeout, token=token, observation=obs)
         first = await self._complete_blocks(template, first, timeout)
         if first.opt.observe is None:
             obs.cancel()

@@ -31,6 +31,7 @@ from aiocoap import Message
 from aiocoap.optiontypes import OpaqueOption
 
 from ..authz import LAB_IDENTITY_OPTION
+from ..coap.actions import UNREACHABLE
 from ..coap.qblock_client import QBlockOffer
 from ..outcome import ConfigResult, Msgin5gConfig, Outcome
 from ..problem import Problem
@@ -47,13 +48,14 @@ from ..scmc import (
 )
 from ..security.endpoint import ClientProtection, UnprotectedResponse
 from .constrained import DEFAULT_TIMEOUT, CoapError, ConstrainedUe, get_request
-from .reask import ReaskPolicy, ask_again, exchange_timeout
+from .reask import LOST, ReaskPolicy, ask_again, exchange_timeout
 
 UNAUTHORIZED = 0x81
 DEFAULT_MAX_AGE = 60  # s, RFC 7252 §5.10.5
 #: s past a representation's Max-Age before the UE registers again (RFC 7641 §3.3.1): a notification
 #: sent as it expires still arrives first
 REREGISTER_MARGIN = 2.0
+REREGISTER_PAUSE_MAX = 60.0  # s: the longest pause between two tries of a re-registration
 
 
 def freshness(response: Message) -> float:
@@ -156,12 +158,16 @@ class DirectClient:
         An observation can end without a word: the SCM-S restarted, or removed the UE after a CON
         notification went unacknowledged (§4.5). So when the freshness of the latest
         representation (its Max-Age, 60 s when absent) has passed without a notification, the UE
-        registers again (§3.3.1); the new registration's answer is passed on only when it differs
-        from the last one (a change made while nobody was told)."""
+        registers again with the same token, which replaces its entry if the server still has
+        one (§3.3.1, §4.1). The new registration's answer is passed on only when it differs from
+        the last one (a change made while nobody was told). A re-registration that gets no answer
+        (the SCM-S is down: unreachable, or lost) or a 5.xx is tried again with a back-off up to
+        :data:`REREGISTER_PAUSE_MAX`, for as long as the UE observes."""
         uri = f"{self.collection_uri}/{quote(doc_id, safe='')}"
-        last = None
+        last, token = None, None
         while True:
-            first, obs = await self._register(uri)
+            first, obs = await (self._register(uri) if token is None else self._register_again(uri, token))
+            token = first.token or None
             try:
                 item = doc_or_problem(first)
                 if item != last:
@@ -183,7 +189,7 @@ class DirectClient:
             finally:
                 obs.cancel()
 
-    async def _register(self, uri: str):
+    async def _register(self, uri: str, token: bytes | None = None):
         """The registration (RFC 7641 §3.1), asked again while it is lost (SPEC D13)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
@@ -192,10 +198,27 @@ class DirectClient:
             if wait is None:
                 raise CoapError("no answer to the observation request before the deadline", "deadline")
             try:
-                return await self.ue.observe(self._get(uri), timeout=wait)
+                return await self.ue.observe(self._get(uri), timeout=wait, token=token)
             except UnprotectedResponse as e:
                 err = UnprotectedAnswer(int(e.response.code), problem_of(e.response), self.credentials)
                 raise err from None
             except CoapError as e:
                 if not ask_again(e.cause, deadline - loop.time()):
                     raise
+
+    async def _register_again(self, uri: str, token: bytes):
+        """A re-registration: patient, since the UE observes until it is stopped."""
+        pause = 1.0
+        while True:
+            try:
+                first, obs = await self._register(uri, token)
+            except CoapError as e:
+                if e.cause not in (*LOST, UNREACHABLE):
+                    raise
+            else:
+                if first.code.class_ != 5:
+                    return first, obs
+                obs.cancel()  # overloaded or failing: later (its Max-Age, if it gave one)
+                pause = max(pause, float(first.opt.max_age or 0))
+            await asyncio.sleep(min(pause, REREGISTER_PAUSE_MAX))
+            pause = min(2 * pause, REREGISTER_PAUSE_MAX)
