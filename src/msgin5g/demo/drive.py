@@ -34,6 +34,7 @@ from ..outcome import ConfigResult, Outcome
 from ..scmc import ScmClient
 from ..security.credentials import KeyCredentials as ClientCredentials
 from ..security.endpoint import ClientProtection, UnprotectedResponse, forward_proxy_request
+from ..ue.direct import DirectClient
 from ..ue.reask import ReaskPolicy
 from ..ue.via_gateway import get_config_via_gateway
 from ..ue.via_relay import (
@@ -244,11 +245,13 @@ async def configure_direct(
     deadline: float,
     creds: ClientCredentials | None = None,
 ) -> UeRun:
-    """An unconstrained UE's SCM-C asking the SCM-S directly (TS 24.538 6.2.1.2; SPEC §3.1)."""
+    """An unconstrained UE's SCM-C asking the SCM-S directly (TS 24.538 6.2.1.2; SPEC §3.1): the
+    client of ``msgin5g ue get-config --server coap://`` (the message layer: asking again, the
+    adaptive RTO, Q-Block2)."""
     identity = None if creds is not None else ue.identity
 
     async def attempt() -> ConfigResult:
-        async with ScmClient(
+        async with DirectClient(
             server_uri, SERVICE_ID, identity=identity, credentials=creds, timeout=ATTEMPT_TIMEOUT
         ) as client:
             return await client.get_config(ue.asks_for)
