@@ -179,6 +179,14 @@ class DownDropper(LossyLeg):
         return False
 
 
+async def observing(port: int):
+    """``msgin5g ue get-config --observe --json`` for :data:`UE` against ``coap://127.0.0.1:PORT``."""
+    return await asyncio.create_subprocess_exec(
+        *CLI, "ue", "get-config", "--server", f"coap://127.0.0.1:{port}", "--ue-uri", UE,
+        "--observe", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 async def test_observe_applies_a_change_whose_notification_comes_before_the_registrations_answer(qserver):
     """The registration's answer is lost on the way down and the document changes before the UE
     asks again: the notification of the change is the first answer the UE gets (RFC 7641 §3.2,
@@ -187,10 +195,7 @@ async def test_observe_applies_a_change_whose_notification_comes_before_the_regi
     srv = qserver
     doc_id = srv.store.create("msgin5g", make_doc(uris=[UE], service_id="before@obs")).doc_id
     leg = DownDropper(("127.0.0.1", srv.port), drop={1})  # 0: the get-config answer; 1: the registration's
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, "ue", "get-config", "--server", f"coap://127.0.0.1:{leg.address[1]}", "--ue-uri", UE,
-        "--observe", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await observing(leg.address[1])
     try:
         first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert first["config"]["ueServiceId"] == "before@obs"
@@ -283,10 +288,7 @@ async def test_observe_registers_again_after_max_age_and_sees_a_change_made_whil
     srv = await start_server(config())
     port = srv.port
     doc_id = srv.store.create("msgin5g", make_doc(uris=[UE], service_id="before@restart")).doc_id
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, "ue", "get-config", "--server", f"coap://127.0.0.1:{port}", "--ue-uri", UE,
-        "--observe", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    proc = await observing(port)
     try:
         first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert first["config"]["ueServiceId"] == "before@restart"
